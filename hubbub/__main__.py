@@ -1,0 +1,4 @@
+from hubbub.cli import main
+
+
+raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""One frozen ``Config`` built from flags, the environment and ``.env``.
+
+Every setting is declared once in ``SETTINGS``: that table drives the argument parser, the
+environment lookup, validation and the README's configuration table (``hubbub config --markdown``).
+Precedence: flag > real environment > ``.env`` in the working directory > default. Flag and env
+names follow hbbs/hbbr and the Wired host where they overlap. The bare ``PORT`` variable is never
+read: hbbs and honcho give it different meanings, so only the Procfile decides what it becomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hubbub.errors import ConfigError
+
+
+__all__ = ["SETTINGS", "Config", "Setting", "load_config", "read_dotenv", "settings_markdown"]
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "y", "yes", "true", "on"):
+        return True
+    if low in ("0", "n", "no", "false", "off", ""):
+        return False
+    raise ValueError(f"expected Y or N, got {text!r}")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port out of range: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration knob: its field, flags, env vars, parser, default and meaning."""
+
+    name: str
+    flags: tuple[str, ...]
+    env: tuple[str, ...]
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    roles: tuple[str, ...] = ("gateway", "shard")
+
+
+_ALL = ("gateway", "shard", "status", "redis", "admin")
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- cluster and process ---
+    Setting("redis_url", ("--redis-url",), ("REDIS_URL",), "redis://127.0.0.1:6379/0", _str,
+            "Redis of the cluster (the embedded one by default)", _ALL),
+    Setting("prefix", ("--prefix",), ("HUBBUB_PREFIX",), "hubbub:", _str,
+            "prefix of every Redis key and channel", _ALL),
+    Setting("data_dir", ("--data-dir",), ("HUBBUB_DATA",), "./data", _str,
+            "data directory: key pair, block/black lists, embedded Redis files", _ALL),
+    Setting("host_id", ("--host-id",), ("HUBBUB_HOST",), "", _str,
+            "name of this host in the cluster (default: the hostname)"),
+    Setting("public_ip", ("--public-ip",), ("PUBLIC_IP",), "", _str,
+            "address this host advertises to clients (default: first non-loopback address)"),
+    Setting("bind", ("-b", "--bind"), ("BIND",), "", _str,
+            "listen address (default: all addresses, IPv4 and IPv6)"),
+    Setting("ops_port", ("--ops-port",), ("OPS_PORT",), 0, _port,
+            "HTTP port for /healthz and /metrics (0: any free port)"),
+    Setting("presence_ttl", ("--presence-ttl",), ("PRESENCE_TTL",), 5.0, _positive_float,
+            "seconds before a silent process (and its shard slot) counts as dead", _ALL),
+    Setting("drain_timeout", ("--drain-timeout",), ("DRAIN_TIMEOUT",), 10.0, _non_negative_float,
+            "seconds the first SIGTERM waits for connections to finish"),
+    Setting("log_level", ("--log-level",), ("LOG_LEVEL",), "info", _str,
+            "debug, info, warning or error", _ALL),
+    # --- RustDesk ID server (hbbs) ---
+    Setting("rendezvous_port", ("-p", "--port"), ("RENDEZVOUS_PORT",), 21116, _port,
+            "RustDesk rendezvous port (TCP+UDP); NAT test on port-1, WebSocket on port+2"),
+    Setting("relay_servers", ("-r", "--relay-servers"), ("RELAY_SERVERS", "RELAY-SERVERS"), (),
+            _str_list, "relay hosts handed to clients (default: least-loaded live relay host)"),
+    Setting("key", ("-k", "--key"), ("KEY",), "", _str,
+            "licence key: empty/'-' = server key pair but no check on hbbs, '_' = "
+            "require the generated key; hbbr: empty = no check"),
+    Setting("rmem", ("-M", "--rmem"), ("RMEM",), 0, _non_negative_int,
+            "UDP receive buffer size for the rendezvous socket (0: OS default)"),
+    Setting("mask", ("--mask",), ("MASK",), "", _str,
+            "LAN CIDR: peers inside it are given LOCAL_IP as relay"),
+    Setting("local_ip", ("--local-ip",), ("LOCAL_IP", "LOCAL-IP"), "", _str,
+            "relay address for LAN peers (only with --mask)"),
+    Setting("always_use_relay", ("--always-use-relay",), ("ALWAYS_USE_RELAY",), False, _bool,
+            "Y: always tell peers to relay"),
+    Setting("serial", ("-s", "--serial"), ("SERIAL",), 0, _non_negative_int,
+            "configuration serial for ConfigUpdate (legacy clients)"),
+    Setting("rendezvous_servers", ("-R", "--rendezvous-servers"),
+            ("RENDEZVOUS_SERVERS", "RENDEZVOUS-SERVERS"), (), _str_list,
+            "rendezvous servers for ConfigUpdate (legacy clients)"),
+    Setting("secure_tcp", ("--secure-tcp",), ("SECURE_TCP",), True, _bool,
+            "offer the KeyExchange handshake on TCP 21116 to clients that want it"),
+    Setting("trusted_proxies", ("--trusted-proxies",), ("TRUSTED_PROXIES",), (), _str_list,
+            "proxy addresses/CIDRs whose X-Real-IP / X-Forwarded-For headers are honoured"),
+    Setting("admin_token", ("--admin-token",), ("ADMIN_TOKEN",), "", _str,
+            "token that authorises admin commands (empty: generated into the data dir)", _ALL),
+    # --- RustDesk relay (hbbr) ---
+    Setting("relay_port", ("--relay-port",), ("RELAY_PORT",), 21117, _port,
+            "RustDesk relay port (TCP); WebSocket relay on port+2"),
+    Setting("total_bandwidth", ("--total-bandwidth",), ("TOTAL_BANDWIDTH",), 1024.0,
+            _non_negative_float, "relay bandwidth per host, Mb/s (0: unlimited)"),
+    Setting("single_bandwidth", ("--single-bandwidth",), ("SINGLE_BANDWIDTH",), 128.0,
+            _non_negative_float, "relay bandwidth per connection, Mb/s (0: unlimited)"),
+    Setting("limit_speed", ("--limit-speed",), ("LIMIT_SPEED",), 32.0, _non_negative_float,
+            "bandwidth of a downgraded or blacklisted connection, Mb/s"),
+    Setting("downgrade_threshold", ("--downgrade-threshold",), ("DOWNGRADE_THRESHOLD",), 0.66,
+            _non_negative_float, "fraction of SINGLE_BANDWIDTH above which a pair is downgraded"),
+    Setting("downgrade_start_check", ("--downgrade-start-check",), ("DOWNGRADE_START_CHECK",),
+            1800.0, _non_negative_float, "seconds after pairing before downgrade checks start"),
+    # --- spaces host (Wired) ---
+    Setting("spaces_port", ("--spaces-port",), ("SPACES_PORT",), 4000, _port,
+            "spaces WebSocket + HTTP port"),
+    Setting("ssl_cert", ("--ssl-cert",), ("SSL_CERT",), "", _str,
+            "TLS certificate file for the spaces port (with SSL_KEY)"),
+    Setting("ssl_key", ("--ssl-key",), ("SSL_KEY",), "", _str,
+            "TLS private key file for the spaces port (with SSL_CERT)"),
+    Setting("rtc_min_port", ("--rtc-min-port",), ("RTC_MIN_PORT",), 20000, _port,
+            "first port of the WebRTC range (split into slices by shard slot)", _ALL),
+    Setting("rtc_max_port", ("--rtc-max-port",), ("RTC_MAX_PORT",), 20020, _port,
+            "last port of the WebRTC range", _ALL),
+    Setting("shard_slots", ("--shard-slots",), ("SHARD_SLOTS",), 0, _non_negative_int,
+            "shard slots per host (0: one per CPU core)", _ALL),
+    Setting("announced_ip", ("--announced-ip",), ("MEDIASOUP_ANNOUNCED_IP", "ANNOUNCED_IP"), "",
+            _str, "address in WebRTC candidates (default: PUBLIC_IP)"),
+    Setting("listen_ip", ("--listen-ip",), ("MEDIASOUP_LISTEN_IP",), "0.0.0.0", _str,
+            "address the WebRTC sockets bind"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a hubbub process; built once in ``main()`` and passed down."""
+
+    role: str = "gateway"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "hubbub:"
+    data_dir: str = "./data"
+    host_id: str = ""
+    public_ip: str = ""
+    bind: str = ""
+    ops_port: int = 0
+    presence_ttl: float = 5.0
+    drain_timeout: float = 10.0
+    log_level: str = "info"
+    rendezvous_port: int = 21116
+    relay_servers: tuple[str, ...] = ()
+    key: str = ""
+    rmem: int = 0
+    mask: str = ""
+    local_ip: str = ""
+    always_use_relay: bool = False
+    serial: int = 0
+    rendezvous_servers: tuple[str, ...] = ()
+    secure_tcp: bool = True
+    trusted_proxies: tuple[str, ...] = ()
+    admin_token: str = ""
+    relay_port: int = 21117
+    total_bandwidth: float = 1024.0
+    single_bandwidth: float = 128.0
+    limit_speed: float = 32.0
+    downgrade_threshold: float = 0.66
+    downgrade_start_check: float = 1800.0
+    spaces_port: int = 4000
+    ssl_cert: str = ""
+    ssl_key: str = ""
+    rtc_min_port: int = 20000
+    rtc_max_port: int = 20020
+    shard_slots: int = 0
+    announced_ip: str = ""
+    listen_ip: str = "0.0.0.0"
+
+    @property
+    def nat_port(self) -> int:
+        return self.rendezvous_port - 1
+
+    @property
+    def ws_port(self) -> int:
+        return self.rendezvous_port + 2
+
+    @property
+    def relay_ws_port(self) -> int:
+        return self.relay_port + 2
+
+    @property
+    def slots(self) -> int:
+        return self.shard_slots or len(os.sched_getaffinity(0))
+
+    @property
+    def slice_size(self) -> int:
+        return max(1, (self.rtc_max_port - self.rtc_min_port + 1) // self.slots)
+
+    def slot_ports(self, slot: int) -> range:
+        """RTC ports owned by ``slot`` (equal slices; the remainder stays unused)."""
+        start = self.rtc_min_port + slot * self.slice_size
+        return range(start, min(start + self.slice_size, self.rtc_max_port + 1))
+
+    @property
+    def advertised_ip(self) -> str:
+        return self.public_ip or "127.0.0.1"
+
+    @property
+    def rtc_announced_ip(self) -> str:
+        return self.announced_ip or self.advertised_ip
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl_cert and self.ssl_key)
+
+    @property
+    def bind_host(self) -> str:
+        """Address for listeners: ``BIND`` or the dual-stack wildcard."""
+        return self.bind or "::"
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse ``KEY=value`` lines (comments, blanks, ``export`` and quotes allowed)."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"hubbub {self.prog.split()[-1]}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, role: str) -> None:
+    for s in SETTINGS:
+        if role in s.roles:
+            parser.add_argument(*s.flags, dest=s.name, default=None, metavar=s.env[0],
+                                help=f"{s.help} [env {s.env[0]}, default {_show(s.default)}]")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "empty"
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    return str(value) if value != "" else "empty"
+
+
+def load_config(role: str, args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+                dotenv: Path | None = Path(".env")) -> Config:
+    """Build the frozen ``Config`` for ``role`` from parsed flags, env and ``.env``.
+
+    Raises:
+        ConfigError: naming the flag or variable whose value is invalid.
+    """
+    env: dict[str, str] = {}
+    if dotenv is not None:
+        env.update(read_dotenv(dotenv))
+    env.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {"role": role}
+    for s in SETTINGS:
+        raw = getattr(args, s.name, None)
+        source = s.flags[-1]
+        if raw is None:
+            for name in s.env:
+                if name in env:
+                    raw, source = env[name], name
+                    break
+        if raw is None:
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for {source}: {raw!r} ({exc})") from None
+    if not values.get("shard_slots"):
+        # Resolved once here: a pinned shard's own affinity no longer shows every core.
+        values["shard_slots"] = len(os.sched_getaffinity(0))
+    cfg = Config(**values)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if cfg.rtc_min_port > cfg.rtc_max_port:
+        raise ConfigError(
+            f"invalid value for RTC_MIN_PORT/RTC_MAX_PORT: {cfg.rtc_min_port} > {cfg.rtc_max_port}")
+    if cfg.rendezvous_port and cfg.rendezvous_port < 3:
+        raise ConfigError(f"invalid value for --port: {cfg.rendezvous_port} (must be >= 3)")
+    if bool(cfg.ssl_cert) != bool(cfg.ssl_key):
+        raise ConfigError("invalid value for SSL_CERT/SSL_KEY: set both or neither")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"invalid value for LOG_LEVEL: {cfg.log_level!r}")
+    if not cfg.prefix:
+        raise ConfigError("invalid value for HUBBUB_PREFIX: must not be empty")
+
+
+def new_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
+    return _Parser(prog=prog, description=description)
+
+
+def settings_markdown() -> str:
+    """The configuration table of the README."""
+    rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        flags = ", ".join(f"`{f}`" for f in s.flags)
+        envs = ", ".join(f"`{e}`" for e in s.env)
+        rows.append(f"| {flags} | {envs} | {_show(s.default)} | {s.help} |")
+    return "\n".join(rows)
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """A copy of ``cfg`` with some fields changed (tests and derived configs)."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_args_for(role: str, argv: Sequence[str]) -> Config:
+    parser = new_parser(f"hubbub {role}")
+    add_setting_flags(parser, role)
+    return load_config(role, parser.parse_args(list(argv)))

@@ -1,0 +1,84 @@
+"""``hubbub status``: the live cluster as Redis sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from hubbub.config import add_setting_flags, load_config, new_parser
+from hubbub.errors import ConfigError, RegistryUnavailable
+from registry import ProcessRecord, Registry
+
+
+__all__ = ["format_table", "main"]
+
+
+def _load(rec: ProcessRecord) -> str:
+    load = rec.info.get("load") or {}
+    if not isinstance(load, dict):
+        return ""
+    return " ".join(f"{k}={v}" for k, v in sorted(load.items()))
+
+
+def _ports(rec: ProcessRecord) -> str:
+    ports: list[str] = []
+    listen = rec.info.get("ports") or {}
+    if isinstance(listen, dict):
+        ports += [f"{k}:{v}" for k, v in sorted(listen.items())]
+    rtc = rec.info.get("rtc_ports")
+    if isinstance(rtc, list) and len(rtc) == 2:
+        ports.append(f"rtc:{rtc[0]}-{rtc[1]}")
+    ports.append(f"ops:{rec.info.get('ops_port', '?')}")
+    return " ".join(ports)
+
+
+def format_table(records: Sequence[ProcessRecord]) -> str:
+    header = ("ROLE", "HOST", "PID", "SLOT", "STATE", "AGE", "PORTS", "LOAD", "ID")
+    rows: list[tuple[str, ...]] = [header]
+    for r in records:
+        slot = r.info.get("slot")
+        rows.append((r.role, r.host, str(r.pid), "-" if slot is None else str(slot), r.state,
+                     f"{r.age:.0f}s", _ports(r), _load(r), r.id))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+async def _fetch(url: str, prefix: str) -> list[ProcessRecord]:
+    reg = Registry(url, prefix, "status", "-", presence=False)
+    try:
+        async with asyncio.timeout(5.0):
+            return await reg.processes()
+    except TimeoutError:
+        raise RegistryUnavailable("redis did not answer within 5s") from None
+    finally:
+        await reg.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = new_parser("hubbub status", "print the live cluster from Redis")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_setting_flags(parser, "status")
+    args = parser.parse_args(list(argv))
+    try:
+        cfg = load_config("status", args)
+    except ConfigError as exc:
+        sys.stderr.write(f"hubbub status: error: {exc}\n")
+        return 2
+    try:
+        records = asyncio.run(_fetch(cfg.redis_url, cfg.prefix))
+    except RegistryUnavailable as exc:
+        sys.stderr.write(f"hubbub status: cannot reach Redis at {cfg.redis_url}: "
+                         f"{str(exc).splitlines()[0]}\n")
+        return 1
+    if args.json:
+        out: list[dict[str, Any]] = [r.info for r in records]
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_table(records))
+        print(f"{len(records)} live process(es)")
+    return 0

@@ -1,0 +1,493 @@
+"""Registry: one process's link to the Redis control plane.
+
+It keeps the process's presence key alive (TTL refreshed every TTL/3, together with its load and
+state), routes messages to and from process inboxes (pub/sub, msgpack envelopes), runs
+request/reply with a reply channel per request and a timeout, and survives Redis restarts: the
+heartbeat rewrites presence and runs the tick hooks (lease refresh) as soon as Redis answers again,
+and the subscriber re-subscribes every channel it had.
+
+Callers get typed errors (``RegistryUnavailable``, ``NoListener``, ``RequestTimeout``,
+``RemoteError``) or bounded waits, never hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    RedisError,
+    TimeoutError as RedisTimeoutError,
+)
+from redis.retry import Retry
+
+from hubbub import metrics
+from hubbub.errors import (
+    HubbubError,
+    NoListener,
+    RegistryUnavailable,
+    RemoteError,
+    RequestTimeout,
+)
+from registry.codec import Envelope, Kind, decode, encode, pack, unpack
+
+
+__all__ = ["Handler", "ProcessRecord", "Registry"]
+
+log = logging.getLogger("hubbub.registry")
+
+Handler = Callable[[Any, str], Any]
+"""An inbox handler: ``(payload, sender_id) -> reply`` (sync or async)."""
+
+RawHandler = Callable[[bytes], Any]
+"""A channel handler: receives the raw published bytes."""
+
+MAX_INFLIGHT = 2048
+"""Inbox handler tasks allowed at once; beyond this, requests are refused as busy."""
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """One live process as its presence key describes it."""
+
+    id: str
+    role: str
+    host: str
+    pid: int
+    public_ip: str
+    started: float
+    state: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.started)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> ProcessRecord:
+        return cls(
+            id=str(info["id"]),
+            role=str(info["role"]),
+            host=str(info["host"]),
+            pid=int(info["pid"]),
+            public_ip=str(info.get("public_ip", "")),
+            started=float(info.get("started", 0.0)),
+            state=str(info.get("state", "up")),
+            info=info,
+        )
+
+
+def new_process_id(role: str, host: str) -> str:
+    # The random part keeps ids unique across hosts that share a hostname and across pid reuse.
+    return f"{role}:{host}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Registry:
+    """The control-plane client of one process.
+
+    Args:
+        url: Redis URL.
+        prefix: prefix of every key and channel.
+        role: ``gateway``, ``shard`` or a tool name (tools pass ``presence=False``).
+        host: cluster-wide host name.
+        info: initial presence fields (ports, public ip, …); see ``set_info``.
+        ttl: presence TTL in seconds; refreshed every ``ttl / 3``.
+        presence: whether to announce this process at all.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        role: str,
+        host: str,
+        info: dict[str, Any] | None = None,
+        ttl: float = 5.0,
+        presence: bool = True,
+    ) -> None:
+        self.prefix = prefix
+        self.role = role
+        self.host = host
+        self.ttl = ttl
+        self.id = new_process_id(role, host)
+        self.started = time.time()
+        self._presence = presence
+        self._info: dict[str, Any] = dict(info or {})
+        self._state = "up"
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+        common: dict[str, Any] = {
+            "socket_connect_timeout": 2.0,
+            "retry": retry,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=5.0, **common)
+        # Pub/sub blocks on reads by design, so it gets a client without a socket timeout.
+        self._sub_redis: aioredis.Redis = aioredis.Redis.from_url(url, **common)
+        self._handlers: dict[str, Handler] = {}
+        self._channels: dict[str, RawHandler] = {}
+        self._ticks: list[Callable[[], Awaitable[None]]] = []
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_request = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bg: list[asyncio.Task[None]] = []
+        self._pubsub: PubSub | None = None
+        self._subscribed = asyncio.Event()
+        self._first_beat = asyncio.Event()
+        self._last_ok = 0.0
+        self._closing = False
+        self.on_fatal: Callable[[Exception], None] | None = None
+        self._wake = asyncio.Event()
+
+    # ----------------------------------------------------------------- names
+    def key(self, *parts: str | int) -> str:
+        """A Redis key under this cluster's prefix."""
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    def inbox(self, process_id: str) -> str:
+        return self.key("inbox", process_id)
+
+    @property
+    def _reply_pattern(self) -> str:
+        return self.key("reply", self.id, "*")
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Start the heartbeat and subscriber tasks; returns at once (Redis may be down)."""
+        self._bg = [
+            asyncio.create_task(self._heartbeat_loop(), name="registry-heartbeat"),
+            asyncio.create_task(self._subscriber_loop(), name="registry-subscriber"),
+        ]
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until presence is written and the inbox is subscribed; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._first_beat.wait()
+                await self._subscribed.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answered within one TTL and the inbox is subscribed."""
+        return self._subscribed.is_set() and time.monotonic() - self._last_ok < self.ttl
+
+    async def close(self) -> None:
+        """Leave the cluster: stop tasks, delete the presence key, close connections."""
+        self._closing = True
+        for task in self._bg:
+            task.cancel()
+        for task in self._bg:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RegistryUnavailable("registry closed"))
+        if self._presence:
+            with contextlib.suppress(*_REDIS_ERRORS, RedisError):
+                async with asyncio.timeout(1.0):
+                    async with self.redis.pipeline(transaction=False) as p:
+                        p.delete(self.key("proc", self.id))
+                        p.zrem(self.key("procs"), self.id)
+                        await p.execute()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self._sub_redis.aclose()
+
+    # -------------------------------------------------------------- presence
+    def set_info(self, **fields: Any) -> None:
+        """Change presence fields; written with the next heartbeat (coalesced)."""
+        self._info.update(fields)
+
+    def set_state(self, state: str) -> None:
+        """``up`` or ``draining``; written with the next heartbeat."""
+        self._state = state
+
+    def beat_soon(self) -> None:
+        """Write presence now instead of at the next period (state or ports changed)."""
+        self._wake.set()
+
+    def add_tick(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after every successful heartbeat (lease refresh, load reports)."""
+        self._ticks.append(hook)
+
+    def presence_info(self) -> dict[str, Any]:
+        info = dict(self._info)
+        info.update(id=self.id, role=self.role, host=self.host, pid=os.getpid(),
+                    started=self.started, state=self._state)
+        return info
+
+    async def beat(self) -> None:
+        """Write presence once and run the tick hooks."""
+        if self._presence:
+            expires_ms = int((time.time() + self.ttl) * 1000)
+            async with self.redis.pipeline(transaction=False) as p:
+                p.set(self.key("proc", self.id), pack(self.presence_info()),
+                      px=int(self.ttl * 1000))
+                p.zadd(self.key("procs"), {self.id: expires_ms})
+                # Forget members that have been dead for a minute; their keys are long gone.
+                p.zremrangebyscore(self.key("procs"), "-inf", expires_ms - 60_000 - self.ttl * 1000)
+                await p.execute()
+            metrics.REDIS_ROUNDTRIPS.labels("presence").inc()
+        else:
+            await self.redis.ping()
+        for hook in self._ticks:
+            await hook()
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = 0.1
+        down_since: float | None = None
+        while True:
+            try:
+                await self.beat()
+            except HubbubError as exc:
+                # A tick hook found a fatal condition (a lost lease): the process must stop.
+                log.error("%s", exc)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return
+            except (*_REDIS_ERRORS, RedisError) as exc:
+                metrics.REDIS_ERRORS.labels("presence").inc()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("redis unreachable (%s); retrying with backoff", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if down_since is not None:
+                log.info("redis link restored after %.1fs", time.monotonic() - down_since)
+                down_since = None
+            backoff = 0.1
+            self._last_ok = time.monotonic()
+            self._first_beat.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ttl / 3):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def processes(self, role: str | None = None) -> list[ProcessRecord]:
+        """Live processes (optionally of one role), oldest first.
+
+        Raises:
+            RegistryUnavailable: Redis did not answer.
+        """
+        async with self.guard("list"):
+            now_ms = int(time.time() * 1000)
+            ids: list[Any] = await self.redis.zrangebyscore(self.key("procs"), now_ms, "+inf")
+            if not ids:
+                return []
+            raw: list[Any] = await self.redis.mget([self.key("proc", i.decode()) for i in ids])
+        records = []
+        for blob in raw:
+            if blob is None:
+                continue
+            try:
+                rec = ProcessRecord.from_info(unpack(blob))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if role is None or rec.role == role:
+                records.append(rec)
+        records.sort(key=lambda r: (r.role, r.host, r.started))
+        return records
+
+    @contextlib.asynccontextmanager
+    async def guard(self, op: str) -> AsyncIterator[None]:
+        """Map Redis failures to ``RegistryUnavailable`` and count the round trip."""
+        try:
+            yield
+        except (*_REDIS_ERRORS, RedisError) as exc:
+            metrics.REDIS_ERRORS.labels(op).inc()
+            raise RegistryUnavailable(f"redis unavailable during {op}: {exc}") from exc
+        metrics.REDIS_ROUNDTRIPS.labels(op).inc()
+
+    # ---------------------------------------------------------------- inbox
+    def on(self, msg_type: str, handler: Handler) -> None:
+        """Handle inbox messages of ``msg_type``; a request's reply is the return value."""
+        self._handlers[msg_type] = handler
+
+    async def subscribe(self, channel: str, handler: RawHandler) -> None:
+        """Receive every message published on ``channel`` (kept across reconnects)."""
+        self._channels[channel] = handler
+        if self._pubsub is not None and self._subscribed.is_set():
+            with contextlib.suppress(*_REDIS_ERRORS, RedisError):
+                await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._channels.pop(channel, None) is not None and self._pubsub is not None:
+            with contextlib.suppress(*_REDIS_ERRORS, RedisError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """Publish raw bytes; returns the number of receivers."""
+        async with self.guard("publish"):
+            n: int = await self.redis.publish(channel, data)
+        return n
+
+    async def send(self, target: str, msg_type: str, payload: Any) -> bool:
+        """Fire-and-forget to ``target``'s inbox; False when nobody listens there.
+
+        Raises:
+            RegistryUnavailable: Redis did not answer.
+        """
+        env = Envelope(Kind.SEND, msg_type, 0, "", self.id, payload)
+        return await self.publish(self.inbox(target), encode(env)) > 0
+
+    async def request(self, target: str, msg_type: str, payload: Any,
+                      timeout: float = 2.0) -> Any:
+        """Send a request to ``target`` and wait for its reply.
+
+        Raises:
+            NoListener: the target's inbox has no subscriber.
+            RequestTimeout: no reply within ``timeout``.
+            RemoteError: the target answered with an error.
+            RegistryUnavailable: Redis did not answer.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise RegistryUnavailable("inbox not subscribed (redis down?)") from None
+        self._next_request += 1
+        rid = self._next_request
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            env = Envelope(Kind.REQUEST, msg_type, rid, self.key("reply", self.id, rid), self.id,
+                           payload)
+            if await self.publish(self.inbox(target), encode(env)) == 0:
+                raise NoListener(f"no process listens on {target}")
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fut
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"{msg_type} to {target}: no reply within {timeout:g}s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _subscriber_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.inbox(self.id), *self._channels)
+                await pubsub.psubscribe(self._reply_pattern)
+                self._pubsub = pubsub
+                self._subscribed.set()
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None:
+                        self._dispatch(msg)
+            except asyncio.CancelledError:
+                raise
+            except (*_REDIS_ERRORS, RedisError) as exc:
+                metrics.REDIS_ERRORS.labels("subscribe").inc()
+                if self._subscribed.is_set():
+                    log.warning("inbox subscription lost (%s); resubscribing", exc)
+                self._subscribed.clear()
+                self._pubsub = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        channel = msg.get("channel", b"")
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        data = msg.get("data")
+        if not isinstance(data, bytes):
+            return
+        raw = self._channels.get(channel)
+        if raw is not None:
+            self._run(raw, data)
+            return
+        env = decode(data)
+        if env is None:
+            metrics.INBOX_DROPPED.labels("malformed").inc()
+            return
+        if env.kind in (Kind.REPLY_OK, Kind.REPLY_ERROR):
+            fut = self._pending.get(env.request_id)
+            if fut is not None and not fut.done():
+                if env.kind is Kind.REPLY_OK:
+                    fut.set_result(env.payload)
+                else:
+                    err = env.payload if isinstance(env.payload, dict) else {}
+                    fut.set_exception(RemoteError(str(err.get("code", "error")),
+                                                  str(err.get("message", ""))))
+            return
+        handler = self._handlers.get(env.type)
+        if handler is None:
+            metrics.INBOX_DROPPED.labels("unknown_type").inc()
+            if env.kind is Kind.REQUEST:
+                self._spawn(self._reply(env, Kind.REPLY_ERROR,
+                                        {"code": "unknown_type", "message": env.type}))
+            return
+        if len(self._tasks) >= MAX_INFLIGHT:
+            metrics.INBOX_DROPPED.labels("busy").inc()
+            if env.kind is Kind.REQUEST:
+                self._spawn(self._reply(env, Kind.REPLY_ERROR,
+                                        {"code": "busy", "message": "inbox overloaded"}))
+            return
+        self._spawn(self._handle(handler, env))
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            result = fn(*args)
+        except Exception:
+            log.exception("channel handler failed")
+            return
+        if inspect.isawaitable(result):
+            self._spawn(_swallow(result))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, handler: Handler, env: Envelope) -> None:
+        try:
+            result = handler(env.payload, env.sender)
+            if inspect.isawaitable(result):
+                result = await result
+        except HubbubError as exc:
+            if env.kind is Kind.REQUEST:
+                await self._reply(env, Kind.REPLY_ERROR, exc.to_dict())
+            return
+        except Exception as exc:
+            log.exception("inbox handler for %s failed", env.type)
+            if env.kind is Kind.REQUEST:
+                await self._reply(env, Kind.REPLY_ERROR,
+                                  {"code": "internal", "message": type(exc).__name__})
+            return
+        if env.kind is Kind.REQUEST:
+            await self._reply(env, Kind.REPLY_OK, result)
+
+    async def _reply(self, env: Envelope, kind: Kind, payload: Any) -> None:
+        reply = Envelope(kind, env.type, env.request_id, "", self.id, payload)
+        with contextlib.suppress(RegistryUnavailable):
+            await self.publish(env.reply_to, encode(reply))
+
+
+async def _swallow(aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception:
+        log.exception("channel handler failed")

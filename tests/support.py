@@ -1,0 +1,195 @@
+"""Test helpers: free ports, a real redis-server, hubbub processes as subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for TCP and UDP on 127.0.0.1 right now."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if _free_both(port):
+            return port
+
+
+def _free_both(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_block(size: int) -> int:
+    """First port of ``size`` consecutive ports free for TCP and UDP."""
+    for _ in range(200):
+        base = free_port()
+        if base + size < 65000 and all(_free_both(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def new_prefix() -> str:
+    return f"t{secrets.token_hex(4)}:"
+
+
+@dataclass
+class RedisServer:
+    port: int
+    dir: Path
+    appendonly: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always", "--loglevel", "warning"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory(prefix="hubbub-redis-") as d:
+        srv = RedisServer(free_port(), Path(d), appendonly)
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class HubbubProcess:
+    """A ``hubbub <role>`` subprocess with its ops port and log file."""
+
+    role: str
+    ops_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def healthy(self) -> bool:
+        with contextlib.suppress(OSError):
+            return http_get(f"http://127.0.0.1:{self.ops_port}/healthz", 0.5)[0] == 200
+        return False
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.role} exited {self.proc.returncode}:\n{self.log()}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.role} not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(15)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.ops_port}/metrics")[1].decode()
+
+
+class Cluster:
+    """Starts hubbub processes against one Redis and prefix; kills them all at the end."""
+
+    def __init__(self, redis_url: str, prefix: str, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.workdir = workdir
+        self.procs: list[HubbubProcess] = []
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "PORT"))}
+        env.update(REDIS_URL=self.redis_url, HUBBUB_PREFIX=self.prefix,
+                   HUBBUB_DATA=str(self.workdir / "data"), PRESENCE_TTL="1.5",
+                   DRAIN_TIMEOUT="2", BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
+                   PYTHONUNBUFFERED="1")
+        env.update(extra or {})
+        return env
+
+    def start(self, role: str, *args: str, env: Mapping[str, str] | None = None,
+              wait: bool = True) -> HubbubProcess:
+        ops = free_port()
+        log_path = self.workdir / f"{role}-{len(self.procs)}.log"
+        full_env = self.env(env)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hubbub", role, "--ops-port", str(ops), *args],
+                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.workdir)
+        p = HubbubProcess(role, ops, log_path, proc, full_env)
+        self.procs.append(p)
+        if wait:
+            p.wait_healthy()
+        return p
+
+    def hubbub(self, *args: str, env: Mapping[str, str] | None = None,
+               timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hubbub", *args], capture_output=True,
+                              text=True, env=self.env(env), cwd=self.workdir, timeout=timeout)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.kill(signal.SIGTERM)
