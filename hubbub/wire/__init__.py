@@ -1,0 +1,1 @@
+"""Sans-I/O wire protocol code shared by gateways and shards (no asyncio, no sockets)."""
