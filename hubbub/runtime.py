@@ -159,6 +159,13 @@ class _Runner:
             log.warning("%s again: exiting now", signame)
             os._exit(1)
 
+    async def _ping(self, payload: Any, sender: str) -> dict[str, Any]:
+        """Answer a liveness probe; ``{"via": id}`` first pings that process (route check)."""
+        reply: dict[str, Any] = {"id": self.registry.id, "role": self.cfg.role, "pid": os.getpid()}
+        if isinstance(payload, dict) and isinstance(payload.get("via"), str):
+            reply["via"] = await self.registry.request(payload["via"], "sys.ping", None, 2.0)
+        return reply
+
     async def _report_load(self) -> None:
         load: dict[str, Any] = {}
         for s in self.services:
@@ -175,6 +182,7 @@ class _Runner:
         self.registry.set_info(ops_port=self.ops.port, public_ip=cfg.advertised_ip,
                                name=os.environ.get("HONCHO_PROCESS_NAME", cfg.role))
         self.registry.add_tick(self._report_load)
+        self.registry.on("sys.ping", self._ping)
         await self.registry.start()
         ctx = Context(cfg, self.registry, self.ops, host_name(cfg),
                       proc_name=os.environ.get("HONCHO_PROCESS_NAME", cfg.role))

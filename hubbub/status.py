@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from hubbub.config import add_setting_flags, load_config, new_parser
-from hubbub.errors import ConfigError, RegistryUnavailable
+from hubbub.errors import ConfigError, HubbubError, RegistryUnavailable
 from registry import ProcessRecord, Registry
 
 
@@ -36,25 +37,41 @@ def _ports(rec: ProcessRecord) -> str:
     return " ".join(ports)
 
 
-def format_table(records: Sequence[ProcessRecord]) -> str:
-    header = ("ROLE", "HOST", "PID", "SLOT", "STATE", "AGE", "PORTS", "LOAD", "ID")
+def format_table(records: Sequence[ProcessRecord], rtts: Sequence[str] = ()) -> str:
+    header: tuple[str, ...] = ("ROLE", "HOST", "PID", "SLOT", "STATE", "AGE", "PORTS", "LOAD", "ID")
+    if rtts:
+        header += ("PING",)
     rows: list[tuple[str, ...]] = [header]
-    for r in records:
+    for i, r in enumerate(records):
         slot = r.info.get("slot")
-        rows.append((r.role, r.host, str(r.pid), "-" if slot is None else str(slot), r.state,
-                     f"{r.age:.0f}s", _ports(r), _load(r), r.id))
+        row = (r.role, r.host, str(r.pid), "-" if slot is None else str(slot), r.state,
+               f"{r.age:.0f}s", _ports(r), _load(r), r.id)
+        rows.append(row + ((rtts[i],) if rtts else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
 
 
-async def _fetch(url: str, prefix: str) -> list[ProcessRecord]:
+async def _ping(reg: Registry, rec: ProcessRecord) -> str:
+    start = time.perf_counter()
+    try:
+        await reg.request(rec.id, "sys.ping", None, timeout=2.0)
+    except HubbubError as exc:
+        return f"{exc.code}"
+    return f"{(time.perf_counter() - start) * 1000:.1f}ms"
+
+
+async def _fetch(url: str, prefix: str, ping: bool) -> tuple[list[ProcessRecord], list[str]]:
     reg = Registry(url, prefix, "status", "-", presence=False)
     try:
-        async with asyncio.timeout(5.0):
-            return await reg.processes()
+        async with asyncio.timeout(10.0):
+            if ping:
+                await reg.start()
+            records = await reg.processes()
+            rtts = list(await asyncio.gather(*(_ping(reg, r) for r in records))) if ping else []
+            return records, rtts
     except TimeoutError:
-        raise RegistryUnavailable("redis did not answer within 5s") from None
+        raise RegistryUnavailable("redis did not answer within 10s") from None
     finally:
         await reg.close()
 
@@ -62,6 +79,8 @@ async def _fetch(url: str, prefix: str) -> list[ProcessRecord]:
 def main(argv: Sequence[str]) -> int:
     parser = new_parser("hubbub status", "print the live cluster from Redis")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--ping", action="store_true",
+                        help="also send each process a request through its inbox and show the RTT")
     add_setting_flags(parser, "status")
     args = parser.parse_args(list(argv))
     try:
@@ -70,15 +89,16 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"hubbub status: error: {exc}\n")
         return 2
     try:
-        records = asyncio.run(_fetch(cfg.redis_url, cfg.prefix))
+        records, rtts = asyncio.run(_fetch(cfg.redis_url, cfg.prefix, args.ping))
     except RegistryUnavailable as exc:
         sys.stderr.write(f"hubbub status: cannot reach Redis at {cfg.redis_url}: "
                          f"{str(exc).splitlines()[0]}\n")
         return 1
     if args.json:
-        out: list[dict[str, Any]] = [r.info for r in records]
+        out: list[dict[str, Any]] = [
+            dict(r.info, ping=rtts[i]) if rtts else r.info for i, r in enumerate(records)]
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(format_table(records))
+        print(format_table(records, rtts))
         print(f"{len(records)} live process(es)")
     return 0

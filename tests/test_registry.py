@@ -1,0 +1,200 @@
+"""The Redis control plane in-process, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from support import new_prefix, redis_server
+
+from hubbub.errors import NoListener, RemoteError, RequestTimeout, ServiceError
+from registry import Registry, SlotLease
+from registry.codec import Envelope, Kind, decode, encode
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[Any]:
+    made: list[Registry] = []
+
+    async def factory(role: str = "gateway", host: str = "h1", ttl: float = 1.5,
+                      url: str = redis_url) -> Registry:
+        reg = Registry(url, prefix, role, host, ttl=ttl)
+        made.append(reg)
+        await reg.start()
+        assert await reg.wait_ready(5)
+        return reg
+
+    yield factory
+    for reg in made:
+        await reg.close()
+
+
+def test_envelope_roundtrip_and_garbage() -> None:
+    env = Envelope(Kind.REQUEST, "x.y", 7, "reply:1", "me", {"a": [1, b"\x00"]})
+    assert decode(encode(env)) == env
+    for junk in (b"", b"\xc1", b"\x93\x01\x02\x03", encode(env)[:-1], b"\x97" + b"\xc0" * 7):
+        assert decode(junk) is None
+
+
+async def test_presence_lists_and_expires(make: Any, redis_url: str, prefix: str) -> None:
+    a = await make("gateway", "h1")
+    b = await make("shard", "h2")
+    a.set_info(ports={"spaces": 4000})
+    a.beat_soon()
+    await asyncio.sleep(0.1)
+    recs = {r.id: r for r in await a.processes()}
+    assert set(recs) == {a.id, b.id}
+    assert recs[a.id].info["ports"] == {"spaces": 4000}
+    assert [r.id for r in await a.processes("shard")] == [b.id]
+    # A process that stops refreshing disappears after its TTL, without any cleanup.
+    for task in b._bg:
+        task.cancel()
+    await asyncio.sleep(1.7)
+    assert [r.id for r in await a.processes()] == [a.id]
+
+
+async def test_clean_close_removes_presence_at_once(make: Any) -> None:
+    a = await make()
+    b = await make()
+    await b.close()
+    assert [r.id for r in await a.processes()] == [a.id]
+
+
+async def test_send_request_reply_and_errors(make: Any) -> None:
+    a = await make()
+    b = await make()
+    seen: list[tuple[Any, str]] = []
+    b.on("note", lambda payload, sender: seen.append((payload, sender)))
+
+    async def echo(payload: Any, sender: str) -> Any:
+        await asyncio.sleep(0)
+        return {"echo": payload, "from": sender}
+
+    def boom(payload: Any, sender: str) -> Any:
+        raise ServiceError("no such room")
+
+    async def slow(payload: Any, sender: str) -> Any:
+        await asyncio.sleep(5)
+
+    b.on("echo", echo)
+    b.on("boom", boom)
+    b.on("slow", slow)
+    assert await a.send(b.id, "note", [1, 2]) is True
+    assert await a.request(b.id, "echo", "hi") == {"echo": "hi", "from": a.id}
+    assert seen == [([1, 2], a.id)]
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, "boom", None)
+    assert err.value.code == "service" and "no such room" in str(err.value)
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, "nope", None)
+    assert err.value.code == "unknown_type"
+    t0 = time.monotonic()
+    with pytest.raises(RequestTimeout):
+        await a.request(b.id, "slow", None, timeout=0.3)
+    assert time.monotonic() - t0 < 2
+    # Nobody listens on a dead process's inbox: known at once, not after a timeout.
+    assert await a.send("gateway:gone:1:abc", "note", 1) is False
+    t0 = time.monotonic()
+    with pytest.raises(NoListener):
+        await a.request("gateway:gone:1:abc", "echo", 1, timeout=5)
+    assert time.monotonic() - t0 < 1
+
+
+async def test_concurrent_requests_get_their_own_replies(make: Any) -> None:
+    a = await make()
+    b = await make()
+
+    async def double(payload: Any, sender: str) -> Any:
+        await asyncio.sleep(0.01 * (payload % 3))
+        return payload * 2
+
+    b.on("double", double)
+    got = await asyncio.gather(*(a.request(b.id, "double", i) for i in range(50)))
+    assert got == [i * 2 for i in range(50)]
+
+
+async def test_channels_fan_out(make: Any, prefix: str) -> None:
+    a = await make()
+    b = await make()
+    got: list[bytes] = []
+    await b.subscribe(prefix + "space:x", got.append)
+    await asyncio.sleep(0.05)
+    assert await a.publish(prefix + "space:x", b"frame") == 1
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0.02)
+    assert got == [b"frame"]
+    await b.unsubscribe(prefix + "space:x")
+    await asyncio.sleep(0.05)
+    assert await a.publish(prefix + "space:x", b"frame") == 0
+
+
+async def test_slot_leases_are_exclusive_and_expire(make: Any) -> None:
+    s1 = await make("shard", "hA")
+    s2 = await make("shard", "hA")
+    s3 = await make("shard", "hA")
+    other_host = await make("shard", "hB")
+    l1, l2, l3 = SlotLease(s1, 2), SlotLease(s2, 2), SlotLease(s3, 2)
+    assert await l1.try_acquire() == 0
+    assert await l2.try_acquire() == 1
+    assert await l3.try_acquire() is None
+    # Slots are per host: another host has its own.
+    assert await SlotLease(other_host, 2).try_acquire() == 0
+    # l1 stops refreshing (its shard died): the slot is free after the TTL, l3 takes it.
+    await l2.refresh()
+    await asyncio.sleep(1.0)
+    await l2.refresh()
+    await asyncio.sleep(0.7)
+    assert await l3.try_acquire() == 0
+    from hubbub.errors import LeaseLost
+
+    with pytest.raises(LeaseLost):
+        await l1.refresh()
+    await l3.release()
+    assert await SlotLease(s1, 2).try_acquire() == 0
+
+
+async def test_reconnects_after_redis_restart() -> None:
+    prefix = new_prefix()
+    with redis_server(appendonly=True) as srv:
+        a = Registry(srv.url, prefix, "shard", "h", ttl=1.5)
+        b = Registry(srv.url, prefix, "gateway", "h", ttl=1.5)
+        for r in (a, b):
+            await r.start()
+            assert await r.wait_ready(5)
+        lease = SlotLease(a, 2)
+        assert await lease.try_acquire() == 0
+        a.add_tick(lease.refresh)
+        b.on("echo", lambda p, s: p)
+        try:
+            srv.stop()
+            # Wipe the AOF so the restarted Redis has lost presence and the lease.
+            for f in srv.dir.rglob("*"):
+                if f.is_file():
+                    f.unlink()
+            await asyncio.sleep(0.5)
+            srv.start()
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                try:
+                    ids = {r.id for r in await a.processes()}
+                    owner = await a.redis.get(a.key("slot", "h", 0))
+                    if ids == {a.id, b.id} and owner == a.id.encode():
+                        break
+                except Exception:
+                    pass
+                await asyncio.sleep(0.1)
+            assert {r.id for r in await a.processes()} == {a.id, b.id}
+            assert await a.redis.get(a.key("slot", "h", 0)) == a.id.encode()
+            # Subscriptions are back: request/reply works again.
+            deadline = time.monotonic() + 5
+            while not b.healthy and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert await a.request(b.id, "echo", "again", timeout=2) == "again"
+        finally:
+            await a.close()
+            await b.close()
