@@ -153,6 +153,9 @@ SETTINGS: tuple[Setting, ...] = (
             _non_negative_float, "fraction of SINGLE_BANDWIDTH above which a pair is downgraded"),
     Setting("downgrade_start_check", ("--downgrade-start-check",), ("DOWNGRADE_START_CHECK",),
             1800.0, _non_negative_float, "seconds after pairing before downgrade checks start"),
+    Setting("relay_timeout", ("--relay-timeout",), ("RELAY_TIMEOUT",), 30.0, _positive_float,
+            "relay: seconds to wait for the first message, for the other half, and without "
+            "traffic before closing"),
     # --- spaces host (Wired) ---
     Setting("spaces_port", ("--spaces-port",), ("SPACES_PORT",), 4000, _port,
             "spaces WebSocket + HTTP port"),
@@ -206,6 +209,7 @@ class Config:
     limit_speed: float = 32.0
     downgrade_threshold: float = 0.66
     downgrade_start_check: float = 1800.0
+    relay_timeout: float = 30.0
     spaces_port: int = 4000
     ssl_cert: str = ""
     ssl_key: str = ""
