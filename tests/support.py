@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netns import NsHost
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,16 +63,19 @@ class RedisServer:
     dir: Path
     appendonly: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    bind: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind.split()[-1]}:{self.port}/0"
 
     def start(self) -> None:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        args = [exe, "--port", str(self.port), "--bind", *self.bind.split(), "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always", "--loglevel", "warning"]
+                "--appendfsync", "always", "--loglevel", "warning",
+                # Simulated hosts reach it over a private test bridge.
+                "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -90,9 +95,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
+def redis_server(appendonly: bool = False, bind: str = "127.0.0.1") -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="hubbub-redis-") as d:
-        srv = RedisServer(free_port(), Path(d), appendonly)
+        srv = RedisServer(free_port(), Path(d), appendonly, bind=bind)
         srv.start()
         try:
             yield srv
@@ -117,10 +122,15 @@ class HubbubProcess:
     log_path: Path
     proc: subprocess.Popen[bytes]
     env: dict[str, str] = field(default_factory=dict)
+    ops_host: str = "127.0.0.1"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://{self.ops_host}:{self.ops_port}"
 
     def healthy(self) -> bool:
         with contextlib.suppress(OSError):
-            return http_get(f"http://127.0.0.1:{self.ops_port}/healthz", 0.5)[0] == 200
+            return http_get(f"{self.ops_url}/healthz", 0.5)[0] == 200
         return False
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
@@ -146,7 +156,7 @@ class HubbubProcess:
             self.proc.wait(5)
 
     def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.ops_port}/metrics")[1].decode()
+        return http_get(f"{self.ops_url}/metrics")[1].decode()
 
 
 class Cluster:
@@ -168,15 +178,23 @@ class Cluster:
         return env
 
     def start(self, role: str, *args: str, env: Mapping[str, str] | None = None,
-              wait: bool = True) -> HubbubProcess:
+              wait: bool = True, host: NsHost | None = None) -> HubbubProcess:
+        """Start ``hubbub <role>``; with ``host``, inside that simulated host's namespace."""
         ops = free_port()
         log_path = self.workdir / f"{role}-{len(self.procs)}.log"
-        full_env = self.env(env)
+        extra = dict(env or {})
+        argv = [sys.executable, "-m", "hubbub", role, "--ops-port", str(ops), *args]
+        ops_host = "127.0.0.1"
+        if host is not None:
+            extra = {"BIND": "0.0.0.0", "PUBLIC_IP": host.addr, "HUBBUB_HOST": host.name,
+                     **extra}
+            argv = host.cmd(*argv)
+            ops_host = host.addr
+        full_env = self.env(extra)
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "hubbub", role, "--ops-port", str(ops), *args],
-                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.workdir)
-        p = HubbubProcess(role, ops, log_path, proc, full_env)
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                    cwd=self.workdir)
+        p = HubbubProcess(role, ops, log_path, proc, full_env, ops_host)
         self.procs.append(p)
         if wait:
             p.wait_healthy()
