@@ -14,7 +14,8 @@
     │   ├── RequestTimeout          a request got no reply within its timeout
     │   ├── RemoteError             the target process answered with an error {code, message}
     │   └── LeaseLost               a shard slot lease was taken by someone else
-    └── ServiceError                a process-level service failed to start or run
+    ├── ServiceError                a process-level service failed to start or run
+    └── LoadTestError               a load-test client got a wrong, missing or late answer
 
 Parsers never raise into the event loop: adapters catch ``RemoteProtocolError``, answer or close
 the connection, and count the event.
@@ -30,6 +31,7 @@ __all__ = [
     "FrameTooLarge",
     "HubbubError",
     "LeaseLost",
+    "LoadTestError",
     "LocalProtocolError",
     "NoListener",
     "ProtocolError",
@@ -111,3 +113,7 @@ class LeaseLost(RegistryError):
 
 class ServiceError(HubbubError):
     code = "service"
+
+
+class LoadTestError(HubbubError):
+    code = "loadtest"
