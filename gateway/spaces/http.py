@@ -1,0 +1,77 @@
+"""Plain HTTP on the spaces port: player counts, health, and the demo page's static files."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+import hubbub
+from gateway.spaces.store import SpaceStore
+from hubbub.errors import RegistryUnavailable
+
+
+__all__ = ["WEB_DIR", "HttpRoutes"]
+
+WEB_DIR = Path(hubbub.__file__).resolve().parent / "web"
+PLAYER_COUNT = "/player-count/"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+MAX_FILE = 8 * 1024 * 1024
+
+
+def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              cors: bool = False) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-cache")])
+    if cors:
+        headers["Access-Control-Allow-Origin"] = "*"
+    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+    return Response(status, reasons.get(status, "Error"), headers, body)
+
+
+class HttpRoutes:
+    """``GET /player-count/<raw uri>``, ``/healthz``, ``/demo``, ``/web/<file>``."""
+
+    def __init__(self, store: SpaceStore, healthy: Callable[[], bool],
+                 web_dir: Path = WEB_DIR) -> None:
+        self.store = store
+        self.healthy = healthy
+        self.web_dir = web_dir
+
+    async def respond(self, conn: ServerConnection, request: Request) -> Response:
+        # The raw request target, query removed, exactly as the Wired host reads it.
+        path = request.path.split("?", 1)[0]
+        if path.startswith(PLAYER_COUNT):
+            uri = path[len(PLAYER_COUNT):]
+            try:
+                n = await self.store.count(uri)
+            except RegistryUnavailable:
+                return _response(503, b"registry unavailable\n")
+            return _response(200, str(n).encode(), cors=True)
+        if path == "/healthz":
+            ok = self.healthy()
+            return _response(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+        if path == "/demo":
+            return self._file("demo.html")
+        if path.startswith("/web/"):
+            return self._file(path[len("/web/"):])
+        return _response(404, b"not found\n")
+
+    def _file(self, name: str) -> Response:
+        suffix = Path(name).suffix
+        if not _NAME.fullmatch(name) or suffix not in _TYPES:
+            return _response(404, b"not found\n")
+        path = self.web_dir / name
+        try:
+            if not path.is_file() or path.stat().st_size > MAX_FILE:
+                return _response(404, b"not found\n")
+            body = path.read_bytes()
+        except OSError:
+            return _response(404, b"not found\n")
+        return _response(200, body, _TYPES[suffix])

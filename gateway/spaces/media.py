@@ -1,0 +1,249 @@
+"""Relay of the Wired WebRTC subjects to the media shard that holds a socket's session.
+
+Contract with the shards: ``media.call`` requests (``{session, gateway, op, data, spaces}``,
+reply = list of ``[subject, data]``), ``media.push`` messages from a shard to a session's gateway,
+``media.lost`` when a shard drains. A space's media is placed once (``space:<uri>:shard``) on the
+live, non-draining shard with the fewest media sessions; a socket's session lives on the shard of
+the first space it joined, so a socket whose spaces sit on different shards only gets media in
+its first space. When the session's shard goes away the socket is closed with 1012 and the
+Wired client reconnects onto a live shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from gateway.spaces import metrics
+from hubbub.errors import NoListener, RegistryUnavailable, RemoteError, RequestTimeout
+from hubbub.wire.wired import outbound
+from registry import ProcessRecord, Registry
+
+
+__all__ = ["MediaClient", "MediaRelay"]
+
+log = logging.getLogger("hubbub.spaces.media")
+
+CALL_TIMEOUT = 5.0
+MAX_REPLY_MESSAGES = 512
+CLOSE_MEDIA_LOST = 1012
+
+_PLACE = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return cur
+"""
+
+
+class MediaClient(Protocol):
+    """What the relay needs from a client connection."""
+
+    session: str
+    shard: str | None
+
+    def memberships(self) -> dict[str, int]: ...
+
+    def send(self, frame: bytes) -> None: ...
+
+    def send_error(self, code: str, message: str, subject: str | None) -> None: ...
+
+    def abort(self, code: int, reason: str) -> None: ...
+
+
+class MediaRelay:
+    """Places spaces on shards and forwards media subjects for this gateway's sockets."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.shards: dict[str, ProcessRecord] = {}
+        self.sessions: dict[str, MediaClient] = {}
+        self.capabilities: Any = None
+        self._place = registry.redis.register_script(_PLACE)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        registry.on("media.push", self._on_push)
+        registry.on("media.lost", self._on_lost)
+
+    # ----------------------------------------------------------- shard view
+    def update_shards(self, records: Iterable[ProcessRecord]) -> None:
+        """Refresh the live media shards; sessions on vanished shards are lost."""
+        self.shards = {r.id: r for r in records
+                       if r.role == "shard" and isinstance(r.info.get("media"), dict)}
+        for client in list(self.sessions.values()):
+            if client.shard is not None and client.shard not in self.shards:
+                self._lose(client, "media shard gone")
+
+    def usable(self) -> list[ProcessRecord]:
+        """Live shards accepting new media, least loaded first."""
+        def sessions(r: ProcessRecord) -> int:
+            load = r.info.get("load") or {}
+            try:
+                return int(load.get("media_sessions", 0))
+            except (TypeError, ValueError):
+                return 0
+        ups = [r for r in self.shards.values() if r.state == "up"]
+        return sorted(ups, key=lambda r: (sessions(r), r.id))
+
+    async def place(self, uri: str) -> str | None:
+        """The shard of ``uri``'s media, placing it when unplaced or on a dead/draining shard."""
+        key = self.registry.key("space", uri, "shard")
+        async with self.registry.guard("spaces_place"):
+            raw = await self.registry.redis.get(key)
+        current = raw.decode() if isinstance(raw, bytes) else None
+        usable = self.usable()
+        if current is not None and any(r.id == current for r in usable):
+            return current
+        if not usable:
+            return None
+        async with self.registry.guard("spaces_place"):
+            won: Any = await self._place(keys=[key], args=[current or "", usable[0].id])
+        return won.decode() if isinstance(won, bytes) else str(won)
+
+    # ------------------------------------------------------------ sessions
+    def attach(self, client: MediaClient) -> None:
+        self.sessions[client.session] = client
+
+    def detach(self, client: MediaClient) -> None:
+        """The socket is gone: tell its shard to drop every transport (in the background)."""
+        self.sessions.pop(client.session, None)
+        if client.shard is not None:
+            self._spawn(self._quiet(client, "close", None))
+
+    async def handle(self, client: MediaClient, subject: str, data: Any) -> None:
+        """Relay one WebRTC subject; replies or an ``error`` message go to the client."""
+        if subject == "get_router_rtp_capabilities" and self.capabilities is not None:
+            client.send(outbound.encode("router_rtp_capabilities", self.capabilities))
+            return
+        shard = client.shard
+        if shard is not None and shard not in self.shards:
+            self._lose(client, "media shard gone")
+            return
+        if shard is None:
+            try:
+                if subject == "get_router_rtp_capabilities":
+                    # Any shard answers this; it does not bind the session.
+                    usable = self.usable()
+                    shard = usable[0].id if usable else None
+                else:
+                    shard = await self._bind(client)
+            except RegistryUnavailable as exc:
+                self._fail(client, "unavailable", str(exc), subject)
+                return
+        if shard is None:
+            self._fail(client, "media_unavailable", "no media shard is serving WebRTC", subject)
+            return
+        try:
+            reply = await self.call(client, shard, subject, data)
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+            self._fail(client, *self._describe(exc), subject)
+            return
+        for pair in reply:
+            if subject == "get_router_rtp_capabilities" and pair[0] == "router_rtp_capabilities":
+                self.capabilities = pair[1]
+            client.send(outbound.encode(pair[0], pair[1]))
+
+    async def lifecycle(self, client: MediaClient, op: str, data: Any) -> None:
+        """``join``/``leave`` for a bound session; failures are logged, not sent."""
+        if client.shard is not None:
+            await self._quiet(client, op, data)
+
+    async def call(self, client: MediaClient, shard: str, op: str,
+                   data: Any) -> list[tuple[str, Any]]:
+        payload = {"session": client.session, "gateway": self.registry.id, "op": op,
+                   "data": data, "spaces": client.memberships()}
+        try:
+            reply = await self.registry.request(shard, "media.call", payload,
+                                                timeout=CALL_TIMEOUT)
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+            metrics.MEDIA_CALLS.labels(type(exc).__name__).inc()
+            raise
+        metrics.MEDIA_CALLS.labels("ok").inc()
+        return _pairs(reply)
+
+    async def _bind(self, client: MediaClient) -> str | None:
+        spaces = client.memberships()
+        if spaces:
+            shard = await self.place(next(iter(spaces)))
+        else:
+            usable = self.usable()
+            shard = usable[0].id if usable else None
+        if shard is not None:
+            client.shard = shard
+            self.attach(client)
+        return shard
+
+    async def _quiet(self, client: MediaClient, op: str, data: Any) -> None:
+        shard = client.shard
+        if shard is None:
+            return
+        try:
+            for subject, payload in await self.call(client, shard, op, data):
+                client.send(outbound.encode(subject, payload))
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+            log.debug("media %s for %s failed: %s", op, client.session, exc)
+
+    @staticmethod
+    def _describe(exc: Exception) -> tuple[str, str]:
+        if isinstance(exc, NoListener) or (isinstance(exc, RemoteError)
+                                           and exc.code == "unknown_type"):
+            return "media_unavailable", "no media shard is serving WebRTC"
+        if isinstance(exc, RequestTimeout):
+            return "media_timeout", "the media shard did not answer in time"
+        if isinstance(exc, RegistryUnavailable):
+            return "unavailable", "the cluster registry is unreachable"
+        code = exc.code if isinstance(exc, RemoteError) else "media_error"
+        return "media_error", f"{code}: {exc}"
+
+    def _fail(self, client: MediaClient, code: str, message: str, subject: str) -> None:
+        client.send_error(code, message, subject)
+
+    def _lose(self, client: MediaClient, reason: str) -> None:
+        self.sessions.pop(client.session, None)
+        client.shard = None
+        client.abort(CLOSE_MEDIA_LOST, "media shard restarted")
+        log.info("session %s lost its media shard (%s)", client.session, reason)
+
+    # -------------------------------------------------------- shard → gateway
+    def _on_push(self, payload: Any, sender: str) -> None:
+        if not isinstance(payload, dict):
+            return
+        client = self.sessions.get(str(payload.get("session")))
+        if client is None or client.shard != sender:
+            return
+        for subject, data in _pairs(payload.get("messages")):
+            client.send(outbound.encode(subject, data))
+
+    def _on_lost(self, payload: Any, sender: str) -> None:
+        if not isinstance(payload, dict):
+            return
+        client = self.sessions.get(str(payload.get("session")))
+        if client is not None and client.shard == sender:
+            self._lose(client, str(payload.get("reason", "")))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _pairs(reply: Any) -> list[tuple[str, Any]]:
+    """Well-formed ``[subject, data]`` pairs of a shard reply (anything else is dropped)."""
+    if not isinstance(reply, list | tuple):
+        return []
+    out = []
+    for item in reply[:MAX_REPLY_MESSAGES]:
+        if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str):
+            out.append((item[0], item[1]))
+    return out

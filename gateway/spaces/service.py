@@ -1,0 +1,387 @@
+"""The spaces service of a gateway: Wired WebSocket signalling and HTTP on ``SPACES_PORT``.
+
+Thin asyncio adapter: frames are parsed and validated by ``hubbub.wire.wired``; this module
+applies them to the space state (``SpaceStore``), fans out through the space channels (``Hub``)
+and relays WebRTC subjects to media shards (``MediaRelay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections import Counter as Tally
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway.spaces import channel, metrics
+from gateway.spaces.channel import ChannelMessage
+from gateway.spaces.client import Client
+from gateway.spaces.http import HttpRoutes
+from gateway.spaces.hub import Hub
+from gateway.spaces.media import MediaRelay
+from gateway.spaces.store import SpaceStore
+from hubbub.config import Config
+from hubbub.errors import RegistryUnavailable, ServiceError
+from hubbub.runtime import Context
+from hubbub.wire.wired import outbound
+from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits, Rejected, parse_frame
+from hubbub.wire.wired.positions import RECORD_SIZE, stamp
+
+
+__all__ = ["SpacesService", "listen_socket"]
+
+log = logging.getLogger("hubbub.spaces")
+
+WATCH_PERIOD = 0.5
+"""Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
+_PROFILE_FIELDS = {"set_name": "name", "set_avatar": "avatar", "set_address": "address"}
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT; ``::`` accepts IPv4 and IPv6."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SpacesService:
+    """Wired host compatible signalling (protocol 0.3.0) for one gateway process."""
+
+    name = "spaces"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cfg: Config = ctx.cfg
+        self.registry = ctx.registry
+        self.store = SpaceStore(ctx.registry)
+        self.hub = Hub(ctx.registry)
+        self.media = MediaRelay(ctx.registry)
+        self.http = HttpRoutes(self.store, self.healthy)
+        self.limits = Limits(max_url=self.cfg.spaces_max_url, max_name=self.cfg.spaces_max_name,
+                             max_chat=self.cfg.spaces_max_chat)
+        self.clients: dict[str, Client] = {}
+        self._per_ip: Tally[str] = Tally()
+        self._proxies = _networks(self.cfg.trusted_proxies)
+        self._next = 0
+        self._server: Server | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._serving = False
+        self.port = self.cfg.spaces_port
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        cfg = self.cfg
+        tls: ssl.SSLContext | None = None
+        if cfg.tls:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                tls.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
+        sock = listen_socket(cfg.bind_host, cfg.spaces_port)
+        self.port = sock.getsockname()[1]
+        ping = cfg.spaces_idle_timeout / 2
+        self._server = await serve(
+            self._serve, sock=sock, ssl=tls, process_request=self._process_request,
+            max_size=cfg.spaces_max_frame, ping_interval=ping, ping_timeout=ping,
+            close_timeout=2, max_queue=32, server_header="hubbub")
+        self.hub.start()
+        self._watch = asyncio.ensure_future(self._watch_loop())
+        ports = dict(self.registry.presence_info().get("ports") or {})
+        ports["spaces"] = self.port
+        self.registry.set_info(ports=ports)
+        self._serving = True
+        log.info("spaces host on %s:%d (%s)", cfg.bind_host, self.port, "wss" if tls else "ws")
+
+    async def drain(self) -> None:
+        """Stop accepting; close sockets (1001) so clients reconnect to another gateway."""
+        self._serving = False
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def close(self) -> None:
+        self._serving = False
+        if self._server is not None:
+            self._server.close()
+        for task in (self._watch,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.hub.close()
+        await self.media.close()
+
+    def healthy(self) -> bool:
+        return self._serving and self._server is not None
+
+    def load(self) -> dict[str, Any]:
+        return {"spaces_sockets": len(self.clients), "spaces_players": self.hub.players,
+                "spaces_spaces": len(self.hub.local)}
+
+    # ----------------------------------------------------------------- HTTP
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        return await self.http.respond(conn, request)
+
+    # ------------------------------------------------------------ WebSocket
+    def _client_ip(self, ws: ServerConnection) -> str:
+        peer = ws.remote_address[0] if ws.remote_address else ""
+        peer = str(peer).removeprefix("::ffff:")
+        if self._proxies and _in(peer, self._proxies):
+            forwarded = (ws.request.headers.get("X-Real-IP") if ws.request else None) or (
+                ws.request.headers.get("X-Forwarded-For", "") if ws.request else "")
+            first = forwarded.split(",")[0].strip()
+            if first:
+                return first
+        return peer
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        ip = self._client_ip(ws)
+        if self._per_ip[ip] >= self.cfg.spaces_sockets_per_ip:
+            metrics.ERRORS.labels("too_many_connections").inc()
+            metrics.CLOSED.labels("1008").inc()
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(outbound.error("too_many_connections",
+                                             "too many connections from this address"), text=True)
+                await ws.close(1008, "too many connections")
+            return
+        self._per_ip[ip] += 1
+        self._next += 1
+        client = Client(f"{self.registry.id}/{self._next}", ws, ip, self.cfg.spaces_rate,
+                        self.cfg.spaces_burst)
+        self.clients[client.session] = client
+        metrics.SOCKETS.set(len(self.clients))
+        client.start()
+        try:
+            async for message in ws:
+                if client.closing:
+                    break
+                await self._on_message(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._cleanup(client)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+
+    async def _cleanup(self, client: Client) -> None:
+        self.clients.pop(client.session, None)
+        metrics.SOCKETS.set(len(self.clients))
+        client.closing = True
+        for uri in list(client.spaces):
+            with contextlib.suppress(RegistryUnavailable):
+                await self._leave(client, uri, notify_media=False)
+        self.media.detach(client)
+        await client.stop()
+
+    async def _on_message(self, client: Client, message: str | bytes) -> None:
+        now = time.monotonic()
+        if not client.bucket.allow(now):
+            metrics.MESSAGES_IN.labels("rate_limited").inc()
+            if client.strikes.hit(now):
+                client.abort(1008, "rate limit exceeded")
+            elif client.strikes.should_notify(now):
+                client.send_error("rate_limited", "too many messages; slow down")
+            return
+        if isinstance(message, bytes):
+            metrics.MESSAGES_IN.labels("location").inc()
+            self._on_record(client, message, now)
+            return
+        parsed = parse_frame(message, self.limits)
+        if isinstance(parsed, Rejected):
+            metrics.MESSAGES_IN.labels("invalid").inc()
+            self._reject(client, parsed.code, parsed.message, parsed.subject, now)
+            return
+        subject, data = parsed.subject, parsed.data
+        metrics.MESSAGES_IN.labels(subject).inc()
+        try:
+            await self._dispatch(client, subject, data, now)
+        except RegistryUnavailable:
+            client.send_error("unavailable", "the cluster registry is unreachable; retry",
+                              subject)
+
+    def _reject(self, client: Client, code: str, message: str, subject: str | None,
+                now: float) -> None:
+        client.send_error(code, message, subject)
+        if client.strikes.hit(now):
+            client.abort(1008, "too many invalid messages")
+
+    async def _dispatch(self, client: Client, subject: str, data: Any, now: float) -> None:
+        if subject == "join":
+            await self._join(client, data, now)
+        elif subject == "leave":
+            if data not in client.spaces:
+                self._reject(client, "not_joined", "not a member of that space", subject, now)
+                return
+            await self._leave(client, data)
+        elif subject == "chat":
+            ts = int(time.time() * 1000)
+            for uri, pid in list(client.spaces.items()):
+                await self.hub.publish(uri, ChannelMessage(
+                    channel.FRAME, frame=outbound.player_chat(pid, data, ts)))
+        elif subject == "set_grounded":
+            client.grounded = data
+            await self._profile(client, "grounded", data, outbound.player_grounded)
+        elif subject in _PROFILE_FIELDS:
+            field = _PROFILE_FIELDS[subject]
+            setattr(client, field, data)
+            builder = {"name": outbound.player_name, "avatar": outbound.player_avatar,
+                       "address": outbound.player_address}[field]
+            await self._profile(client, field, data, builder)
+        elif subject == "subscribe_positions":
+            client.positions = data
+        elif subject in MEDIA_SUBJECTS:
+            await self.media.handle(client, subject, data)
+
+    async def _profile(self, client: Client, field: str, value: Any, builder: Any) -> None:
+        """Store a profile field in every joined space and broadcast it (echo included)."""
+        memberships = list(client.spaces.items())
+        await self.store.update(memberships, client.session, field, value)
+        for uri, pid in memberships:
+            await self.hub.publish(uri, ChannelMessage(channel.FRAME, frame=builder(pid, value)))
+
+    async def _join(self, client: Client, uri: str, now: float) -> None:
+        if uri in client.spaces:
+            return  # the original treats a repeated join as a no-op
+        if len(client.spaces) >= self.cfg.spaces_per_socket:
+            self._reject(client, "too_many_spaces",
+                         f"a connection may join at most {self.cfg.spaces_per_socket} spaces",
+                         "join", now)
+            return
+        membership = await self.hub.attach(uri, client)
+        try:
+            pid, members = await self.store.join(uri, client.session, client.name,
+                                                 client.avatar, client.address, client.grounded)
+        except BaseException:
+            await self.hub.detach(uri, client)
+            raise
+        if pid < 0:
+            await self.hub.detach(uri, client)
+            client.send_error("space_full", "the space is full (256 players)", "join")
+            return
+        if client.closing:
+            await self.store.leave(uri, pid, client.session)
+            await self.hub.detach(uri, client)
+            return
+        membership.player_id = pid
+        client.spaces[uri] = pid
+        try:
+            await self.hub.publish(uri, ChannelMessage(
+                channel.JOINED, pid, client.session,
+                outbound.player_joined(pid, client.name, client.avatar, client.address)))
+        except RegistryUnavailable:
+            await self._leave(client, uri, notify_media=False)
+            raise
+        known = {pid}
+        for m in sorted(members, key=lambda m: m.player_id):
+            if m.player_id != pid:
+                known.add(m.player_id)
+                client.send(outbound.player_joined(m.player_id, m.name, m.avatar, m.address,
+                                                   before_you=True))
+        membership.synced(known)
+        await self.media.lifecycle(client, "join", {"uri": uri, "playerId": pid})
+        client.send(outbound.join_success(uri, pid))
+
+    async def _leave(self, client: Client, uri: str, notify_media: bool = True) -> None:
+        pid = client.spaces.pop(uri, None)
+        await self.hub.detach(uri, client)
+        if pid is None:
+            return
+        if await self.store.leave(uri, pid, client.session):
+            await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
+                                                       frame=outbound.player_left(pid)))
+        if notify_media:
+            await self.media.lifecycle(client, "leave", {"uri": uri})
+
+    def _on_record(self, client: Client, data: bytes, now: float) -> None:
+        if len(data) != RECORD_SIZE:
+            self._reject(client, "invalid_data",
+                         f"a location record is {RECORD_SIZE} bytes, got {len(data)}", None, now)
+            return
+        if not client.spaces:
+            self._reject(client, "not_joined", "join a space before sending positions", None,
+                         now)
+            return
+        # The space whose playerId the client wrote in byte 0, else the first joined space.
+        uri = next((u for u, p in client.spaces.items() if p == data[0]), None)
+        if uri is None:
+            uri = next(iter(client.spaces))
+        pid = client.spaces[uri]
+        record = stamp(data, pid)
+        if record is None:
+            return
+        if client.positions is None:
+            client.positions = True
+        self.hub.record(uri, pid, record)
+
+    # -------------------------------------------------------------- watcher
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_PERIOD)
+            try:
+                await self._watch_once()
+            except RegistryUnavailable as exc:
+                log.debug("liveness check skipped: %s", exc)
+            except Exception:  # pragma: no cover - the watcher must survive anything
+                log.exception("spaces liveness check failed")
+
+    async def _watch_once(self) -> None:
+        records = await self.registry.processes()
+        self.media.update_shards(records)
+        alive = {r.id for r in records if r.role == "gateway"}
+        alive.add(self.registry.id)
+        dead = await self.store.member_gateways() - alive
+        for gw in dead:
+            await self._reap(gw)
+
+    async def _reap(self, gateway: str) -> None:
+        """Remove a dead gateway's players everywhere (only the claim winner gets here)."""
+        spaces = await self.store.claim_reap(gateway)
+        for uri in spaces:
+            for pid in await self.store.reap_space(gateway, uri):
+                metrics.REAPED.inc()
+                await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
+                                                           frame=outbound.player_left(pid)))
+        await self.store.forget_gateway(gateway)
+        if spaces:
+            log.info("removed the players of dead gateway %s from %d spaces", gateway,
+                     len(spaces))
+
+
+def _networks(entries: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for e in entries:
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.ip_network(e, strict=False))
+    return nets
+
+
+def _in(ip: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
