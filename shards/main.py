@@ -14,6 +14,9 @@ __all__ = ["build_services", "main"]
 async def build_services(ctx: Context) -> Sequence[Service]:
     """Relay and media services of this shard (``ctx.slot`` is leased, the CPU pinned)."""
     services: list[Service] = []
+    from shards.relay.service import RelayService
+
+    services.append(RelayService(ctx))
     return services
 
 

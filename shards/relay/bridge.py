@@ -1,0 +1,232 @@
+"""Relay pairs where a side speaks WebSocket: one message becomes one frame on the other side.
+
+Each side is an ``asyncio.BufferedProtocol`` reading into a preallocated buffer. A TCP side is
+decoded as BytesCodec frames, a WebSocket side as binary messages; each message is re-encoded
+for the other side, empty ones are dropped. Backpressure runs both ways: when one side's write
+buffer passes its high-water mark the other side stops reading, and a limited pair stops reading
+until its buckets refill. Also used for raw TCP pairs where ``os.splice`` is not available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+
+from hubbub.errors import RemoteProtocolError
+from hubbub.wire.rustdesk.framing import FrameDecoder, encode_header
+from shards.relay import metrics
+from shards.relay.limiter import Bucket
+from shards.relay.pair import MIN_BUDGET, Pair
+from shards.relay.ws import OP_BINARY, WsReader, close_frame, frame_header
+
+
+__all__ = ["MAX_MESSAGE", "BridgePair"]
+
+MAX_MESSAGE = 16 * 1024 * 1024
+"""Largest relayed message on a framed side; bounds a side's decode buffer."""
+READ_BUFFER = 64 * 1024
+HIGH_WATER = 256 * 1024
+
+
+class _Codec:
+    """Raw bytes both ways (TCP side of a TCP pair without splice)."""
+
+    framed = False
+
+    def decode(self, data: memoryview) -> list[bytes]:
+        return [bytes(data)]
+
+    def encode(self, payload: bytes) -> list[bytes]:
+        return [payload]
+
+    def replies(self) -> bytes:
+        return b""
+
+    def closing(self) -> bytes:
+        return b""
+
+
+class _TcpCodec(_Codec):
+    framed = True
+
+    def __init__(self) -> None:
+        self._dec = FrameDecoder(MAX_MESSAGE)
+
+    def decode(self, data: memoryview) -> list[bytes]:
+        return self._dec.feed(bytes(data))
+
+    def encode(self, payload: bytes) -> list[bytes]:
+        return [encode_header(len(payload)), payload]
+
+
+class _WsCodec(_Codec):
+    framed = True
+
+    def __init__(self) -> None:
+        self._reader = WsReader(MAX_MESSAGE)
+        self.closed = False
+
+    def decode(self, data: memoryview) -> list[bytes]:
+        msgs = self._reader.feed(data)
+        self.closed = self._reader.closed
+        return msgs
+
+    def encode(self, payload: bytes) -> list[bytes]:
+        return [frame_header(OP_BINARY, len(payload)), payload]
+
+    def replies(self) -> bytes:
+        out = b"".join(self._reader.to_send)
+        self._reader.to_send.clear()
+        return out
+
+    def closing(self) -> bytes:
+        return b"" if self._reader.closed else close_frame(1000)
+
+
+def make_codec(transport: str, framed: bool) -> _Codec:
+    if transport == "ws":
+        return _WsCodec()
+    return _TcpCodec() if framed else _Codec()
+
+
+class _Side(asyncio.BufferedProtocol):
+    def __init__(self, pair: BridgePair, idx: int, codec: _Codec) -> None:
+        self.pair = pair
+        self.idx = idx
+        self.codec = codec
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buf)
+        self._pauses: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    # protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pair.on_data(self.idx, self._view[:nbytes])
+
+    def eof_received(self) -> bool:
+        self.pair.close("peer_closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pair.close("peer_closed" if exc is None else "error")
+
+    def pause_writing(self) -> None:
+        self.pair.sides[1 - self.idx].pause("backpressure")
+
+    def resume_writing(self) -> None:
+        self.pair.sides[1 - self.idx].resume("backpressure")
+
+    # flow control
+    def pause(self, why: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self._pauses.add(why)
+
+    def resume(self, why: str) -> None:
+        self._pauses.discard(why)
+        if not self._pauses and self.transport is not None and not self.pair.closed:
+            self.transport.resume_reading()
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(chunks)
+
+
+class BridgePair(Pair):
+    """Two sockets pumped through asyncio transports with message re-framing.
+
+    Args:
+        socks: the two sockets (raw, never owned by a transport before).
+        transports: ``"tcp"`` or ``"ws"`` for each socket.
+        leftovers: bytes each socket sent behind its first message.
+        framed: decode TCP sides as BytesCodec frames (False only for raw TCP pairs).
+    """
+
+    mode = "bridge"
+
+    def __init__(self, uuid: str, socks: tuple[socket.socket, socket.socket],
+                 transports: tuple[str, str], leftovers: tuple[bytes, bytes],
+                 addrs: tuple[str, str], ips: tuple[str, str], now: float, rate: float,
+                 total: Bucket, on_closed: Callable[[Pair, str], None], framed: bool = True
+                 ) -> None:
+        super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
+        self.loop = asyncio.get_running_loop()
+        self.socks = socks
+        self.leftovers = leftovers
+        self.sides = (_Side(self, 0, make_codec(transports[0], framed)),
+                      _Side(self, 1, make_codec(transports[1], framed)))
+        self.mode = "bridge" if framed else "raw"
+
+    async def start(self) -> None:
+        try:
+            for side, sock in zip(self.sides, self.socks, strict=True):
+                await self.loop.connect_accepted_socket(lambda s=side: s, sock)  # type: ignore[misc]
+        except OSError:
+            self.close("error")
+            return
+        for i, data in enumerate(self.leftovers):
+            if data and not self.closed:
+                self.on_data(i, memoryview(data))
+        self.leftovers = (b"", b"")
+
+    def on_data(self, idx: int, data: memoryview) -> None:
+        if self.closed:
+            return
+        src, dst = self.sides[idx], self.sides[1 - idx]
+        now = self.loop.time()
+        try:
+            msgs = src.codec.decode(data)
+        except RemoteProtocolError:
+            self.close("protocol")
+            return
+        self.account(len(data), now)
+        replies = src.codec.replies()
+        if replies:
+            src.write([replies])
+        for m in msgs:
+            if m:
+                dst.write(dst.codec.encode(m))
+        if isinstance(src.codec, _WsCodec) and src.codec.closed:
+            self.close("peer_closed")
+            return
+        if self.budget(now) < MIN_BUDGET:
+            wait, bucket = self.wait_time(now)
+            metrics.THROTTLED.labels(bucket).inc()
+            src.pause("throttle")
+            if src.timer is None:
+                src.timer = self.loop.call_later(max(wait, 0.001), self._unthrottle, src)
+
+    def _unthrottle(self, side: _Side) -> None:
+        side.timer = None
+        now = self.loop.time()
+        if self.budget(now) < MIN_BUDGET:
+            wait, _ = self.wait_time(now)
+            side.timer = self.loop.call_later(max(wait, 0.001), self._unthrottle, side)
+            return
+        side.resume("throttle")
+
+    def _release(self) -> None:
+        for side, sock in zip(self.sides, self.socks, strict=True):
+            if side.timer is not None:
+                side.timer.cancel()
+                side.timer = None
+            if side.transport is not None:
+                tail = side.codec.closing()
+                if tail:
+                    side.write([tail])
+                side.transport.close()
+            else:
+                with contextlib.suppress(OSError):
+                    sock.close()

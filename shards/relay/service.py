@@ -1,0 +1,528 @@
+"""The relay service of a shard: listeners, first message, uuid ownership, pairing, sweeps.
+
+Every shard of a host binds ``RELAY_PORT`` (TCP) and ``RELAY_PORT + 2`` (WebSocket) with
+``SO_REUSEPORT``, so the kernel spreads connections over the shards. The two halves of a relay
+meet in the shard that owns their uuid: the first half's shard claims the uuid in Redis
+(``SET NX GET``, one round trip per connection, never per packet); a half accepted elsewhere is
+handed to the owner with its fd and already-read bytes (``handoff``). If Redis cannot be reached,
+the owner is chosen by rendezvous hashing over this host's live shards instead.
+
+Once paired, TCP <-> TCP pairs are spliced (``splice``) and pairs with a WebSocket side are
+bridged message by message (``bridge``). A sweep once a second expires waiting halves, ends idle
+pairs, applies hbbr's downgrade rule and refreshes statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubbub.config import Config
+from hubbub.errors import RegistryUnavailable, RemoteProtocolError
+from hubbub.keys import relay_licence
+from hubbub.runtime import Context
+from shards.relay import metrics, splice, store
+from shards.relay.bridge import BridgePair
+from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
+from shards.relay.handshake import (
+    Hello,
+    Refused,
+    TcpFirstMessage,
+    WsFirstMessage,
+    check_hello,
+)
+from shards.relay.limiter import Bucket, mbps_to_bytes
+from shards.relay.lists import IpLists, normalise_ip
+from shards.relay.pair import Pair
+from shards.relay.pairing import TableFull, WaitingTable
+from shards.relay.splice import SplicePair
+from shards.relay.ws import HandshakeError
+
+
+__all__ = ["Half", "RelayService"]
+
+log = logging.getLogger("hubbub.relay")
+
+MAX_HANDSHAKES = 10_000
+"""Connections still sending their first message, per shard; more are closed at once."""
+READ_CHUNK = 16 * 1024
+SWEEP_EVERY = 1.0
+LIST_RELOAD_EVERY = 15.0
+
+
+@dataclass(eq=False)
+class Half:
+    """One accepted connection that sent a valid RequestRelay and waits for its partner."""
+
+    sock: socket.socket
+    transport: str
+    uuid: str
+    peer_ip: str
+    peer_port: int
+    leftover: bytes
+    arrived: float = field(default=0.0)
+
+    @property
+    def addr(self) -> str:
+        return f"{self.peer_ip}:{self.peer_port}"
+
+
+def _listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind((host, port))
+        s.listen(1024)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _trusted(ip: str, proxies: tuple[str, ...]) -> bool:
+    if not proxies:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for p in proxies:
+        with contextlib.suppress(ValueError):
+            if addr in ipaddress.ip_network(p, strict=False):
+                return True
+    return False
+
+
+class RelayService:
+    """hbbr inside a shard (see the module docstring)."""
+
+    name = "relay"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cfg: Config = ctx.cfg
+        self.registry = ctx.registry
+        self.key = ""
+        self.table: WaitingTable[Half] = WaitingTable(self.cfg.relay_timeout)
+        self.pairs: set[Pair] = set()
+        self.lists = IpLists()
+        self.total = Bucket(0.0, 0.0)
+        self.host_shards: list[str] = [self.registry.id]
+        self.handoff = HandoffServer(handoff_address(self.cfg.prefix, self.registry.id),
+                                     self._take_handed)
+        self._listeners: list[tuple[socket.socket, str]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handshakes = 0
+        self._accepting = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bps = 0.0
+        self._moved_mark = 0
+        self._moved_closed = 0
+        self._mark_time = 0.0
+        self._last_list_load = 0.0
+        self.ports: dict[str, int] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._loop = asyncio.get_running_loop()
+        self.key = relay_licence(cfg.key, cfg.data_path)
+        self.total = Bucket(self._total_share(), self._loop.time())
+        tcp = _listener(cfg.bind_host, cfg.relay_port)
+        try:
+            ws = _listener(cfg.bind_host, cfg.relay_ws_port)
+        except OSError:
+            tcp.close()
+            raise
+        self._listeners = [(tcp, "tcp"), (ws, "ws")]
+        self.ports = {"relay": tcp.getsockname()[1], "relay_ws": ws.getsockname()[1]}
+        self.handoff.start()
+        self.lists = store.read_files(cfg.data_path)
+        self.registry.on("relay.usage", self._usage)
+        await self.registry.subscribe(store.notice_channel(self.registry), self._on_notice)
+        self.registry.add_tick(self._tick)
+        self._spawn(self._initial_lists())
+        ports = dict(self.registry.presence_info().get("ports") or {})
+        ports.update(self.ports)
+        self.registry.set_info(ports=ports, relay_handoff=self.handoff.address[1:])
+        self._mark_time = self._loop.time()
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="relay-sweep")
+        for sock, transport in self._listeners:
+            self._loop.add_reader(sock.fileno(), self._on_accept, sock, transport)
+        self._accepting = True
+        log.info("relay listening on %s tcp %d ws %d (key %s, %s)", cfg.bind_host,
+                 self.ports["relay"], self.ports["relay_ws"],
+                 "required" if self.key else "not checked",
+                 "splice" if splice.AVAILABLE else "no splice")
+
+    def _stop_accepting(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        assert self._loop is not None
+        for sock, _ in self._listeners:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self.handoff.close()
+
+    async def drain(self) -> None:
+        self._stop_accepting()
+        for half in self.table:
+            self._refuse(half.sock, "draining")
+        self.table = WaitingTable(self.cfg.relay_timeout)
+        while self.pairs:
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        self._stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for half in self.table:
+            half.sock.close()
+        for pair in list(self.pairs):
+            pair.close("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        metrics.WAITING.set(0)
+
+    def healthy(self) -> bool:
+        return self._accepting
+
+    def load(self) -> dict[str, Any]:
+        return {"relay_pairs": len(self.pairs), "relay_bps": round(self._bps, 1)}
+
+    # ------------------------------------------------------------- helpers
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _total_share(self) -> float:
+        return mbps_to_bytes(self.cfg.total_bandwidth) / max(1, len(self.host_shards))
+
+    def _pair_rate(self, ips: tuple[str, str]) -> tuple[float, bool]:
+        if any(self.lists.limited(ip) for ip in ips):
+            return mbps_to_bytes(self.cfg.limit_speed), True
+        return mbps_to_bytes(self.cfg.single_bandwidth), False
+
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
+        metrics.REFUSED.labels(reason).inc()
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    # --------------------------------------------------------------- accept
+    def _on_accept(self, listener: socket.socket, transport: str) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("relay accept failed: %s", exc)
+                return
+            metrics.ACCEPTED.labels(transport).inc()
+            if self._handshakes >= MAX_HANDSHAKES:
+                self._refuse(sock, "busy")
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._handshakes += 1
+            self._spawn(self._handle(sock, addr, transport))
+
+    async def _handle(self, sock: socket.socket, addr: Any, transport: str) -> None:
+        try:
+            try:
+                ip = normalise_ip(str(addr[0]))
+            except ValueError:
+                ip = str(addr[0])
+            port = int(addr[1])
+            if self.lists.blocked(ip):
+                self._refuse(sock, "blocked")
+                return
+            try:
+                async with asyncio.timeout(self.cfg.relay_timeout):
+                    hello, ip = await self._first_message(sock, transport, ip)
+                check_hello(hello, self.key)
+            except TimeoutError:
+                self._refuse(sock, "timeout")
+                return
+            except Refused as exc:
+                self._refuse(sock, exc.reason)
+                return
+            except (OSError, RemoteProtocolError):
+                self._refuse(sock, "error")
+                return
+            if self.lists.blocked(ip):
+                self._refuse(sock, "blocked")
+                return
+            half = Half(sock, transport, hello.uuid, ip, port, hello.leftover)
+        finally:
+            self._handshakes -= 1
+        try:
+            await self._route(half)
+        except Exception:
+            log.exception("relay routing failed")
+            self._refuse(sock, "error")
+
+    async def _first_message(self, sock: socket.socket, transport: str,
+                             ip: str) -> tuple[Hello, str]:
+        loop = asyncio.get_running_loop()
+        if transport == "tcp":
+            reader = TcpFirstMessage()
+            while True:
+                data = await loop.sock_recv(sock, READ_CHUNK)
+                if not data:
+                    raise Refused("closed", "closed before RequestRelay")
+                hello = reader.feed(data)
+                if hello is not None:
+                    return hello, ip
+        ws = WsFirstMessage()
+        while True:
+            data = await loop.sock_recv(sock, READ_CHUNK)
+            if not data:
+                raise Refused("closed", "closed before RequestRelay")
+            try:
+                out, hello = ws.feed(data)
+            except HandshakeError as exc:
+                with contextlib.suppress(OSError):
+                    sock.send(exc.response)
+                raise Refused("bad_upgrade", str(exc)) from None
+            if out:
+                await loop.sock_sendall(sock, out)
+            if ws.done is not None and out and _trusted(ip, self.cfg.trusted_proxies):
+                ip = self._forwarded_ip(ws.done.headers, ip)
+            if hello is not None:
+                return hello, ip
+
+    @staticmethod
+    def _forwarded_ip(headers: dict[str, str], ip: str) -> str:
+        for name in ("x-real-ip", "x-forwarded-for"):
+            value = headers.get(name)
+            if value:
+                with contextlib.suppress(ValueError):
+                    return normalise_ip(value.split(",")[0])
+        return ip
+
+    # -------------------------------------------------------------- routing
+    def _claim_key(self, uuid: str) -> str:
+        return self.registry.key("relay", "uuid", self.registry.host, uuid)
+
+    def _hash_owner(self, uuid: str) -> str:
+        def score(pid: str) -> bytes:
+            return hashlib.blake2b(f"{uuid}\0{pid}".encode(), digest_size=8).digest()
+
+        return max(self.host_shards or [self.registry.id], key=score)
+
+    async def _claim(self, uuid: str) -> str:
+        """The process that owns ``uuid`` on this host (this one if it is the first half)."""
+        ttl_ms = int(self.cfg.relay_timeout * 1000) + 2000
+        try:
+            async with self.registry.guard("relay_claim"):
+                prev = await self.registry.redis.set(self._claim_key(uuid), self.registry.id,
+                                                     nx=True, get=True, px=ttl_ms)
+        except RegistryUnavailable:
+            return self._hash_owner(uuid)
+        if prev is None:
+            return self.registry.id
+        return prev.decode() if isinstance(prev, bytes) else str(prev)
+
+    async def _route(self, half: Half) -> None:
+        owner = await self._claim(half.uuid)
+        if owner != self.registry.id and self._accepting:
+            transfer = Transfer(half.uuid, half.transport, half.peer_ip, half.peer_port,
+                                half.leftover, 0.0)
+            address = handoff_address(self.cfg.prefix, owner)
+            if await hand_over(address, transfer, half.sock.fileno()):
+                metrics.HANDOFFS.labels("sent").inc()
+                half.sock.close()
+                return
+            # The owner is gone (its waiting half went with it): this shard takes the uuid.
+            metrics.HANDOFFS.labels("failed").inc()
+            with contextlib.suppress(RegistryUnavailable):
+                async with self.registry.guard("relay_claim"):
+                    await self.registry.redis.set(
+                        self._claim_key(half.uuid), self.registry.id,
+                        px=int(self.cfg.relay_timeout * 1000) + 2000)
+        self._arrive(half)
+
+    def _take_handed(self, sock: socket.socket, t: Transfer) -> bool:
+        if not self._accepting or t.transport not in ("tcp", "ws"):
+            return False
+        metrics.HANDOFFS.labels("received").inc()
+        half = Half(sock, t.transport, t.uuid, t.peer_ip, t.peer_port, t.leftover)
+        self._arrive(half)
+        return True
+
+    def _arrive(self, half: Half) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        half.arrived = now
+        try:
+            partner = self.table.arrive(half.uuid, half, now)
+        except TableFull:
+            self._refuse(half.sock, "busy")
+            return
+        metrics.WAITING.set(len(self.table))
+        if partner is None:
+            return
+        self._spawn(self._forget_claim(half.uuid))
+        self._pair(partner, half)
+
+    async def _forget_claim(self, uuid: str) -> None:
+        with contextlib.suppress(RegistryUnavailable):
+            async with self.registry.guard("relay_claim"):
+                await self.registry.redis.delete(self._claim_key(uuid))
+
+    def _pair(self, a: Half, b: Half) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        ips = (a.peer_ip, b.peer_ip)
+        addrs = (a.addr, b.addr)
+        rate, limited = self._pair_rate(ips)
+        pair: Pair
+        if a.transport == b.transport == "tcp" and splice.AVAILABLE:
+            sp = SplicePair(a.uuid, a.sock, b.sock, (a.leftover, b.leftover), addrs, ips, now,
+                            rate, self.total, self._pair_closed)
+            pair = sp
+            sp.start()
+        else:
+            framed = not (a.transport == b.transport == "tcp")
+            bp = BridgePair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
+                            (a.leftover, b.leftover), addrs, ips, now, rate, self.total,
+                            self._pair_closed, framed=framed)
+            pair = bp
+            self._spawn(bp.start())
+        pair.limited = limited
+        self.pairs.add(pair)
+        metrics.PAIRED.labels(pair.mode).inc()
+        metrics.PAIRS.set(len(self.pairs))
+
+    def _pair_closed(self, pair: Pair, reason: str) -> None:
+        self.pairs.discard(pair)
+        self._moved_closed += pair.moved
+        metrics.CLOSED.labels(reason).inc()
+        metrics.PAIRS.set(len(self.pairs))
+
+    # -------------------------------------------------------------- sweeps
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("relay sweep failed")
+
+    def sweep(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for half in self.table.expire(now):
+            self._refuse(half.sock, "unpaired")
+        metrics.WAITING.set(len(self.table))
+        cfg = self.cfg
+        moved = self._moved_closed
+        for pair in list(self.pairs):
+            moved += pair.moved
+            if now - pair.last_active > cfg.relay_timeout:
+                pair.close("idle")
+                continue
+            pair.stats.tick(pair.moved, now)
+            pair.flush_metrics()
+            pair.sweep(now)
+            if not pair.limited and pair.stats.should_downgrade(
+                    now, cfg.single_bandwidth, cfg.downgrade_threshold,
+                    cfg.downgrade_start_check):
+                pair.set_rate(mbps_to_bytes(cfg.limit_speed), True, now)
+                metrics.THROTTLED.labels("downgrade").inc()
+        span = now - self._mark_time
+        if span > 0:
+            self._bps = (moved - self._moved_mark) * 8 / span
+        self._moved_mark = moved
+        self._mark_time = now
+
+    async def _tick(self) -> None:
+        """Registry heartbeat hook: this host's live shards (bandwidth share, hash fallback)."""
+        try:
+            recs = await self.registry.processes("shard")
+        except RegistryUnavailable:
+            return
+        ids = sorted(r.id for r in recs if r.host == self.registry.host and r.state == "up")
+        if self.registry.id not in ids and self._accepting:
+            ids = sorted([*ids, self.registry.id])
+        if ids != self.host_shards:
+            self.host_shards = ids
+            assert self._loop is not None
+            self.total.set_rate(self._total_share(), self._loop.time())
+        if time.monotonic() - self._last_list_load > LIST_RELOAD_EVERY:
+            await self._reload_lists()
+
+    # --------------------------------------------------------------- lists
+    async def _initial_lists(self) -> None:
+        with contextlib.suppress(RegistryUnavailable):
+            await store.merge_files(self.registry, self.lists)
+        await self._reload_lists()
+
+    def _on_notice(self, _data: bytes) -> Any:
+        return self._reload_lists()
+
+    async def _reload_lists(self) -> None:
+        try:
+            lists = await store.fetch(self.registry)
+        except RegistryUnavailable:
+            return
+        self._last_list_load = time.monotonic()
+        self.apply_lists(lists)
+        await asyncio.to_thread(store.write_files, self.cfg.data_path, lists)
+
+    def apply_lists(self, lists: IpLists) -> None:
+        """Use new lists for new connections and for every running pair."""
+        self.lists = lists
+        assert self._loop is not None
+        now = self._loop.time()
+        for half in list(self.table):
+            if lists.blocked(half.peer_ip) and self.table.discard(half.uuid, half):
+                self._refuse(half.sock, "blocked")
+        for pair in list(self.pairs):
+            if any(lists.blocked(ip) for ip in pair.ips):
+                pair.close("blocked")
+                continue
+            limited = any(lists.limited(ip) for ip in pair.ips)
+            if limited and not pair.limited:
+                pair.set_rate(mbps_to_bytes(self.cfg.limit_speed), True, now)
+            elif not limited and pair.limited and not pair.stats.should_downgrade(
+                    now, self.cfg.single_bandwidth, self.cfg.downgrade_threshold,
+                    self.cfg.downgrade_start_check):
+                pair.set_rate(mbps_to_bytes(self.cfg.single_bandwidth), False, now)
+
+    # ---------------------------------------------------------------- admin
+    def usage(self) -> list[dict[str, Any]]:
+        assert self._loop is not None
+        now = self._loop.time()
+        rows = []
+        for pair in self.pairs:
+            elapsed = now - pair.stats.started
+            rows.append({
+                "a": pair.addrs[0], "b": pair.addrs[1], "elapsed": round(elapsed, 1),
+                "total_mb": round(pair.moved / 1024 / 1024, 3),
+                "peak_kbps": round(pair.stats.peak_bps / 1000, 1),
+                "avg_kbps": round(pair.stats.average_bps(now) / 1000, 1),
+                "current_kbps": round(pair.stats.current_bps / 1000, 1),
+                "mode": pair.mode, "limited": pair.limited,
+            })
+        return rows
+
+    def _usage(self, _payload: Any, _sender: str) -> dict[str, Any]:
+        return {"shard": self.registry.id, "pairs": self.usage(), "waiting": len(self.table)}
