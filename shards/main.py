@@ -17,6 +17,9 @@ async def build_services(ctx: Context) -> Sequence[Service]:
     from shards.relay.service import RelayService
 
     services.append(RelayService(ctx))
+    from shards.media.service import MediaService
+
+    services.append(MediaService(ctx))
     return services
 
 

@@ -1,0 +1,1 @@
+"""Sans-I/O pieces of the WebRTC media plane: STUN/ICE-lite, RTP/RTCP, mediasoup parameters."""

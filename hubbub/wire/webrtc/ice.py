@@ -1,0 +1,143 @@
+"""ICE-lite responder (RFC 8445 §2.5) for one transport, sans-I/O.
+
+The server never sends checks: it answers the client's authenticated Binding requests and selects
+the address of the latest nominated one (USE-CANDIDATE, or the first valid check when the client
+nominates aggressively later). Consent freshness: a transport that hears no valid request for
+``consent_timeout`` seconds disconnects, as mediasoup's server side does.
+
+Addresses are learned only after MESSAGE-INTEGRITY passes, and at most ``max_tuples`` of them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from hubbub.wire.webrtc import stun
+
+
+__all__ = ["Addr", "IceDisconnected", "IceEvent", "IceLite", "IceSelected", "IceState",
+           "TupleAdded", "TupleRemoved"]
+
+Addr = tuple[str, int]
+
+
+class IceState(enum.IntEnum):
+    NEW = 0
+    CONNECTED = 1
+    DISCONNECTED = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IceSelected:
+    """The client nominated ``addr``: media goes there from now on."""
+
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class IceDisconnected:
+    """No valid check for ``consent_timeout`` seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class TupleAdded:
+    """A new authenticated remote address; the mux may route it to this transport."""
+
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class TupleRemoved:
+    addr: Addr
+
+
+IceEvent = IceSelected | IceDisconnected | TupleAdded | TupleRemoved
+
+
+class IceLite:
+    """ICE-lite state of one transport.
+
+    Args:
+        ufrag: local username fragment (the part before ``:`` in the client's USERNAME).
+        password: local ICE password (keys MESSAGE-INTEGRITY both ways).
+        consent_timeout: seconds without a valid check before disconnecting.
+        max_tuples: remote addresses remembered (oldest evicted first).
+    """
+
+    def __init__(self, ufrag: str, password: str, consent_timeout: float = 30.0,
+                 max_tuples: int = 8) -> None:
+        self.ufrag = ufrag
+        self.password = password
+        self.consent_timeout = consent_timeout
+        self.max_tuples = max_tuples
+        self.state = IceState.NEW
+        self.selected: Addr | None = None
+        self.tuples: dict[Addr, float] = {}
+        self._events: list[IceEvent] = []
+        self._last_valid = 0.0
+        self.rejected = 0
+
+    def events_received(self) -> list[IceEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def receive_stun(self, data: bytes, addr: Addr, now: float) -> bytes | None:
+        """Handle one STUN datagram from ``addr``; returns the response to send there, if any."""
+        if self.state is IceState.CLOSED:
+            return None
+        try:
+            msg = stun.parse(data)
+        except stun.StunError:
+            self.rejected += 1
+            return None
+        if msg.type == stun.BINDING_INDICATION:
+            return None  # keepalive, nothing to answer
+        if msg.type != stun.BINDING_REQUEST:
+            self.rejected += 1
+            return None
+        local, _, _remote = msg.username.partition(":")
+        if local != self.ufrag or not msg.check_integrity(self.password):
+            self.rejected += 1
+            return None
+        self._last_valid = now
+        if addr in self.tuples:
+            self.tuples.pop(addr)
+        elif len(self.tuples) >= self.max_tuples:
+            oldest = next(iter(self.tuples))
+            if oldest != self.selected:
+                self.tuples.pop(oldest)
+                self._events.append(TupleRemoved(oldest))
+        if addr not in self.tuples:
+            self._events.append(TupleAdded(addr))
+        self.tuples[addr] = now
+        nominated = stun.ATTR_USE_CANDIDATE in msg.attrs
+        if self.selected is None or (nominated and addr != self.selected):
+            self.selected = addr
+            self.state = IceState.CONNECTED
+            self._events.append(IceSelected(addr))
+        elif self.state is IceState.DISCONNECTED:
+            self.state = IceState.CONNECTED
+            self._events.append(IceSelected(self.selected))
+        return stun.binding_success(msg.txid, addr, self.password)
+
+    def get_timer(self) -> float | None:
+        if self.state is not IceState.CONNECTED:
+            return None
+        return self._last_valid + self.consent_timeout
+
+    def handle_timer(self, now: float) -> None:
+        deadline = self.get_timer()
+        if deadline is not None and now >= deadline:
+            self.state = IceState.DISCONNECTED
+            self._events.append(IceDisconnected())
+
+    def close(self) -> None:
+        if self.state is IceState.CLOSED:
+            return
+        self.state = IceState.CLOSED
+        for addr in self.tuples:
+            self._events.append(TupleRemoved(addr))
+        self.tuples.clear()
+        self.selected = None

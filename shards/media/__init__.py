@@ -1,0 +1,1 @@
+"""The shard's WebRTC SFU: mediasoup-compatible transports muxed on one UDP port."""

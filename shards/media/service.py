@@ -1,0 +1,195 @@
+"""The shard's media service: UDP socket, ``media.call`` inbox handler, timers, pushes.
+
+Contract with the spaces gateway (see the README, "Media plane"): the gateway calls
+``media.call`` with ``{session, gateway, op, data, spaces}`` and relays the reply messages to
+the socket; messages for other sockets travel as ``media.push`` to their gateway, in order, from
+one pusher task. On drain every session's gateway gets ``media.lost`` so it can close the socket
+with 1012 and the client reconnects onto a live shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from hubbub.errors import HubbubError, RegistryError, ServiceError
+from hubbub.runtime import Context
+from shards.media import metrics
+from shards.media.metrics import Counts
+from shards.media.mux import UdpMux
+from shards.media.router import OPS, MediaError, MediaRouter
+
+
+__all__ = ["MediaService"]
+
+log = logging.getLogger("hubbub.media")
+
+PUSH_QUEUE = 10000
+TICK = 1.0
+SWEEP_EVERY = 5.0
+
+
+class MediaService:
+    """The WebRTC SFU of one shard."""
+
+    name = "media"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.counts = Counts()
+        self.mux = UdpMux(self.counts)
+        self.router: MediaRouter | None = None
+        self._pushes: asyncio.Queue[tuple[str, str, list[Any]]] = asyncio.Queue(PUSH_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._missing: dict[str, int] = {}
+
+    # ------------------------------------------------------------- service
+    async def start(self) -> None:
+        cfg = self.ctx.cfg
+        loop = asyncio.get_running_loop()
+        ports = cfg.slot_ports(self.ctx.slot or 0)
+        last: OSError | None = None
+        for port in ports:
+            try:
+                await loop.create_datagram_endpoint(lambda: self.mux,
+                                                    local_addr=(cfg.listen_ip, port))
+                break
+            except OSError as exc:
+                last = exc
+        else:
+            raise ServiceError(f"media: no free UDP port in {ports.start}..{ports.stop - 1}: "
+                               f"{last}")
+        certificate = await loop.run_in_executor(None, RTCCertificate.generateCertificate)
+        self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip)
+        self.ctx.registry.on("media.call", self._on_call)
+        self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": 0})
+        self._tasks = [asyncio.ensure_future(self._tick_loop()),
+                       asyncio.ensure_future(self._push_loop())]
+        log.info("media: UDP %s:%d, announcing %s", cfg.listen_ip, self.mux.port,
+                 cfg.rtc_announced_ip)
+
+    def healthy(self) -> bool:
+        return self.mux.sock is not None and self.router is not None
+
+    def load(self) -> dict[str, Any]:
+        r = self.router
+        return {"media_sessions": len(r.sessions) if r else 0,
+                "media_spaces": len(r.spaces) if r else 0}
+
+    async def drain(self) -> None:
+        self._draining = True
+        self.ctx.registry.set_info(media=None)
+        await self._lose_all("media shard shutting down")
+
+    async def close(self) -> None:
+        self._draining = True
+        if self.router is not None:
+            for sid in list(self.router.sessions):
+                self.router.close_session(sid)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.mux.sock is not None:
+            self.mux.sock.close()
+        await asyncio.sleep(0)
+
+    # ----------------------------------------------------------------- calls
+    def _on_call(self, payload: Any, sender: str) -> list[Any]:
+        op = payload.get("op") if isinstance(payload, dict) else None
+        label = op if op in OPS else "unknown"
+        if self._draining or self.router is None:
+            metrics.CALLS.labels(label, "error").inc()
+            raise MediaError("media shard is draining")
+        try:
+            reply = self.router.call(payload)
+        except HubbubError:
+            metrics.CALLS.labels(label, "error").inc()
+            raise
+        metrics.CALLS.labels(label, "ok").inc()
+        self._queue_pushes()
+        return reply
+
+    def _queue_pushes(self) -> None:
+        assert self.router is not None
+        for item in self.router.take_pushes():
+            try:
+                self._pushes.put_nowait(item)
+            except asyncio.QueueFull:
+                log.warning("media: push queue full; dropping messages for %s", item[1])
+
+    async def _push_loop(self) -> None:
+        while True:
+            gateway, session, messages = await self._pushes.get()
+            try:
+                await self.ctx.registry.send(gateway, "media.push",
+                                             {"session": session, "messages": messages})
+            except RegistryError as exc:
+                log.warning("media: push to %s failed: %s", gateway, exc)
+
+    async def _lose_all(self, reason: str) -> None:
+        router = self.router
+        if router is None:
+            return
+        lost = [(s.gateway, s.id) for s in router.sessions.values()]
+        for gateway, sid in lost:
+            with contextlib.suppress(RegistryError):
+                await self.ctx.registry.send(gateway, "media.lost",
+                                             {"session": sid, "reason": reason})
+            router.close_session(sid)
+
+    # ---------------------------------------------------------------- timers
+    async def _tick_loop(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_EVERY
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._tick()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_EVERY
+                    await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("media tick failed")
+
+    def _tick(self) -> None:
+        router = self.router
+        if router is None:
+            return
+        mono = time.monotonic()
+        now = time.time()
+        sent = 0
+        for t in list(router.transports.values()):
+            t.check_consent(mono)
+            sent += t.send_reports(now)
+        self.counts.rtcp_out += sent
+        metrics.flush(self.counts)
+        router.update_gauges()
+
+    async def _sweep(self) -> None:
+        """Close sessions whose gateway has been gone for two sweeps (it cannot close them)."""
+        router = self.router
+        if router is None or not router.sessions:
+            return
+        try:
+            live = {p.id for p in await self.ctx.registry.processes()}
+        except RegistryError:
+            return
+        gateways = {s.gateway for s in router.sessions.values()}
+        for gw in gateways:
+            if gw in live:
+                self._missing.pop(gw, None)
+            else:
+                self._missing[gw] = self._missing.get(gw, 0) + 1
+        for sid, s in list(router.sessions.items()):
+            if self._missing.get(s.gateway, 0) >= 2:
+                router.close_session(sid)
+        self._missing = {g: n for g, n in self._missing.items() if n < 2}

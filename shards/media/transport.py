@@ -1,0 +1,487 @@
+"""A mediasoup-style WebRtcTransport on the shard's shared UDP socket.
+
+ICE is our own ICE-lite responder (``hubbub.wire.webrtc.ice``). DTLS and SCTP are aiortc's
+``RTCDtlsTransport`` and ``RTCSctpTransport``, driven through a small stand-in for the ICE
+transport (``_IceLink``: ``_recv``/``_send``/``role``), so aiortc never owns a socket. SRTP
+packets never enter aiortc: ``on_srtp`` unprotects them with the DTLS transport's session and
+forwards them to the producer's consumers (unprotect → header rewrite → protect → sendto).
+
+aiortc internals used here (pinned versions; ``tests/test_media_internals.py`` guards them):
+``RTCDtlsTransport._set_role/_rx_srtp/_tx_srtp``, ``RTCSctpTransport._receive/_send/
+_outbound_queue/_association_state/_outbound_streams_count/_inbound_streams_max``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
+from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+
+from hubbub.wire.webrtc import rtcp
+from hubbub.wire.webrtc.ice import (
+    IceDisconnected,
+    IceLite,
+    IceSelected,
+    TupleAdded,
+    TupleRemoved,
+)
+from hubbub.wire.webrtc.params import (
+    SCTP_MAX_MESSAGE_SIZE,
+    SCTP_PORT,
+    SCTP_STREAMS,
+    DataProducerSpec,
+    ParamsError,
+    ProducerSpec,
+    random_token,
+)
+from hubbub.wire.webrtc.rtp import OutboundStream, RtpError, is_rtcp, read_rtp
+from shards.media import metrics
+from shards.media.metrics import Counts
+
+
+if TYPE_CHECKING:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    from shards.media.mux import UdpMux
+
+__all__ = ["Consumer", "DataConsumer", "DataProducer", "Producer", "Transport"]
+
+log = logging.getLogger("hubbub.media.transport")
+
+DTLS_QUEUE = 64
+"""DTLS records buffered before the handshake task reads them (the handshake needs ~5)."""
+SCTP_QUEUE = 256
+"""Unsent SCTP chunks per subscriber transport before relayed messages are dropped."""
+_SSRC = struct.Struct("!I")
+
+
+class _IceLink:
+    """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook."""
+
+    role = "controlled"
+    state = "completed"
+
+    def __init__(self, owner: Transport) -> None:
+        self._owner = owner
+        self._queue: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        if self._closed or len(self._queue) >= DTLS_QUEUE:
+            return
+        self._queue.append(data)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _recv(self) -> bytes:
+        while not self._queue:
+            if self._closed:
+                raise ConnectionError("transport closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._queue.popleft()
+
+    async def _send(self, data: bytes) -> None:
+        self._owner.send_raw(data)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Sctp(RTCSctpTransport):
+    """aiortc's SCTP association with mediasoup's stream counts; messages go to the owner."""
+
+    def __init__(self, dtls: RTCDtlsTransport, owner: Transport) -> None:
+        super().__init__(dtls, port=SCTP_PORT)
+        self._owner = owner
+        self._outbound_streams_count = SCTP_STREAMS
+        self._inbound_streams_max = SCTP_STREAMS
+
+    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        await self._owner.on_sctp_message(stream_id, pp_id, data)
+
+    @property
+    def established(self) -> bool:
+        return bool(self._association_state == self.State.ESTABLISHED)
+
+
+@dataclass(eq=False)
+class Consumer:
+    """One subscriber's copy of one producer; starts paused until ``resume_audio``."""
+
+    id: str
+    session_id: str
+    producer: Producer
+    transport: Transport
+    stream: OutboundStream
+    paused: bool = True
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.producer.consumers.remove(self)
+        with contextlib.suppress(ValueError):
+            self.transport.consumers.remove(self)
+
+
+@dataclass(eq=False)
+class Producer:
+    """An Opus stream a client sends; forwards each packet to its active consumers."""
+
+    id: str
+    session_id: str
+    transport: Transport
+    spec: ProducerSpec
+    counts: Counts
+    consumers: list[Consumer] = field(default_factory=list)
+    stats: rtcp.ReceiveStats = field(default_factory=rtcp.ReceiveStats)
+    ssrc: int | None = None
+
+    def forward(self, plain: bytes, now: float) -> None:
+        try:
+            info = read_rtp(plain, self.spec.audio_level_id)
+        except RtpError:
+            self.counts.drop_parse += 1
+            return
+        if info.payload_type != self.spec.payload_type:
+            return  # e.g. comfort noise or DTMF the router did not negotiate
+        self.counts.rtp_in += 1
+        self.stats.update(info.seq, info.timestamp, now)
+        sent = 0
+        for c in self.consumers:
+            if c.paused:
+                continue
+            t = c.transport
+            if t.tx is None or t.addr is None:
+                self.counts.drop_not_ready += 1
+                continue
+            t.mux.sendto(t.tx.protect(c.stream.rewrite(plain, info, now)), t.addr)
+            sent += 1
+        self.counts.rtp_out += sent
+
+    def close(self) -> None:
+        for c in list(self.consumers):
+            c.close()
+        self.transport.remove_producer(self)
+
+
+@dataclass(eq=False)
+class DataConsumer:
+    id: str
+    session_id: str
+    data_producer: DataProducer
+    transport: Transport
+    stream_id: int
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.data_producer.consumers.remove(self)
+        with contextlib.suppress(ValueError):
+            self.transport.data_consumers.remove(self)
+        self.transport.data_streams.discard(self.stream_id)
+
+
+@dataclass(eq=False)
+class DataProducer:
+    id: str
+    session_id: str
+    transport: Transport
+    spec: DataProducerSpec
+    consumers: list[DataConsumer] = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in list(self.consumers):
+            c.close()
+        if self.transport.data_producers.get(self.spec.stream_id) is self:
+            del self.transport.data_producers[self.spec.stream_id]
+
+
+class Transport:
+    """One WebRtcTransport (a client's send or receive transport).
+
+    Args:
+        transport_id: the id handed to the client.
+        kind: ``"producer"`` or ``"consumer"`` (the Wired ``type``).
+        session_id: owning session.
+        mux: the shard's UDP mux.
+        certificate: the shard's DTLS certificate (shared by every transport).
+        counts: the shard's hot-path counters.
+    """
+
+    def __init__(self, transport_id: str, kind: str, session_id: str, mux: UdpMux,
+                 certificate: RTCCertificate, counts: Counts) -> None:
+        self.id = transport_id
+        self.kind = kind
+        self.session_id = session_id
+        self.mux = mux
+        self.counts = counts
+        self.ice = IceLite(random_token(16), random_token(32))
+        self.link = _IceLink(self)
+        self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
+        self.sctp: _Sctp | None = None
+        self.remote_dtls: RTCDtlsParameters | None = None
+        self.rx: Any = None
+        self.tx: Any = None
+        self.addr: tuple[str, int] | None = None
+        self.state = "new"
+        self.producers: dict[int, Producer] = {}
+        self.unbound: list[Producer] = []
+        self.consumers: list[Consumer] = []
+        self.data_producers: dict[int, DataProducer] = {}
+        self.data_consumers: list[DataConsumer] = []
+        self.data_streams: set[int] = set()
+        self.next_mid = 0
+        self.rtcp_ssrc = int.from_bytes(random_token(4).encode()[:4], "big")
+        self.cname = random_token(16)
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        mux.add_transport(self)
+
+    # ------------------------------------------------------------ signalling
+    def connect(self, dtls_parameters: Any) -> None:
+        """Apply ``connect_transport.dtlsParameters`` (the client's role and fingerprints).
+
+        Raises:
+            ParamsError: malformed parameters or a second connect.
+        """
+        if self.remote_dtls is not None:
+            raise ParamsError("transport already connected")
+        if not isinstance(dtls_parameters, dict):
+            raise ParamsError("dtlsParameters must be an object")
+        fps = dtls_parameters.get("fingerprints")
+        if not isinstance(fps, list) or not fps:
+            raise ParamsError("dtlsParameters.fingerprints is empty")
+        prints = []
+        for fp in fps[:8]:
+            if isinstance(fp, dict) and isinstance(fp.get("algorithm"), str) \
+                    and isinstance(fp.get("value"), str) and len(fp["value"]) <= 256:
+                prints.append(RTCDtlsFingerprint(fp["algorithm"], fp["value"]))
+        if not prints:
+            raise ParamsError("dtlsParameters.fingerprints is invalid")
+        role = dtls_parameters.get("role", "auto")
+        if role not in ("auto", "client", "server"):
+            raise ParamsError("dtlsParameters.role is invalid")
+        # As mediasoup: a client-role peer makes us the server; otherwise we are the client
+        # (we are ICE-controlled, so an "auto" peer is expected to answer).
+        self.dtls._set_role("server" if role == "client" else "client")
+        self.remote_dtls = RTCDtlsParameters(fingerprints=prints, role=role)
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self._task is None and self.remote_dtls is not None and self.addr is not None \
+                and not self.closed:
+            self.state = "connecting"
+            self._task = asyncio.ensure_future(self._run_dtls())
+
+    async def _run_dtls(self) -> None:
+        assert self.remote_dtls is not None
+        try:
+            await self.dtls.start(self.remote_dtls)
+        except Exception as exc:  # aiortc raises assorted errors on hostile handshakes
+            log.debug("transport %s: DTLS failed: %s", self.id, exc)
+        if self.closed:
+            return
+        if self.dtls.state != "connected":
+            metrics.DTLS.labels("failed").inc()
+            self.state = "failed"
+            return
+        metrics.DTLS.labels("ok").inc()
+        self.rx = self.dtls._rx_srtp
+        self.tx = self.dtls._tx_srtp
+        self.state = "connected"
+        self.sctp = _Sctp(self.dtls, self)
+        try:
+            await self.sctp.start(RTCSctpCapabilities(maxMessageSize=SCTP_MAX_MESSAGE_SIZE),
+                                  SCTP_PORT)
+        except Exception as exc:
+            log.debug("transport %s: SCTP start failed: %s", self.id, exc)
+
+    # -------------------------------------------------------------- packets
+    def on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        reply = self.ice.receive_stun(data, addr, now)
+        if reply is None:
+            self.counts.stun_bad += 1
+        else:
+            self.counts.stun_ok += 1
+        self._ice_events()
+        if reply is not None:
+            self.mux.sendto(reply, addr)
+
+    def _ice_events(self) -> None:
+        for ev in self.ice.events_received():
+            if isinstance(ev, TupleAdded):
+                self.mux.add_addr(ev.addr, self)
+            elif isinstance(ev, TupleRemoved):
+                self.mux.remove_addr(ev.addr, self)
+            elif isinstance(ev, IceSelected):
+                self.addr = ev.addr
+                self._maybe_start()
+            elif isinstance(ev, IceDisconnected):
+                log.debug("transport %s: ICE consent expired", self.id)
+
+    def forget_addr(self, addr: tuple[str, int]) -> None:
+        self.ice.tuples.pop(addr, None)
+        if self.addr == addr:
+            self.addr = None
+
+    def check_consent(self, now: float) -> None:
+        self.ice.handle_timer(now)
+        self._ice_events()
+
+    def send_raw(self, data: bytes) -> None:
+        if self.addr is not None:
+            self.mux.sendto(data, self.addr)
+
+    def on_srtp(self, data: bytes) -> None:
+        rx = self.rx
+        if rx is None:
+            self.counts.drop_not_ready += 1
+            return
+        now = time.time()
+        if is_rtcp(data):
+            try:
+                plain = rx.unprotect_rtcp(data)
+            except Exception:
+                self.counts.drop_srtp += 1
+                return
+            for info in rtcp.sender_infos(plain):
+                p = self.producers.get(info.ssrc)
+                if p is not None:
+                    p.stats.on_sender_report(info.ntp, now)
+            return
+        try:
+            plain = rx.unprotect(data)
+        except Exception:
+            self.counts.drop_srtp += 1
+            return
+        ssrc = _SSRC.unpack_from(plain, 8)[0]
+        producer = self.producers.get(ssrc)
+        if producer is None:
+            producer = self._bind_ssrc(ssrc)
+            if producer is None:
+                self.counts.drop_unknown_ssrc += 1
+                return
+        producer.forward(plain, now)
+
+    def _bind_ssrc(self, ssrc: int) -> Producer | None:
+        # A producer announced without an SSRC takes the first unknown SSRC that arrives.
+        if not self.unbound:
+            return None
+        p = self.unbound.pop(0)
+        p.ssrc = ssrc
+        self.producers[ssrc] = p
+        return p
+
+    def add_producer(self, p: Producer) -> None:
+        if p.spec.ssrc is None:
+            self.unbound.append(p)
+        else:
+            p.ssrc = p.spec.ssrc
+            self.producers[p.spec.ssrc] = p
+
+    def remove_producer(self, p: Producer) -> None:
+        if p.ssrc is not None and self.producers.get(p.ssrc) is p:
+            del self.producers[p.ssrc]
+        with contextlib.suppress(ValueError):
+            self.unbound.remove(p)
+
+    def new_mid(self) -> str:
+        mid = str(self.next_mid)
+        self.next_mid += 1
+        return mid
+
+    def allocate_stream(self) -> int | None:
+        for sid in range(SCTP_STREAMS):
+            if sid not in self.data_streams:
+                self.data_streams.add(sid)
+                return sid
+        return None
+
+    # -------------------------------------------------------- data channels
+    async def on_sctp_message(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        dp = self.data_producers.get(stream_id)
+        if dp is None or pp_id == 50:  # unknown stream or DCEP: negotiated channels only
+            return
+        self.counts.dc_in += 1
+        for dc in list(dp.consumers):
+            await dc.transport.send_data(dc.stream_id, pp_id, data, dp.spec)
+
+    async def send_data(self, stream_id: int, pp_id: int, data: bytes,
+                        spec: DataProducerSpec) -> None:
+        sctp = self.sctp
+        if sctp is None or not sctp.established or len(sctp._outbound_queue) >= SCTP_QUEUE:
+            self.counts.dc_dropped += 1
+            return
+        expiry = None
+        if spec.max_packet_life_time is not None:
+            expiry = time.time() + spec.max_packet_life_time / 1000
+        try:
+            await sctp._send(stream_id, pp_id, data, expiry=expiry,
+                             max_retransmits=spec.max_retransmits, ordered=spec.ordered)
+        except (ConnectionError, ValueError):
+            self.counts.dc_dropped += 1
+            return
+        self.counts.dc_out += 1
+
+    # ----------------------------------------------------------------- RTCP
+    def send_reports(self, now: float) -> int:
+        """RR about this transport's producers, SR for its consumers; returns packets sent."""
+        tx = self.tx
+        if tx is None or self.addr is None:
+            return 0
+        sent = 0
+        blocks = [(ssrc, p.stats) for ssrc, p in self.producers.items() if p.stats.started]
+        if blocks:
+            pkt = rtcp.receiver_report(self.rtcp_ssrc, blocks, now, self.cname)
+            self.mux.sendto(tx.protect_rtcp(pkt), self.addr)
+            sent += 1
+        for c in self.consumers:
+            if c.stream.packets:
+                pkt = rtcp.sender_report(c.stream, now, c.producer.spec.cname)
+                self.mux.sendto(tx.protect_rtcp(pkt), self.addr)
+                sent += 1
+        return sent
+
+    # ---------------------------------------------------------------- close
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = "closed"
+        for p in list(self.producers.values()) + list(self.unbound):
+            p.close()
+        for c in list(self.consumers):
+            c.close()
+        for dp in list(self.data_producers.values()):
+            dp.close()
+        for dc in list(self.data_consumers):
+            dc.close()
+        self.mux.remove_transport(self)
+        self.ice.close()
+        self.ice.events_received()
+        self.link.close()
+        self.rx = self.tx = None
+        asyncio.ensure_future(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            if self.sctp is not None:
+                await self.sctp.stop()
+        with contextlib.suppress(Exception):
+            await self.dtls.stop()
