@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "redis": ("hubbub.embedded_redis", "run the embedded Redis (AOF under the data dir)"),
     "up": ("hubbub.launcher", "start a local cluster: embedded Redis, gateways, shards"),
     "config": ("hubbub.config_cmd", "print the configuration table"),
+    "relay": ("shards.relay.cli", "relay admin: blacklist/blocklist, usage"),
 }
 
 

@@ -1,0 +1,239 @@
+"""Relay protocol pieces without sockets: first message, WebSocket codec, limits, tables, lists."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from hubbub.errors import FrameTooLarge, RemoteProtocolError
+from hubbub.wire.rustdesk.framing import encode_frame
+from hubbub.wire.rustdesk.messages import pb, serialize
+from loadtest.bench_relay import WsClient, request_relay, request_relay_frame
+from shards.relay.handoff import Transfer, decode_transfer, encode_transfer, handoff_address
+from shards.relay.handshake import (
+    FIRST_MESSAGE_CAP,
+    Refused,
+    TcpFirstMessage,
+    WsFirstMessage,
+    check_hello,
+    parse_hello,
+)
+from shards.relay.limiter import BYTES_PER_MBIT, Bucket, PairStats, mbps_to_bytes
+from shards.relay.lists import IpLists, format_list, normalise_ip, parse_list
+from shards.relay.pairing import TableFull, WaitingTable
+from shards.relay.ws import OP_BINARY, HandshakeError, WsReader, frame_header
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SANS_IO = ["handshake.py", "ws.py", "pairing.py", "limiter.py", "lists.py"]
+
+
+@pytest.mark.parametrize("name", SANS_IO)
+def test_sans_io_modules_import_no_io(name: str) -> None:
+    tree = ast.parse((ROOT / "shards" / "relay" / name).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "socket", "selectors"}
+
+
+# ------------------------------------------------------------------ TCP first message
+def test_tcp_first_message_and_leftover() -> None:
+    early = encode_frame(b"x" * 200_000) + b"\x01\x02partial"
+    reader = TcpFirstMessage()
+    hello = reader.feed(request_relay_frame("u-1", "k", "123") + early)
+    assert hello is not None
+    assert (hello.uuid, hello.licence_key, hello.peer_id) == ("u-1", "k", "123")
+    assert hello.leftover == early
+
+
+def test_tcp_first_message_byte_by_byte() -> None:
+    data = request_relay_frame("abc") + b"tail"
+    reader = TcpFirstMessage()
+    got = [reader.feed(data[i:i + 1]) for i in range(len(data))]
+    hellos = [h for h in got if h is not None]
+    assert hellos and hellos[0].uuid == "abc"
+    assert got.index(hellos[0]) == len(request_relay_frame("abc")) - 1
+
+
+def test_tcp_huge_header_refused_at_once() -> None:
+    header = ((1 << 30) - 1 << 2 | 3).to_bytes(4, "little")
+    with pytest.raises(Refused) as info:
+        TcpFirstMessage().feed(header)
+    assert info.value.reason == "too_large"
+
+
+def test_tcp_first_frame_just_above_cap_refused() -> None:
+    with pytest.raises(Refused) as info:
+        TcpFirstMessage().feed(encode_frame(b"\0" * (FIRST_MESSAGE_CAP + 1))[:10])
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"\xff\xff\xff\xff\xff", "garbage"),
+    (serialize(pb.RendezvousMessage(register_peer=pb.RegisterPeer(id="1"))), "wrong_message"),
+    (b"", "wrong_message"),
+])
+def test_tcp_bad_first_frames(payload: bytes, reason: str) -> None:
+    with pytest.raises(Refused) as info:
+        TcpFirstMessage().feed(encode_frame(payload))
+    assert info.value.reason == reason
+
+
+def test_hello_checks() -> None:
+    hello = parse_hello(request_relay("u", "good"), b"")
+    check_hello(hello, "")
+    check_hello(hello, "good")
+    with pytest.raises(Refused, match="licence"):
+        check_hello(hello, "other")
+    with pytest.raises(Refused) as info:
+        check_hello(parse_hello(request_relay(""), b""), "")
+    assert info.value.reason == "no_uuid"
+
+
+# ------------------------------------------------------------------ WebSocket
+UPGRADE = (b"GET /ws/relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def test_ws_first_message() -> None:
+    first = WsFirstMessage()
+    out, hello = first.feed(UPGRADE[:20])
+    assert (out, hello) == (b"", None)
+    later = WsClient.frame(b"next message")
+    out, hello = first.feed(UPGRADE[20:] + WsClient.frame(request_relay("w-1")) + later)
+    assert out.startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in out
+    assert hello is not None and hello.uuid == "w-1"
+    assert hello.leftover == later
+
+
+def test_ws_ping_before_first_message_is_answered() -> None:
+    out, hello = WsFirstMessage().feed(UPGRADE + WsClient.frame(b"hi", opcode=0x9))
+    assert hello is None
+    assert out.endswith(frame_header(0xA, 2) + b"hi")
+
+
+@pytest.mark.parametrize("request_,status", [
+    (b"POST / HTTP/1.1\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+    (UPGRADE.replace(b"Version: 13", b"Version: 8"), b"426"),
+    (UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"), b"400"),
+])
+def test_ws_bad_upgrades(request_: bytes, status: bytes) -> None:
+    with pytest.raises(HandshakeError) as info:
+        WsFirstMessage().feed(request_)
+    assert status in info.value.response.split(b"\r\n")[0]
+
+
+def test_ws_oversized_head() -> None:
+    with pytest.raises(HandshakeError):
+        WsFirstMessage().feed(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 9000)
+
+
+def test_ws_reader_fragments_text_and_control() -> None:
+    r = WsReader(1 << 20)
+    data = (WsClient.frame(b"ab", 2, fin=False) + WsClient.frame(b"x", 9)
+            + WsClient.frame(b"cd", 0) + WsClient.frame(b"text", 1) + WsClient.frame(b"", 2))
+    assert r.feed(data) == [b"abcd", b""]
+    assert r.to_send == [frame_header(0xA, 1) + b"x"]
+    r.feed(WsClient.frame(b"\x03\xe8", 8))
+    assert r.closed and r.to_send[-1] == frame_header(8, 2) + b"\x03\xe8"
+
+
+def test_ws_reader_rejects_hostile_frames() -> None:
+    with pytest.raises(RemoteProtocolError):
+        WsReader(100).feed(bytes([0x82, 0x01]) + b"a")  # unmasked
+    with pytest.raises(FrameTooLarge):
+        WsReader(100).feed(WsClient.frame(b"a" * 101)[:14])
+    with pytest.raises(RemoteProtocolError):
+        WsReader(100).feed(WsClient.frame(b"a", 0))  # continuation without start
+    with pytest.raises(RemoteProtocolError):
+        WsReader(100).feed(bytes([0xC2, 0x80]) + b"\0\0\0\0")  # RSV1
+
+
+def test_ws_frame_header_lengths() -> None:
+    assert frame_header(OP_BINARY, 5) == b"\x82\x05"
+    assert frame_header(OP_BINARY, 300) == b"\x82\x7e\x01\x2c"
+    assert frame_header(OP_BINARY, 70000)[:2] == b"\x82\x7f"
+
+
+def test_ws_accept_key_formula() -> None:
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    assert base64.b64encode(digest) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# ------------------------------------------------------------------ limits
+def test_units_follow_hbbr() -> None:
+    assert mbps_to_bytes(8) == 8 * 1024 * 1024 / 8 == 8 * BYTES_PER_MBIT
+    assert mbps_to_bytes(0) == 0
+
+
+def test_bucket_rate_and_debt() -> None:
+    b = Bucket(100_000, now=0.0)
+    assert b.available(0.0) == b.burst
+    b.consume(int(b.burst) + 50_000, 0.0)
+    assert b.available(0.0) == -50_000
+    assert b.wait_time(4096, 0.0) == pytest.approx((50_000 + 4096) / 100_000)
+    assert b.available(1.0) == pytest.approx(min(b.burst, 50_000))
+    assert Bucket(0, 0.0).available(5.0) == float("inf")
+
+
+def test_downgrade_rule() -> None:
+    s = PairStats(started=0.0)
+    s.tick(100 * 1024 * 1024, 10.0)  # 80 Mbit/s average (binary Mbit)
+    assert not s.should_downgrade(10.0, 128, 0.66, 1800)  # too young
+    assert s.should_downgrade(10.0, 100, 0.66, 5)  # 80 > 66
+    assert not s.should_downgrade(10.0, 128, 0.66, 5)  # 80 < 84.5
+    assert not s.should_downgrade(10.0, 0, 0.66, 5)  # unlimited
+
+
+# ------------------------------------------------------------------ pairing table
+def test_waiting_table() -> None:
+    t: WaitingTable[str] = WaitingTable(timeout=30, max_waiting=2)
+    assert t.arrive("u1", "a", 0.0) is None
+    assert t.arrive("u1", "b", 1.0) == "a"
+    assert len(t) == 0
+    assert t.arrive("u2", "c", 2.0) is None
+    assert t.arrive("u3", "d", 3.0) is None
+    with pytest.raises(TableFull):
+        t.arrive("u4", "e", 4.0)
+    assert t.expire(31.9) == []
+    assert t.expire(32.0) == ["c"]
+    assert t.discard("u3", "d") and not t.discard("u3", "d")
+    assert t.next_deadline() is None
+
+
+# ------------------------------------------------------------------ lists
+def test_normalise_ip() -> None:
+    assert normalise_ip("::ffff:10.1.2.3") == "10.1.2.3"
+    assert normalise_ip(" [2001:DB8::1] ") == "2001:db8::1"
+    with pytest.raises(ValueError):
+        normalise_ip("not-an-ip")
+
+
+def test_list_files() -> None:
+    text = "1.2.3.4 some comment\n# note\n\n::ffff:5.6.7.8\nbogus\n2001:db8::1\n"
+    entries = parse_list(text)
+    assert entries == {"1.2.3.4", "5.6.7.8", "2001:db8::1"}
+    assert parse_list(format_list(entries)) == entries
+    lists = IpLists(frozenset({"1.2.3.4"}), frozenset({"5.6.7.8"}))
+    assert lists.limited("1.2.3.4") and lists.blocked("5.6.7.8") and not lists.blocked("1.2.3.4")
+
+
+# ------------------------------------------------------------------ handoff header
+def test_transfer_roundtrip_and_garbage() -> None:
+    t = Transfer("u", "ws", "::1", 5, b"\x00rest", 1.5)
+    assert decode_transfer(encode_transfer(t)) == t
+    assert decode_transfer(b"\xc1garbage") is None
+    assert decode_transfer(b"\x93\x02\x01\x02") is None
+    assert handoff_address("p:", "shard:h:1:ab").startswith("\0hubbub-relay:")
+    assert len(handoff_address("p" * 200, "x").encode()) < 108
