@@ -14,6 +14,9 @@ __all__ = ["build_services", "main"]
 async def build_services(ctx: Context) -> Sequence[Service]:
     """Every capability a gateway serves; each binds its own ports with SO_REUSEPORT."""
     services: list[Service] = []
+    from gateway.rendezvous.service import RendezvousService
+
+    services.append(RendezvousService(ctx))
     from gateway.spaces.service import SpacesService
 
     services.append(SpacesService(ctx))

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("hubbub.launcher", "start a local cluster: embedded Redis, gateways, shards"),
     "config": ("hubbub.config_cmd", "print the configuration table"),
     "relay": ("shards.relay.cli", "relay admin: blacklist/blocklist, usage"),
+    "keygen": ("hubbub.keys", "print the RustDesk server key pair (created if missing)"),
+    "import-hbbs": ("gateway.rendezvous.import_hbbs", "import peers from an hbbs db_v2.sqlite3"),
+    "admin": ("gateway.rendezvous.admin", "ID-server admin commands (relays, limits, logs)"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The RustDesk ID/rendezvous server (hbbs replacement) inside the gateway."""

@@ -1,0 +1,213 @@
+"""``hubbub admin``: the ID server's operator commands (replaces hbbs's loopback console).
+
+Commands act on the whole cluster: settings live in Redis (every gateway reloads them at once),
+per-process state (IP limiter, punch log) is gathered from every gateway through its inbox.
+Reached through Redis (``hubbub admin``, needs the cluster's Redis URL) or through any
+gateway's ops endpoint (``POST /rendezvous/admin`` with ``Authorization: Bearer <token>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from gateway.rendezvous.store import Live, Store
+from hubbub.config import add_setting_flags, load_config, new_parser
+from hubbub.errors import HubbubError, RegistryError
+from hubbub.ops import Request, Response
+from hubbub.runtime import host_name
+from registry import Registry
+
+
+if TYPE_CHECKING:
+    from gateway.rendezvous.service import RendezvousService
+
+__all__ = ["HELP", "local_command", "main", "ops_handler", "run_command"]
+
+HELP = """commands:
+  relay-servers, rs [host[:port],...|-]   show or set the relay list ('-': back to config)
+  always-use-relay, aur [Y|N|-]           show or set ALWAYS_USE_RELAY ('-': back to config)
+  ip-blocker, ib [<ip> [-]]               tracked IPs per gateway; one IP's counters; '-' clears
+  punch-requests, pr [<n>|-]              last n punch requests (default 20); '-' clears
+  id-changes, ic [<n>]                    last n ID changes
+  peer <id>                               registration and liveness of one ID
+  help, h                                 this text"""
+
+_ALIASES = {"rs": "relay-servers", "aur": "always-use-relay", "ib": "ip-blocker",
+            "pr": "punch-requests", "ic": "id-changes", "h": "help"}
+
+
+def local_command(svc: RendezvousService, cmd: str, args: list[str]) -> dict[str, Any]:
+    """Per-process part of a command, run inside a gateway (inbox ``rd.admin``)."""
+    now = time.time()
+    if cmd == "ip-blocker":
+        if not args:
+            return {"ok": True, "count": len(svc.ip_limiter.map)}
+        ip = args[0]
+        if len(args) > 1 and args[1] == "-":
+            svc.ip_limiter.map.pop(ip)
+            return {"ok": True, "lines": [f"{ip} cleared"]}
+        text = svc.ip_limiter.describe(ip, now)
+        return {"ok": True, "lines": [f"{ip} {text}"] if text else []}
+    if cmd == "punch-requests":
+        if args and args[0] == "-":
+            svc.punch_log.clear()
+            return {"ok": True, "lines": []}
+        return {"ok": True, "lines": list(svc.punch_log)}
+    return {"ok": False, "text": f"unknown command {cmd!r}"}
+
+
+async def _gather(registry: Registry, cmd: str, args: list[str]) -> list[dict[str, Any]]:
+    gateways = await registry.processes("gateway")
+
+    async def one(pid: str) -> dict[str, Any]:
+        try:
+            reply = await registry.request(pid, "rd.admin", {"cmd": cmd, "args": args},
+                                           timeout=2.0)
+        except HubbubError as exc:
+            return {"ok": False, "text": str(exc), "id": pid}
+        return dict(reply) | {"id": pid} if isinstance(reply, dict) else {"ok": False, "id": pid}
+
+    return list(await asyncio.gather(*(one(g.id) for g in gateways)))
+
+
+async def run_command(registry: Registry, store: Store, argv: Sequence[str],
+                      cfg_relays: Sequence[str] = (), cfg_aur: bool = False) -> str:
+    """Run one admin command against the cluster; returns the text to print.
+
+    Raises:
+        RegistryError: Redis is unreachable.
+    """
+    if not argv:
+        return HELP
+    cmd = _ALIASES.get(argv[0], argv[0])
+    args = list(argv[1:])
+    if cmd == "help":
+        return HELP
+    if cmd == "relay-servers":
+        if args:
+            value = None if args[0] == "-" else ",".join(
+                s.strip() for s in ",".join(args).split(",") if s.strip())
+            await store.set_admin("relay_servers", value)
+        settings = await store.admin_settings()
+        if "relay_servers" in settings:
+            return settings["relay_servers"] or "(none: clients use the ID host)"
+        return ",".join(cfg_relays) or "(automatic: least-loaded relay host)"
+    if cmd == "always-use-relay":
+        if args:
+            flag = args[0].upper()
+            if flag not in ("Y", "N", "-"):
+                return "usage: always-use-relay [Y|N|-]"
+            await store.set_admin("always_use_relay", None if flag == "-" else flag)
+        settings = await store.admin_settings()
+        return settings.get("always_use_relay") or ("Y" if cfg_aur else "N")
+    if cmd == "ip-blocker":
+        replies = await _gather(registry, cmd, args)
+        lines = []
+        for r in replies:
+            if not r.get("ok"):
+                lines.append(f"{r['id']}: error {r.get('text', '')}")
+            elif "count" in r:
+                lines.append(f"{r['id']}: {r['count']} tracked IPs")
+            else:
+                lines += [f"{r['id']}: {line}" for line in r.get("lines", [])]
+        return "\n".join(lines) or "(no gateways)"
+    if cmd == "punch-requests":
+        count = 20
+        if args and args[0] != "-":
+            with contextlib.suppress(ValueError):
+                count = max(1, int(args[0]))
+        replies = await _gather(registry, cmd, args[:1] if args == ["-"] else [])
+        merged = sorted(line for r in replies for line in r.get("lines", []))
+        if args == ["-"]:
+            return "cleared"
+        return "\n".join(merged[-count:]) or "(none)"
+    if cmd == "id-changes":
+        count = 20
+        if args:
+            with contextlib.suppress(ValueError):
+                count = max(1, int(args[0]))
+        rows = await store.id_history(count)
+        out = []
+        for row in rows:
+            parts = row.split(" ")
+            if len(parts) == 3 and parts[2].isdigit():
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(parts[2])))
+                out.append(f"{stamp} {parts[0]} -> {parts[1]}")
+        return "\n".join(out) or "(none)"
+    if cmd == "peer":
+        if not args:
+            return "usage: peer <id>"
+        rec, live = await store.lookup(args[0])
+        if rec is None:
+            return f"{args[0]}: not registered"
+        return _describe(args[0], rec.uuid, rec.pk, rec.ip, live)
+    return f"unknown command {argv[0]!r}\n{HELP}"
+
+
+def _describe(peer_id: str, uuid: bytes, pk: bytes, ip: str, live: Live | None) -> str:
+    lines = [f"id: {peer_id}", f"uuid: {uuid.decode(errors='replace')}",
+             f"pk: {pk.hex() or '-'}", f"registered ip: {ip}"]
+    if live is None or not live.online(time.time()):
+        lines.append("online: no")
+    else:
+        mode = "udp" if live.mode == 0 else "tcp/ws"
+        lines.append(f"online: yes ({mode} {live.ip}:{live.port}, "
+                     f"{time.time() - live.seen:.0f}s ago, via {live.owner})")
+    return "\n".join(lines)
+
+
+def ops_handler(svc: RendezvousService) -> Any:
+    """The ``/rendezvous/admin`` ops route: body is a JSON list of words (or plain text)."""
+
+    async def handle(req: Request) -> Response:
+        body = req.body.decode(errors="replace").strip()
+        argv: list[str]
+        try:
+            parsed = json.loads(body) if body.startswith("[") else body.split()
+            argv = [str(a) for a in parsed]
+        except ValueError:
+            return Response(400, b"body must be a JSON list of words or plain words\n")
+        try:
+            text = await run_command(svc.registry, svc.store, argv, svc.cfg.relay_servers,
+                                     svc.cfg.always_use_relay)
+        except RegistryError as exc:
+            return Response(503, f"{exc}\n".encode())
+        return Response(200, (text + "\n").encode())
+
+    return handle
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = new_parser("hubbub admin", "run an ID-server admin command on the cluster")
+    add_setting_flags(parser, "admin")
+    parser.add_argument("words", nargs="*", help="command and arguments (see 'help')")
+    args = parser.parse_args(list(argv))
+    try:
+        cfg = load_config("admin", args)
+    except HubbubError as exc:
+        sys.stderr.write(f"hubbub admin: error: {exc}\n")
+        return 2
+
+    async def run() -> str:
+        registry = Registry(cfg.redis_url, cfg.prefix, "admin", host_name(cfg), presence=False)
+        await registry.start()
+        try:
+            if not await registry.wait_ready(5.0):
+                raise RegistryError("redis did not answer")
+            return await run_command(registry, Store(registry), args.words, cfg.relay_servers,
+                                     cfg.always_use_relay)
+        finally:
+            await registry.close()
+
+    try:
+        print(asyncio.run(run()))
+    except RegistryError as exc:
+        sys.stderr.write(f"hubbub admin: error: {exc}\n")
+        return 1
+    return 0

@@ -1,0 +1,185 @@
+"""Thin asyncio adapters for rendezvous connections (TCP frames and WebSocket messages).
+
+Both expose the same small interface to the service: ``next_payload(timeout)``,
+``send_message(payload)``, ``send_heartbeat()`` and ``close()``. Parsing stays in the sans-I/O
+stream; handling stays in the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any, cast
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway.rendezvous import metrics
+from hubbub.errors import RemoteProtocolError
+from hubbub.wire.rustdesk.stream import RendezvousStream
+
+
+__all__ = ["Closed", "Conn", "TcpConn", "WsConn"]
+
+MAX_QUEUED = 16
+"""Frames a client may have waiting for handling; more means it is flooding us."""
+
+
+class Closed(Exception):
+    """The connection is gone."""
+
+
+class Conn:
+    """What the service knows about one client connection."""
+
+    transport_name = "tcp"
+    websocket = False
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        self.addr = addr
+        self.addr_key = f"{addr[0]}:{addr[1]}"
+        self.registered_id: str | None = None
+        self.sink = False
+        self.keep_alive = 0.0
+        self.secure = False
+
+    async def next_payload(self, timeout: float) -> bytes | None:
+        raise NotImplementedError
+
+    async def send_message(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def send_heartbeat(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class TcpConn(Conn, asyncio.Protocol):
+    """A framed TCP connection; frames are queued (bounded) for the service's handler task."""
+
+    def __init__(self, addr: tuple[str, int], stream: RendezvousStream, transport_name: str,
+                 on_lost: Any = None) -> None:
+        super().__init__(addr)
+        self.transport_name = transport_name
+        self.stream = stream
+        self.transport: asyncio.Transport | None = None
+        self._queue: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._on_lost = on_lost
+
+    # asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        out = self.stream.data_to_send()
+        if out:
+            self.transport.write(out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            payloads = self.stream.receive_data(data)
+        except RemoteProtocolError:
+            metrics.DROPPED.labels("bad_stream").inc()
+            self.close()
+            return
+        if self.stream.secure and not self.secure:
+            self.secure = True
+            metrics.SECURE_HANDSHAKES.inc()
+        for p in payloads:
+            if len(self._queue) >= MAX_QUEUED:
+                metrics.DROPPED.labels("stream_flood").inc()
+                self.close()
+                return
+            self._queue.append(p)
+        if payloads:
+            self._ready.set()
+        out = self.stream.data_to_send()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+    def eof_received(self) -> bool | None:
+        self._mark_closed()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mark_closed()
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    # Conn ---------------------------------------------------------------
+    async def next_payload(self, timeout: float) -> bytes | None:
+        while not self._queue:
+            if self._closed:
+                raise Closed()
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        return self._queue.popleft()
+
+    async def send_message(self, payload: bytes) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.stream.send(payload)
+        self.transport.write(self.stream.data_to_send())
+
+    async def send_heartbeat(self) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.stream.send_heartbeat()
+        self.transport.write(self.stream.data_to_send())
+
+    def close(self) -> None:
+        self._mark_closed()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class WsConn(Conn):
+    """One WebSocket client: each binary message is one raw protobuf."""
+
+    transport_name = "ws"
+    websocket = True
+
+    def __init__(self, addr: tuple[str, int], ws: ServerConnection) -> None:
+        super().__init__(addr)
+        self.ws = ws
+
+    async def next_payload(self, timeout: float) -> bytes | None:
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    msg = await self.ws.recv()
+            except TimeoutError:
+                return None
+            except ConnectionClosed:
+                raise Closed() from None
+            if isinstance(msg, bytes):
+                return msg
+            # Text messages are not protocol messages; they only count as activity.
+            metrics.DROPPED.labels("ws_text").inc()
+
+    async def send_message(self, payload: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(payload)
+
+    async def send_heartbeat(self) -> None:
+        await self.send_message(b"")
+
+    def close(self) -> None:
+        asyncio.ensure_future(self._close())
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()

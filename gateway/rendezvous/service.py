@@ -1,0 +1,996 @@
+"""The ID server service: UDP registration, TCP/WS connection set-up, cross-gateway routing.
+
+Any gateway may receive any datagram or connection. What a peer needs from another process
+goes through the registry:
+
+* pushes to B (PunchHole, FetchLocalAddr, RequestRelay) must leave from the socket B's
+  heartbeats reach, so they go to the process recorded in B's liveness record (or a sibling on
+  the same host bound to the same port) as ``rd.push``;
+* B's answers are built where they arrive and handed to the process holding A's connection
+  (``rd:sink:<addr>`` in Redis) as ``rd.deliver``.
+
+Heartbeats never wait on Redis: liveness is kept in a bounded local map and flushed in one
+pipeline per second, only for peers whose address or owner changed or whose TTL needs extending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from gateway.rendezvous import metrics
+from gateway.rendezvous.conns import Closed, Conn, TcpConn, WsConn
+from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
+from gateway.rendezvous.logic import (
+    choose_relay_host,
+    is_lan,
+    online_bitmap,
+    parse_mask,
+    plan_punch,
+    valid_custom_id,
+    valid_register_id,
+)
+from gateway.rendezvous.net import ProxyList, listen_socket
+from gateway.rendezvous.store import (
+    CHANGE_EXISTS,
+    CHANGE_NOT_OWNER,
+    MODE_STREAM,
+    MODE_UDP,
+    ONLINE_WINDOW,
+    REG_UUID_MISMATCH,
+    Live,
+    Store,
+)
+from hubbub.errors import RegistryError, RegistryUnavailable
+from hubbub.keys import ServerKey, server_key
+from hubbub.runtime import Context
+from hubbub.wire.rustdesk import addr as addrmangle
+from hubbub.wire.rustdesk.crypto import ServerKeyExchange, sign_id_pk
+from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
+from hubbub.wire.rustdesk.messages import parse, pb
+from hubbub.wire.rustdesk.stream import RendezvousStream
+
+
+__all__ = ["RendezvousService"]
+
+log = logging.getLogger("hubbub.rendezvous")
+
+Result = pb.RegisterPkResponse
+
+MAX_PEERS = 500_000
+"""Peers remembered per process (LRU); beyond this the oldest must re-register their key."""
+PEER_TTL = 90.0
+LIVE_REFRESH = 10.0
+"""Rewrite a live record this long after the last write even if nothing changed (TTL 30 s)."""
+FLUSH_EVERY = 1.0
+MAX_LOOKUPS = 256
+"""Concurrent Redis look-ups for heartbeats of peers this process does not know yet."""
+MAX_REGISTRATIONS = 512
+MAX_CONNECTIONS = 20_000
+MAX_CONNS_PER_IP = 256
+IDLE_TIMEOUT = 30.0
+NAT_TIMEOUT = 10.0
+KEEP_ALIVE = 60
+"""Seconds announced to TCP/WS-registered clients; they give up after 1.5x without traffic."""
+MAX_ONLINE_QUERY = 4096
+PUNCH_LOG = 1000
+RESP_KNOWN = pb.RendezvousMessage(
+    register_peer_response=pb.RegisterPeerResponse(request_pk=False)).SerializeToString()
+RESP_REQUEST_PK = pb.RendezvousMessage(
+    register_peer_response=pb.RegisterPeerResponse(request_pk=True)).SerializeToString()
+UDP_PUNCH_TYPES = ("register_peer", "register_pk", "test_nat_request", "punch_hole_sent")
+
+
+def _msg(**kw: Any) -> bytes:
+    data: bytes = pb.RendezvousMessage(**kw).SerializeToString()
+    return data
+
+
+def _punch_failure(failure: int, text: str = "") -> bytes:
+    return _msg(punch_hole_response=pb.PunchHoleResponse(failure=failure,  # type: ignore[arg-type]
+                                                         other_failure=text))
+
+
+def _reg_response(result: int, keep_alive: int = 0) -> bytes:
+    return _msg(register_pk_response=pb.RegisterPkResponse(
+        result=result, keep_alive=keep_alive))  # type: ignore[arg-type]
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
+def _owner_host(process_id: str) -> str:
+    parts = process_id.split(":")
+    return ":".join(parts[1:-2]) if len(parts) >= 4 else ""
+
+
+@dataclass(slots=True)
+class LocalPeer:
+    """A peer heard by this process."""
+
+    ip: str
+    port: int
+    seen: float
+    flushed: float
+    mode: int
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, svc: RendezvousService) -> None:
+        self.svc = svc
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.svc.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        metrics.DROPPED.labels("udp_error").inc()
+
+
+class RendezvousService:
+    """hbbs on every gateway: ports ``-p`` (UDP+TCP), ``-p - 1`` (TCP), ``-p + 2`` (WS)."""
+
+    name = "rendezvous"
+
+    def __init__(self, ctx: Context, key: ServerKey | None = None) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.registry = ctx.registry
+        self.store = Store(ctx.registry)
+        self.key = key if key is not None else server_key(ctx.cfg.key, Path(ctx.cfg.data_dir))
+        self.network = parse_mask(self.cfg.mask)
+        self.proxies = ProxyList(self.cfg.trusted_proxies)
+        self.peers: BoundedMap[str, LocalPeer] = BoundedMap(MAX_PEERS, PEER_TTL)
+        self.dirty: dict[str, LocalPeer] = {}
+        self.streams: dict[str, Conn] = {}
+        self.sinks: dict[str, Conn] = {}
+        self.conns: set[Conn] = set()
+        self.conns_per_ip: dict[str, int] = {}
+        self.ip_limiter = IpLimiter()
+        self.id_limiter = IdLimiter()
+        self.change_limiter = IdLimiter(burst=3, window=600.0, max_ids=50_000)
+        self.signed: BoundedMap[str, bytes] = BoundedMap(50_000, 30.0)
+        self.punch_log: deque[str] = deque(maxlen=PUNCH_LOG)
+        self.punch_seen: BoundedMap[str, bool] = BoundedMap(50_000, 60.0)
+        self.lookups: set[str] = set()
+        self.registrations = 0
+        self.relay_servers: tuple[str, ...] = tuple(self.cfg.relay_servers)
+        self.always_relay = self.cfg.always_use_relay
+        self.auto_relay = ""
+        self._rr = 0
+        self.udp: asyncio.DatagramTransport | None = None
+        self.udp_port = self.cfg.rendezvous_port
+        self._servers: list[asyncio.Server] = []
+        self._ws: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bg: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._up = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        host = cfg.bind_host
+        usock = listen_socket(host, cfg.rendezvous_port, socket.SOCK_DGRAM, cfg.rmem)
+        self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=usock)
+        main = await loop.create_server(lambda: self._tcp_protocol(True),
+                                        sock=listen_socket(host, cfg.rendezvous_port,
+                                                           socket.SOCK_STREAM))
+        nat = await loop.create_server(lambda: self._tcp_protocol(False),
+                                       sock=listen_socket(host, cfg.nat_port, socket.SOCK_STREAM))
+        self._servers = [main, nat]
+        self._ws = await serve(self._ws_handler, sock=listen_socket(host, cfg.ws_port,
+                                                                    socket.SOCK_STREAM),
+                               max_size=DEFAULT_MAX_FRAME, ping_interval=None,
+                               process_request=self._ws_admit)
+        reg = self.registry
+        reg.on("rd.push", self._on_push)
+        reg.on("rd.deliver", self._on_deliver)
+        reg.on("rd.admin", self._on_admin)
+        from gateway.rendezvous.admin import ops_handler
+
+        self.ctx.ops.route("/rendezvous/admin", ops_handler(self), admin=True)
+        await reg.subscribe(self.store.admin_channel, self._on_admin_changed)
+        ports = dict(reg.presence_info().get("ports") or {})
+        ports.update(rendezvous=cfg.rendezvous_port, rendezvous_udp=cfg.rendezvous_port,
+                     rendezvous_nat=cfg.nat_port, rendezvous_ws=cfg.ws_port)
+        reg.set_info(ports=ports)
+        with contextlib.suppress(RegistryError):
+            await self._load_admin()
+        self._bg = [asyncio.create_task(self._flush_loop(), name="rd-flush"),
+                    asyncio.create_task(self._relay_loop(), name="rd-relay"),
+                    asyncio.create_task(self._sweep_loop(), name="rd-sweep")]
+        self._up = True
+        log.info("rendezvous on udp/tcp %d, tcp %d, ws %d; licence key %s", cfg.rendezvous_port,
+                 cfg.nat_port, cfg.ws_port, "required" if self.key.licence else "not required")
+
+    async def drain(self) -> None:
+        self._draining = True
+        for srv in self._servers:
+            srv.close()
+        if self._ws is not None:
+            self._ws.close(close_connections=False)
+        with contextlib.suppress(RegistryError):
+            await self._flush()
+        while any(c.sink for c in self.conns):
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        self._up = False
+        for task in self._bg:
+            task.cancel()
+        for conn in list(self.conns):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for srv in self._servers:
+            srv.close()
+        if self._ws is not None:
+            self._ws.close()
+        if self.udp is not None:
+            self.udp.close()
+
+    def healthy(self) -> bool:
+        return self._up
+
+    def load(self) -> dict[str, Any]:
+        return {"rd_peers": len(self.peers), "rd_conns": len(self.conns),
+                "rd_streams": len(self.streams)}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rendezvous task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ UDP
+    def on_datagram(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
+        msg = parse(data)
+        if msg is None:
+            metrics.DROPPED.labels("bad_datagram").inc()
+            return
+        kind = msg.WhichOneof("union")
+        if kind not in UDP_PUNCH_TYPES:
+            metrics.DROPPED.labels("udp_type").inc()
+            return
+        metrics.DATAGRAMS.labels(kind).inc()
+        ip, port = addrmangle.normalize(raw_addr)
+        now = time.time()
+        if kind == "register_peer":
+            self._register_peer(msg.register_peer, ip, port, raw_addr, now)
+        elif kind == "register_pk":
+            if len(self._tasks) >= MAX_REGISTRATIONS:
+                metrics.DROPPED.labels("busy").inc()
+                return
+            self._spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
+        elif kind == "test_nat_request":
+            self._send_udp(_msg(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
+        else:
+            # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
+            self._spawn(self._hole_sent(msg.punch_hole_sent, (ip, port), True))
+
+    def _send_udp(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
+        if self.udp is not None:
+            self.udp.sendto(data, raw_addr)
+
+    def _udp_target(self, ip: str, port: int) -> tuple[Any, ...]:
+        """A sendto address for our socket's family (IPv4 peers are mapped on ``::``)."""
+        if ":" in self.cfg.bind_host and ":" not in ip:
+            return (f"::ffff:{ip}", port, 0, 0)
+        return (ip, port)
+
+    def _register_peer(self, rp: pb.RegisterPeer, ip: str, port: int,
+                       raw_addr: tuple[Any, ...], now: float) -> None:
+        peer_id = rp.id
+        if not peer_id or len(peer_id) > 64:
+            return
+        peer = self.peers.get(peer_id, now)
+        if peer is None:
+            if peer_id in self.lookups:
+                return
+            if len(self.lookups) >= MAX_LOOKUPS:
+                self._send_udp(RESP_REQUEST_PK, raw_addr)
+                return
+            self.lookups.add(peer_id)
+            self._spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr))
+            return
+        if peer.ip != ip and not _loopback(ip):
+            self._send_udp(RESP_REQUEST_PK, raw_addr)
+            return
+        self.peers.touch(peer_id, now)
+        self._heard(peer_id, peer, ip, port, MODE_UDP, now)
+        metrics.HEARTBEATS.inc()
+        self._send_udp(RESP_KNOWN, raw_addr)
+        if self.cfg.serial > rp.serial:
+            self._send_udp(self._config_update(), raw_addr)
+
+    def _heard(self, peer_id: str, peer: LocalPeer, ip: str, port: int, mode: int,
+               now: float) -> None:
+        changed = peer.port != port or peer.mode != mode or peer.ip != ip
+        peer.ip, peer.port, peer.mode = ip, port, mode
+        peer.seen = now
+        if changed or now - peer.flushed >= LIVE_REFRESH:
+            self.dirty[peer_id] = peer
+
+    async def _lookup_heartbeat(self, peer_id: str, ip: str, port: int,
+                                raw_addr: tuple[Any, ...]) -> None:
+        """A heartbeat for a peer this process has not heard: trust Redis's key binding."""
+        try:
+            rec = await self.store.peer(peer_id)
+        except RegistryUnavailable:
+            rec = None
+        finally:
+            self.lookups.discard(peer_id)
+        if rec is None or not rec.pk or (rec.ip != ip and not _loopback(ip)):
+            self._send_udp(RESP_REQUEST_PK, raw_addr)
+            return
+        now = time.time()
+        peer = LocalPeer(ip, port, now, 0.0, MODE_UDP)
+        self.peers.put(peer_id, peer, now)
+        self.dirty[peer_id] = peer
+        metrics.HEARTBEATS.inc()
+        self._send_udp(RESP_KNOWN, raw_addr)
+
+    def _config_update(self) -> bytes:
+        return _msg(configure_update=pb.ConfigUpdate(
+            serial=self.cfg.serial, rendezvous_servers=list(self.cfg.rendezvous_servers)))
+
+    async def _udp_register_pk(self, rpk: pb.RegisterPk, ip: str, port: int,
+                               raw_addr: tuple[Any, ...]) -> None:
+        result = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
+        if result is not None:
+            self._send_udp(_reg_response(result), raw_addr)
+
+    async def register_pk(self, rpk: pb.RegisterPk, ip: str, port: int, mode: int,
+                          transport: str) -> int | None:
+        """hbbs's RegisterPk rules; None means drop silently."""
+        if not rpk.uuid or not rpk.pk:
+            return None
+        peer_id = rpk.id
+        now = time.time()
+        if not valid_register_id(peer_id):
+            result = Result.INVALID_ID_FORMAT
+        elif not self.ip_limiter.allow(ip, peer_id, now) or not self.id_limiter.allow(peer_id,
+                                                                                      now):
+            result = Result.TOO_FREQUENT
+        else:
+            try:
+                res = await self.store.register_pk(peer_id, bytes(rpk.uuid), bytes(rpk.pk), ip)
+            except RegistryUnavailable:
+                result = Result.SERVER_ERROR
+            else:
+                if res == REG_UUID_MISMATCH:
+                    result = Result.UUID_MISMATCH
+                else:
+                    result = Result.OK
+                    now = time.time()
+                    peer = self.peers.get(peer_id, now)
+                    if peer is None:
+                        peer = LocalPeer(ip, port, now, 0.0, mode)
+                        self.peers.put(peer_id, peer, now)
+                        self.dirty[peer_id] = peer
+                    self._heard(peer_id, peer, ip, port, mode, now)
+                    self.signed.pop(peer_id)
+        metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
+        return int(result)
+
+    # -------------------------------------------------------------- liveness
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            try:
+                await self._flush()
+            except RegistryError as exc:
+                log.warning("liveness flush failed: %s", exc)
+
+    async def _flush(self) -> None:
+        if not self.dirty:
+            return
+        batch, self.dirty = self.dirty, {}
+        now = time.time()
+        owner = self.registry.id
+        items = [(pid, Live(p.ip, p.port, p.seen, owner, self.udp_port, p.mode))
+                 for pid, p in batch.items()]
+        try:
+            n = await self.store.flush_live(items, now)
+        except RegistryError:
+            # Put them back (newer updates win) so the next flush retries.
+            for pid, p in batch.items():
+                self.dirty.setdefault(pid, p)
+            raise
+        for p in batch.values():
+            p.flushed = now
+        metrics.LIVE_FLUSHED.inc(n)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            now = time.time()
+            self.peers.sweep(now)
+            self.signed.sweep(now)
+            self.punch_seen.sweep(now)
+            self.ip_limiter.map.sweep(now)
+            self.id_limiter.map.sweep(now)
+            self.change_limiter.map.sweep(now)
+            metrics.ONLINE_PEERS.set(sum(1 for _, p in self.peers.items()
+                                         if now - p.seen < ONLINE_WINDOW))
+
+    # ----------------------------------------------------------------- relay
+    async def _relay_loop(self) -> None:
+        while True:
+            try:
+                shards = await self.registry.processes("shard")
+                self.auto_relay = choose_relay_host(
+                    [rec.info | {"public_ip": rec.public_ip, "host": rec.host,
+                                 "state": rec.state} for rec in shards],
+                    self.cfg.relay_port if self.cfg.relay_port else 21117)
+            except RegistryError:
+                pass
+            await asyncio.sleep(2.0)
+
+    def relay_server(self) -> str:
+        if self.relay_servers:
+            self._rr = (self._rr + 1) % len(self.relay_servers)
+            return self.relay_servers[self._rr]
+        return self.auto_relay
+
+    # ----------------------------------------------------------- TCP and WS
+    def _tcp_protocol(self, main: bool) -> asyncio.Protocol:
+        return _Acceptor(self, main)
+
+    def admit(self, ip: str) -> bool:
+        if self._draining or len(self.conns) >= MAX_CONNECTIONS:
+            metrics.DROPPED.labels("conn_limit").inc()
+            return False
+        n = self.conns_per_ip.get(ip, 0)
+        if n >= MAX_CONNS_PER_IP:
+            metrics.DROPPED.labels("conn_per_ip").inc()
+            return False
+        self.conns_per_ip[ip] = n + 1
+        return True
+
+    def _release(self, conn: Conn) -> None:
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        ip = conn.addr[0]
+        n = self.conns_per_ip.get(ip, 1) - 1
+        if n <= 0:
+            self.conns_per_ip.pop(ip, None)
+        else:
+            self.conns_per_ip[ip] = n
+        metrics.CONNECTIONS.labels(conn.transport_name).dec()
+
+    def new_stream(self, main: bool) -> RendezvousStream:
+        kx = None
+        if main and self.cfg.secure_tcp and self.key.signing is not None:
+            kx = ServerKeyExchange(self.key.signing)
+        return RendezvousStream(DEFAULT_MAX_FRAME, kx)
+
+    def client_ip(self, ws: ServerConnection) -> tuple[str, int]:
+        ip, port = addrmangle.normalize(ws.remote_address)
+        if self.proxies.nets and self.proxies.trusted(ip):
+            headers = ws.request.headers if ws.request is not None else None
+            if headers is not None:
+                real = headers.get("X-Real-IP") or ""
+                if not real:
+                    forwarded = headers.get("X-Forwarded-For") or ""
+                    real = forwarded.rsplit(",", 1)[-1].strip() if forwarded else ""
+                if real:
+                    candidate = addrmangle.normalize_host(real.strip())
+                    try:
+                        addrmangle.encode(candidate, 0)
+                        return candidate, 0
+                    except ValueError:
+                        pass
+        return ip, port
+
+    def _ws_admit(self, ws: ServerConnection, request: Any) -> Any:
+        if self._draining:
+            return ws.respond(503, "draining\n")
+        return None
+
+    async def _ws_handler(self, ws: ServerConnection) -> None:
+        addr = self.client_ip(ws)
+        if not self.admit(addr[0]):
+            await ws.close(1013, "busy")
+            return
+        conn = WsConn(addr, ws)
+        self.conns.add(conn)
+        metrics.CONNECTIONS.labels("ws").inc()
+        try:
+            await self.serve(conn, main=True)
+        finally:
+            self._release(conn)
+
+    async def serve(self, conn: Conn, main: bool) -> None:
+        """Read and handle messages until the connection closes or idles out."""
+        idle = IDLE_TIMEOUT if main else NAT_TIMEOUT
+        last = time.monotonic()
+        next_beat = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if conn.keep_alive:
+                    limit = conn.keep_alive * 1.5
+                    if now >= next_beat:
+                        await conn.send_heartbeat()
+                        next_beat = now + conn.keep_alive / 3
+                    wait = max(0.05, min(next_beat, last + limit) - now)
+                else:
+                    limit = idle
+                    wait = max(0.05, last + idle - now)
+                payload = await conn.next_payload(wait)
+                if payload is None:
+                    if time.monotonic() - last >= limit:
+                        break
+                    continue
+                last = time.monotonic()
+                if not payload:
+                    continue
+                keep = await self.handle(conn, payload, main)
+                if not keep:
+                    break
+        except Closed:
+            pass
+        finally:
+            self._forget(conn)
+            conn.close()
+
+    def _forget(self, conn: Conn) -> None:
+        if conn.sink and self.sinks.get(conn.addr_key) is conn:
+            del self.sinks[conn.addr_key]
+        conn.sink = False
+        if conn.registered_id is not None:
+            peer_id = conn.registered_id
+            if self.streams.get(peer_id) is conn:
+                del self.streams[peer_id]
+                peer = self.peers.get(peer_id, time.time())
+                if peer is not None and peer.mode == MODE_STREAM:
+                    self.peers.pop(peer_id)
+                    self.dirty.pop(peer_id, None)
+                    self._spawn(self._drop_live(peer_id))
+
+    async def _drop_live(self, peer_id: str) -> None:
+        with contextlib.suppress(RegistryError):
+            await self.store.drop_live(peer_id, self.registry.id)
+
+    async def handle(self, conn: Conn, payload: bytes, main: bool) -> bool:
+        """Handle one message; False closes the connection."""
+        msg = parse(payload)
+        if msg is None:
+            metrics.DROPPED.labels("bad_message").inc()
+            return False
+        kind = msg.WhichOneof("union") or ""
+        metrics.STREAM_MESSAGES.labels(conn.transport_name, kind or "none").inc()
+        if kind == "test_nat_request":
+            cu = None
+            if main and self.cfg.serial > msg.test_nat_request.serial:
+                cu = pb.ConfigUpdate(serial=self.cfg.serial,
+                                     rendezvous_servers=list(self.cfg.rendezvous_servers))
+            await conn.send_message(_msg(test_nat_response=pb.TestNatResponse(
+                port=conn.addr[1], cu=cu)))
+            return False
+        if kind == "online_request":
+            await conn.send_message(await self.online_response(msg.online_request))
+            return False
+        if not main:
+            return False
+        if kind == "punch_hole_request":
+            await self.punch_request(conn, msg.punch_hole_request)
+            return True
+        if kind == "request_relay":
+            await self.request_relay(conn, msg)
+            return True
+        if kind == "punch_hole_sent":
+            await self._hole_sent(msg.punch_hole_sent, conn.addr, False)
+            return False
+        if kind == "local_addr":
+            await self._local_addr(msg.local_addr)
+            return False
+        if kind == "relay_response":
+            await self._relay_response(msg)
+            return False
+        if kind == "register_pk":
+            return await self._stream_register_pk(conn, msg.register_pk)
+        if kind == "hc":
+            conn.keep_alive = float(KEEP_ALIVE)
+            return True
+        if kind == "http_proxy_request":
+            await conn.send_message(_msg(http_proxy_response=pb.HttpProxyResponse(
+                status=501, error="not supported by this server")))
+            return False
+        return False
+
+    # ----------------------------------------------------------- online etc.
+    async def online_response(self, req: pb.OnlineRequest) -> bytes:
+        ids = list(req.peers)
+        asked = ids[:MAX_ONLINE_QUERY]
+        now = time.time()
+        try:
+            lives = await self.store.lives(asked)
+        except RegistryUnavailable:
+            lives = [None] * len(asked)
+        flags = []
+        for peer_id, live in zip(asked, lives, strict=True):
+            local = self.peers.get(peer_id, now)
+            on = (live is not None and live.online(now)) or (
+                local is not None and now - local.seen < ONLINE_WINDOW)
+            flags.append(on)
+        flags += [False] * (len(ids) - len(asked))
+        return _msg(online_response=pb.OnlineResponse(states=online_bitmap(flags)))
+
+    async def _stream_register_pk(self, conn: Conn, rpk: pb.RegisterPk) -> bool:
+        if rpk.old_id:
+            result = await self.change_id(rpk, conn.addr[0])
+            await conn.send_message(_reg_response(result))
+            return False
+        ip, port = conn.addr
+        got = await self.register_pk(rpk, ip, port, MODE_STREAM, conn.transport_name)
+        if got is None:
+            return False
+        result = got
+        if result != Result.OK:
+            await conn.send_message(_reg_response(result))
+            return True
+        old = self.streams.get(rpk.id)
+        if old is not None and old is not conn:
+            old.registered_id = None
+        self.streams[rpk.id] = conn
+        conn.registered_id = rpk.id
+        conn.keep_alive = float(KEEP_ALIVE)
+        await conn.send_message(_reg_response(result, KEEP_ALIVE))
+        return True
+
+    async def change_id(self, rpk: pb.RegisterPk, ip: str) -> int:
+        now = time.time()
+        if not valid_custom_id(rpk.id):
+            result = Result.INVALID_ID_FORMAT
+        elif not rpk.uuid:
+            result = Result.UUID_MISMATCH
+        elif (not self.change_limiter.allow(rpk.uuid.hex(), now)
+              or not self.ip_limiter.allow(ip, rpk.id, now)):
+            result = Result.TOO_FREQUENT
+        else:
+            try:
+                res = await self.store.change_id(rpk.old_id, rpk.id, bytes(rpk.uuid))
+            except RegistryUnavailable:
+                result = Result.SERVER_ERROR
+            else:
+                if res == CHANGE_NOT_OWNER:
+                    result = Result.UUID_MISMATCH
+                elif res == CHANGE_EXISTS:
+                    result = Result.ID_EXISTS
+                else:
+                    result = Result.OK
+                    self.peers.pop(rpk.old_id)
+                    self.dirty.pop(rpk.old_id, None)
+                    log.info("id changed: %s -> %s", rpk.old_id, rpk.id)
+        metrics.REGISTRATIONS.labels("change_id", pb.RegisterPkResponse.Result.Name(result)).inc()
+        return int(result)
+
+    # ----------------------------------------------------------------- punch
+    def _add_sink(self, conn: Conn) -> bool:
+        """Hold A's connection for B's answer; True when Redis must learn about it."""
+        if self.sinks.get(conn.addr_key) is conn:
+            return False
+        self.sinks[conn.addr_key] = conn
+        conn.sink = True
+        return True
+
+    async def _target(self, peer_id: str, sink: str | None) -> tuple[bool, Live | None]:
+        """(exists, freshest liveness) of B; also records A's sink in the same round trip."""
+        now = time.time()
+        local = self.peers.get(peer_id, now)
+        if sink is not None:
+            await self.store.set_sink(sink, self.registry.id)
+        rec, live = await self.store.lookup(peer_id)
+        if local is not None and (live is None or local.seen >= live.seen):
+            live = Live(local.ip, local.port, local.seen, self.registry.id, self.udp_port,
+                        local.mode)
+        return rec is not None, live
+
+    async def punch_request(self, conn: Conn, req: pb.PunchHoleRequest) -> None:
+        first = self._add_sink(conn)
+        if not self.key.licence_ok(req.licence_key):
+            metrics.PUNCH_REQUESTS.labels("license_mismatch").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.LICENSE_MISMATCH))
+            return
+        peer_id = req.id
+        try:
+            exists, live = await self._target(peer_id, conn.addr_key if first else None)
+        except RegistryUnavailable:
+            metrics.PUNCH_REQUESTS.labels("server_error").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE,
+                                                   "ID server storage unavailable"))
+            return
+        now = time.time()
+        if not exists and live is None:
+            metrics.PUNCH_REQUESTS.labels("id_not_exist").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.ID_NOT_EXIST))
+            return
+        if live is None or not live.online(now):
+            metrics.PUNCH_REQUESTS.labels("offline").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE))
+            return
+        a_ip, a_port = conn.addr
+        self._log_punch(a_ip, peer_id, live.ip, now)
+        plan = plan_punch(a_ip, live.ip, websocket=conn.websocket, always_relay=self.always_relay,
+                          network=self.network, local_ip=self.cfg.local_ip,
+                          relay_server=self.relay_server())
+        mangled = addrmangle.encode(a_ip, a_port, int(now * 1_000_000))
+        if plan.fetch_local:
+            out = _msg(fetch_local_addr=pb.FetchLocalAddr(
+                socket_addr=mangled, relay_server=plan.relay_server,
+                socket_addr_v6=req.socket_addr_v6))
+            outcome = "fetch_local_addr"
+        else:
+            out = _msg(punch_hole=pb.PunchHole(
+                socket_addr=mangled, relay_server=plan.relay_server,
+                nat_type=pb.SYMMETRIC if plan.force_symmetric else req.nat_type,
+                udp_port=req.udp_port, force_relay=req.force_relay, upnp_port=req.upnp_port,
+                socket_addr_v6=req.socket_addr_v6))
+            outcome = "punch_hole"
+        if await self.push(peer_id, live, out):
+            metrics.PUNCH_REQUESTS.labels(outcome).inc()
+        else:
+            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE))
+
+    def _log_punch(self, a_ip: str, peer_id: str, b_ip: str, now: float) -> None:
+        key = f"{a_ip}|{peer_id}"
+        if self.punch_seen.get(key, now):
+            return
+        self.punch_seen.put(key, True, now)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        self.punch_log.append(f"{stamp} {a_ip} -> {peer_id}@{b_ip}")
+
+    async def request_relay(self, conn: Conn, msg: pb.RendezvousMessage) -> None:
+        first = self._add_sink(conn)
+        rr = msg.request_relay
+        try:
+            _exists, live = await self._target(rr.id, conn.addr_key if first else None)
+        except RegistryUnavailable:
+            live = None
+        now = time.time()
+        if live is None or not live.online(now):
+            metrics.PUNCH_REQUESTS.labels("relay_offline").inc()
+            await conn.send_message(_msg(relay_response=pb.RelayResponse(
+                uuid=rr.uuid, refuse_reason="Remote desktop is offline")))
+            return
+        rr.socket_addr = addrmangle.encode(conn.addr[0], conn.addr[1], int(now * 1_000_000))
+        if await self.push(rr.id, live, msg.SerializeToString()):
+            metrics.PUNCH_REQUESTS.labels("request_relay").inc()
+        else:
+            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
+
+    async def push(self, peer_id: str, live: Live, data: bytes) -> bool:
+        """Send ``data`` to B from the socket its registrations reach (maybe via a sibling)."""
+        me = self.registry.id
+        if live.mode == MODE_UDP:
+            if live.owner == me or (_owner_host(live.owner) == self.registry.host
+                                    and live.local_port == self.udp_port):
+                self._send_udp(data, self._udp_target(live.ip, live.port))
+                return True
+        elif live.owner == me:
+            conn = self.streams.get(peer_id)
+            if conn is None:
+                return False
+            await conn.send_message(data)
+            return True
+        payload = {"id": peer_id, "ip": live.ip, "port": live.port, "lp": live.local_port,
+                   "mode": live.mode, "data": data}
+        try:
+            if await self.registry.send(live.owner, "rd.push", payload):
+                metrics.ROUTED.labels("push").inc()
+                return True
+            if live.mode != MODE_UDP:
+                return False
+            # The owner is gone; any live gateway on that host with that UDP port can send.
+            for rec in await self.registry.processes("gateway"):
+                ports = rec.info.get("ports") or {}
+                if (rec.host == _owner_host(live.owner) and rec.id != me
+                        and ports.get("rendezvous_udp") == live.local_port):
+                    if await self.registry.send(rec.id, "rd.push", payload):
+                        metrics.ROUTED.labels("push").inc()
+                        return True
+        except RegistryUnavailable:
+            return False
+        return False
+
+    async def _on_push(self, payload: Any, sender: str) -> None:
+        if not isinstance(payload, dict):
+            return
+        data = payload.get("data")
+        if not isinstance(data, bytes):
+            return
+        if payload.get("mode") == MODE_UDP:
+            if payload.get("lp") != self.udp_port:
+                return
+            self._send_udp(data, self._udp_target(str(payload.get("ip")),
+                                                  int(payload.get("port") or 0)))
+        else:
+            conn = self.streams.get(str(payload.get("id")))
+            if conn is not None:
+                await conn.send_message(data)
+
+    async def deliver(self, a_key: str, data: bytes) -> bool:
+        """Hand B's answer to A's held connection, wherever it is."""
+        conn = self.sinks.pop(a_key, None)
+        if conn is not None:
+            conn.sink = False
+            await conn.send_message(data)
+            return True
+        try:
+            owner = await self.store.sink_owner(a_key)
+            if owner is None or owner == self.registry.id:
+                metrics.DROPPED.labels("no_sink").inc()
+                return False
+            ok = await self.registry.send(owner, "rd.deliver", {"a": a_key, "data": data})
+        except RegistryUnavailable:
+            return False
+        if ok:
+            metrics.ROUTED.labels("deliver").inc()
+        return ok
+
+    async def _on_deliver(self, payload: Any, sender: str) -> None:
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), bytes):
+            return
+        conn = self.sinks.pop(str(payload.get("a")), None)
+        if conn is None:
+            metrics.DROPPED.labels("no_sink").inc()
+            return
+        conn.sink = False
+        await conn.send_message(payload["data"])
+
+    async def signed_pk(self, peer_id: str) -> bytes:
+        """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
+        if self.key.signing is None:
+            return b""
+        now = time.time()
+        cached = self.signed.get(peer_id, now)
+        if cached is not None:
+            return cached
+        try:
+            rec = await self.store.peer(peer_id)
+        except RegistryUnavailable:
+            return b""
+        if rec is None or not rec.pk:
+            return b""
+        signed = sign_id_pk(self.key.signing, peer_id, rec.pk)
+        self.signed.put(peer_id, signed, now)
+        return signed
+
+    @staticmethod
+    def _a_key(mangled: bytes) -> str | None:
+        ip, port = addrmangle.decode(mangled)
+        if port == 0 and ip in ("0.0.0.0", "::"):
+            return None
+        return f"{ip}:{port}"
+
+    async def _hole_sent(self, ps: pb.PunchHoleSent, b_addr: tuple[str, int],
+                         udp: bool) -> None:
+        a_key = self._a_key(ps.socket_addr)
+        if a_key is None:
+            return
+        if udp and a_key not in self.sinks:
+            # A UDP answer is only believed for a controller that is waiting right here or
+            # elsewhere; either way nothing is ever sent back over UDP.
+            pass
+        pk = await self.signed_pk(ps.id) if ps.version else b""
+        resp = pb.PunchHoleResponse(
+            socket_addr=addrmangle.encode(b_addr[0], b_addr[1], int(time.time() * 1_000_000)),
+            pk=pk, relay_server=ps.relay_server, nat_type=ps.nat_type, upnp_port=ps.upnp_port,
+            socket_addr_v6=ps.socket_addr_v6, is_udp=udp)
+        await self.deliver(a_key, _msg(punch_hole_response=resp))
+
+    async def _local_addr(self, la: pb.LocalAddr) -> None:
+        a_key = self._a_key(la.socket_addr)
+        if a_key is None:
+            return
+        pk = await self.signed_pk(la.id) if la.version else b""
+        resp = pb.PunchHoleResponse(socket_addr=la.local_addr, pk=pk,
+                                    relay_server=la.relay_server, is_local=True,
+                                    socket_addr_v6=la.socket_addr_v6)
+        await self.deliver(a_key, _msg(punch_hole_response=resp))
+
+    async def _relay_response(self, msg: pb.RendezvousMessage) -> None:
+        rr = msg.relay_response
+        a_key = self._a_key(rr.socket_addr)
+        if a_key is None:
+            return
+        a_ip = a_key.rsplit(":", 1)[0]
+        rr.socket_addr = b""
+        if rr.WhichOneof("union") == "id":
+            peer_id = rr.id
+            rr.pk = await self.signed_pk(peer_id) if rr.version else b""
+        if rr.relay_server:
+            if is_lan(a_ip, self.network) and self.cfg.local_ip:
+                rr.relay_server = self.cfg.local_ip
+            elif self.cfg.local_ip and rr.relay_server == self.cfg.local_ip:
+                rr.relay_server = self.relay_server()
+        await self.deliver(a_key, msg.SerializeToString())
+
+    # ----------------------------------------------------------------- admin
+    async def _load_admin(self) -> None:
+        settings = await self.store.admin_settings()
+        if "relay_servers" in settings:
+            self.relay_servers = tuple(s.strip() for s in settings["relay_servers"].split(",")
+                                       if s.strip())
+        else:
+            self.relay_servers = tuple(self.cfg.relay_servers)
+        if "always_use_relay" in settings:
+            self.always_relay = settings["always_use_relay"] == "Y"
+        else:
+            self.always_relay = self.cfg.always_use_relay
+
+    async def _on_admin_changed(self, data: bytes) -> None:
+        with contextlib.suppress(RegistryError):
+            await self._load_admin()
+
+    async def _on_admin(self, payload: Any, sender: str) -> Any:
+        from gateway.rendezvous.admin import local_command
+
+        if not isinstance(payload, dict):
+            return {"ok": False, "text": "bad request"}
+        return local_command(self, str(payload.get("cmd", "")),
+                             [str(a) for a in payload.get("args") or []])
+
+
+class _Acceptor(asyncio.Protocol):
+    """Accepts one TCP connection, then hands it to a ``TcpConn`` served by a task."""
+
+    def __init__(self, svc: RendezvousService, main: bool) -> None:
+        self.svc = svc
+        self.main = main
+        self.conn: TcpConn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if not peer:
+            transport.close()
+            return
+        ip, port = addrmangle.normalize(peer)
+        svc = self.svc
+        if not svc.admit(ip):
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        name = "tcp" if self.main else "nat"
+        conn = TcpConn((ip, port), svc.new_stream(self.main), name, svc._release)
+        self.conn = conn
+        svc.conns.add(conn)
+        metrics.CONNECTIONS.labels(name).inc()
+        conn.connection_made(transport)
+        svc._spawn(svc.serve(conn, self.main))
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            return self.conn.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.connection_lost(exc)

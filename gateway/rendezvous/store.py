@@ -1,0 +1,253 @@
+"""Redis state of the ID server.
+
+Durable (no TTL, kept by AOF):
+    ``rd:peer:<id>``   hash ``u`` uuid, ``k`` Ed25519 pk, ``ip`` last registered IP text
+    ``rd:idhist``      list of ID changes ``"<old> <new> <unix time>"`` (newest first, capped)
+    ``rd:admin``       hash of run-time settings changed by ``hubbub admin``
+Volatile:
+    ``rd:live:<id>``   msgpack ``[ip, port, seen, owner, local_port, mode]`` with a TTL that ends
+                       when the peer counts as offline; written in batches, only when the address
+                       or owner changes or the TTL needs extending
+    ``rd:sink:<addr>`` id of the gateway process holding controller ``addr``'s connection
+
+Ownership checks run as Lua scripts so two gateways can never bind one ID to two devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from registry import Registry
+
+
+__all__ = ["Live", "PeerRecord", "Store", "MODE_STREAM", "MODE_UDP", "ONLINE_WINDOW"]
+
+ONLINE_WINDOW = 30.0
+"""A peer is online while its last accepted registration is younger than this (hbbs)."""
+
+MODE_UDP = 0
+MODE_STREAM = 1
+SINK_TTL = 35
+IDHIST_MAX = 10_000
+
+REG_OK_SAME = 0
+REG_OK_CHANGED = 1
+REG_UUID_MISMATCH = 2
+
+CHANGE_OK = 0
+CHANGE_NOT_OWNER = 2
+CHANGE_EXISTS = 3
+
+_REGISTER_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
+if not cur[1] then
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
+  return 1
+end
+if cur[1] ~= ARGV[1] then return 2 end
+if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
+if cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
+  redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_CHANGE_LUA = """
+local old = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
+if not old[1] or old[1] ~= ARGV[1] then return 2 end
+if KEYS[1] == KEYS[2] then return 0 end
+local other = redis.call('HGET', KEYS[2], 'u')
+if other and other ~= ARGV[1] then return 3 end
+redis.call('HSET', KEYS[2], 'u', old[1], 'k', old[2] or '', 'ip', old[3] or '')
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('LPUSH', KEYS[4], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+return 0
+"""
+
+_IMPORT_LUA = """
+if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Where and through whom a peer can be reached."""
+
+    ip: str
+    port: int
+    seen: float
+    owner: str  # gateway process id that last heard the peer
+    local_port: int  # the gateway's UDP port the peer talks to
+    mode: int  # MODE_UDP or MODE_STREAM
+
+    def pack(self) -> bytes:
+        data: bytes = msgpack.packb(
+            [self.ip, self.port, round(self.seen, 1), self.owner, self.local_port, self.mode])
+        return data
+
+    @classmethod
+    def unpack(cls, blob: bytes | None) -> Live | None:
+        if not blob:
+            return None
+        try:
+            ip, port, seen, owner, local_port, mode = msgpack.unpackb(blob)
+            return cls(str(ip), int(port), float(seen), str(owner), int(local_port), int(mode))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+
+    def online(self, now: float) -> bool:
+        return now - self.seen < ONLINE_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    uuid: bytes
+    pk: bytes
+    ip: str
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class Store:
+    """Rendezvous keys in Redis; every call may raise ``RegistryUnavailable``."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.redis = registry.redis
+        self._register = self.redis.register_script(_REGISTER_LUA)
+        self._change = self.redis.register_script(_CHANGE_LUA)
+        self._import = self.redis.register_script(_IMPORT_LUA)
+
+    def peer_key(self, peer_id: str) -> str:
+        return self.registry.key("rd", "peer", peer_id)
+
+    def live_key(self, peer_id: str) -> str:
+        return self.registry.key("rd", "live", peer_id)
+
+    def sink_key(self, addr: str) -> str:
+        return self.registry.key("rd", "sink", addr)
+
+    @property
+    def admin_key(self) -> str:
+        return self.registry.key("rd", "admin")
+
+    @property
+    def admin_channel(self) -> str:
+        return self.registry.key("rd", "admin-changed")
+
+    @property
+    def idhist_key(self) -> str:
+        return self.registry.key("rd", "idhist")
+
+    # ------------------------------------------------------------- peers
+    async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str) -> int:
+        """Bind ``peer_id`` to ``uuid``/``pk``: REG_OK_SAME, REG_OK_CHANGED or REG_UUID_MISMATCH."""
+        async with self.registry.guard("rd_register"):
+            res = await self._register(keys=[self.peer_key(peer_id)], args=[uuid, pk, ip])
+        return int(res)
+
+    async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
+        async with self.registry.guard("rd_change_id"):
+            res = await self._change(
+                keys=[self.peer_key(old_id), self.peer_key(new_id), self.live_key(old_id),
+                      self.idhist_key],
+                args=[uuid, old_id, new_id, int(time.time()), IDHIST_MAX])
+        return int(res)
+
+    async def import_peer(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
+                          overwrite: bool) -> bool:
+        async with self.registry.guard("rd_import"):
+            res = await self._import(keys=[self.peer_key(peer_id)],
+                                     args=[uuid, pk, ip, "1" if overwrite else "0"])
+        return bool(res)
+
+    async def peer(self, peer_id: str) -> PeerRecord | None:
+        async with self.registry.guard("rd_peer"):
+            row: Any = await self.redis.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
+        u, k, ip = row
+        if u is None:
+            return None
+        return PeerRecord(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"))
+
+    async def lookup(self, peer_id: str) -> tuple[PeerRecord | None, Live | None]:
+        """The durable record and the liveness of one peer in one round trip."""
+        async with self.registry.guard("rd_lookup"):
+            async with self.redis.pipeline(transaction=False) as p:
+                p.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
+                p.get(self.live_key(peer_id))
+                (u, k, ip), blob = await p.execute()
+        rec = None if u is None else PeerRecord(bytes(u), bytes(k or b""),
+                                               (ip or b"").decode(errors="replace"))
+        return rec, Live.unpack(blob)
+
+    async def lives(self, ids: Sequence[str]) -> list[Live | None]:
+        if not ids:
+            return []
+        async with self.registry.guard("rd_online"):
+            blobs: list[Any] = await self.redis.mget([self.live_key(i) for i in ids])
+        return [Live.unpack(b) for b in blobs]
+
+    async def flush_live(self, items: Iterable[tuple[str, Live]], now: float) -> int:
+        """Write liveness records in one pipeline; each expires when the peer goes offline."""
+        n = 0
+        async with self.registry.guard("rd_flush"):
+            async with self.redis.pipeline(transaction=False) as p:
+                for peer_id, live in items:
+                    ttl_ms = int((ONLINE_WINDOW - (now - live.seen)) * 1000)
+                    if ttl_ms <= 0:
+                        continue
+                    p.set(self.live_key(peer_id), live.pack(), px=ttl_ms)
+                    n += 1
+                if n:
+                    await p.execute()
+        return n
+
+    async def drop_live(self, peer_id: str, owner: str) -> None:
+        """Forget a stream-mode peer whose connection closed (only if we still own it)."""
+        async with self.registry.guard("rd_drop"):
+            blob: Any = await self.redis.get(self.live_key(peer_id))
+            live = Live.unpack(blob)
+            if live is not None and live.owner == owner:
+                await self.redis.delete(self.live_key(peer_id))
+
+    # ------------------------------------------------------------- sinks
+    async def set_sink(self, addr: str, owner: str) -> None:
+        async with self.registry.guard("rd_sink"):
+            await self.redis.set(self.sink_key(addr), owner, ex=SINK_TTL)
+
+    async def sink_owner(self, addr: str) -> str | None:
+        async with self.registry.guard("rd_sink"):
+            owner: Any = await self.redis.get(self.sink_key(addr))
+        return None if owner is None else bytes(owner).decode()
+
+    # ------------------------------------------------------------- admin
+    async def admin_settings(self) -> dict[str, str]:
+        async with self.registry.guard("rd_admin"):
+            raw: dict[Any, Any] = await self.redis.hgetall(self.admin_key)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def set_admin(self, name: str, value: str | None) -> None:
+        async with self.registry.guard("rd_admin"):
+            if value is None:
+                await self.redis.hdel(self.admin_key, name)
+            else:
+                await self.redis.hset(self.admin_key, name, value)
+            await self.redis.publish(self.admin_channel, name.encode())
+
+    async def id_history(self, count: int = 100) -> list[str]:
+        async with self.registry.guard("rd_admin"):
+            raw: Any = await self.redis.lrange(self.idhist_key, 0, count - 1)
+        return [bytes(r).decode(errors="replace") for r in raw]
