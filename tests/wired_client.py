@@ -20,7 +20,7 @@ class WiredClient:
         self.ws = ws
         self.frames: list[tuple[str, Any]] = []
         self.binary: list[bytes] = []
-        self.cursor = 0
+        self.consumed: set[int] = set()
         self.closed: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
@@ -45,7 +45,7 @@ class WiredClient:
         except ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
+            rcvd = self.ws.protocol.close_rcvd
             if not self.closed.done():
                 self.closed.set_result((rcvd.code, rcvd.reason) if rcvd else (1006, ""))
             self._changed.set()
@@ -58,17 +58,17 @@ class WiredClient:
 
     async def wait_for(self, subject: str, timeout: float = 3.0,
                        where: Any = None) -> Any:
-        """Data of the next unconsumed frame with ``subject`` (and ``where(data)`` true)."""
+        """Data of the first unconsumed frame with ``subject`` (and ``where(data)`` true)."""
         async with asyncio.timeout(timeout):
             while True:
-                for i in range(self.cursor, len(self.frames)):
+                for i in range(len(self.frames)):
                     s, d = self.frames[i]
-                    if s == subject and (where is None or where(d)):
-                        self.cursor = i + 1
+                    if i not in self.consumed and s == subject and (where is None or where(d)):
+                        self.consumed.add(i)
                         return d
                 if self.closed.done():
                     raise AssertionError(f"closed {self.closed.result()} before {subject}; "
-                                         f"got {self.frames[self.cursor:]}")
+                                         f"got {self.frames}")
                 self._changed.clear()
                 await self._changed.wait()
 

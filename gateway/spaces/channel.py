@@ -59,7 +59,7 @@ def decode(data: bytes) -> ChannelMessage | None:
             return ChannelMessage(LEFT, int(body[1]), frame=bytes(body[2]))
         if kind in (POSITIONS, PROBE):
             return ChannelMessage(kind, gateway=str(body[1]), frame=bytes(body[2]))
-    except (ValueError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError,
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError):
         return None
     return None

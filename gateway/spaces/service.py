@@ -195,6 +195,7 @@ class SpacesService:
             with contextlib.suppress(RegistryUnavailable):
                 await self._leave(client, uri, notify_media=False)
         self.media.detach(client)
+        await client.flush()
         await client.stop()
 
     async def _on_message(self, client: Client, message: str | bytes) -> None:
