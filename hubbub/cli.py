@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "redis": ("hubbub.embedded_redis", "run the embedded Redis (AOF under the data dir)"),
     "up": ("hubbub.launcher", "start a local cluster: embedded Redis, gateways, shards"),
     "config": ("hubbub.config_cmd", "print the configuration table"),
+    "bench": ("loadtest.bench", "run every benchmark; Markdown table, CSV and plot"),
+    "loadtest": ("loadtest.runner", "run locust scenarios against a local or running cluster"),
     "relay": ("shards.relay.cli", "relay admin: blacklist/blocklist, usage"),
     "keygen": ("hubbub.keys", "print the RustDesk server key pair (created if missing)"),
     "import-hbbs": ("gateway.rendezvous.import_hbbs", "import peers from an hbbs db_v2.sqlite3"),

@@ -1,0 +1,226 @@
+"""A throw-away local cluster for load tests: redis-server, gateways and shards on free ports.
+
+Everything binds 127.0.0.1 and lives in a temporary directory that is removed afterwards; the
+processes are the real ``hubbub gateway`` / ``hubbub shard`` started as subprocesses, exactly as
+``hubbub up`` would, only on free ports so a run never collides with a cluster already running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from hubbub.errors import LoadTestError
+from loadtest.targets import Target
+
+
+__all__ = ["LocalCluster", "free_port", "free_port_block"]
+
+HOST = "127.0.0.1"
+
+
+def _free_both(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on 127.0.0.1 right now."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port: int = s.getsockname()[1]
+        if _free_both(port):
+            return port
+    raise LoadTestError("no free port")
+
+
+def free_port_block(size: int) -> int:
+    """First of ``size`` consecutive ports free for TCP and UDP."""
+    for _ in range(200):
+        base = free_port()
+        if base + size < 65000 and all(_free_both(base + i) for i in range(size)):
+            return base
+    raise LoadTestError(f"no block of {size} free ports")
+
+
+def _http_status(url: str, timeout: float = 0.5) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status: int = resp.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@dataclass
+class _Proc:
+    role: str
+    ops_port: int
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+
+@dataclass
+class LocalCluster:
+    """``with LocalCluster(gateways=2, shards=2) as c: c.target`` — a running cluster.
+
+    Args:
+        gateways: gateway processes (they share the public ports with SO_REUSEPORT).
+        shards: shard processes (one slot each).
+        env: extra environment for every process (e.g. ``{"ALWAYS_USE_RELAY": "Y"}``).
+    """
+
+    gateways: int = 1
+    shards: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    start_timeout: float = 30.0
+    workdir: Path = field(init=False)
+    target: Target = field(init=False)
+    procs: list[_Proc] = field(default_factory=list, init=False)
+    redis: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="hubbub-loadtest-")
+        self.workdir = Path(self._tmp.name)
+        redis_port = free_port()
+        self._start_redis(redis_port)
+        # nat = P-1, rendezvous = P, relay = R, rendezvous WS = P+2, relay WS = R+2, spaces.
+        base = free_port_block(6)
+        rtc = free_port_block(4 * max(1, self.shards))
+        self.target = Target(host=HOST, rendezvous_port=base + 1, relay_port=base + 2,
+                             spaces_port=base + 5)
+        self.base_env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("HUBBUB_", "PORT", "RENDEZVOUS_", "RELAY_", "SPACES_", "RTC_"))}
+        self.base_env.update(
+            REDIS_URL=f"redis://{HOST}:{redis_port}/0", HUBBUB_PREFIX="loadtest:",
+            HUBBUB_DATA=str(self.workdir / "data"), BIND=HOST, PUBLIC_IP=HOST,
+            RENDEZVOUS_PORT=str(self.target.rendezvous_port),
+            RELAY_PORT=str(self.target.relay_port), SPACES_PORT=str(self.target.spaces_port),
+            RTC_MIN_PORT=str(rtc), RTC_MAX_PORT=str(rtc + 4 * max(1, self.shards) - 1),
+            SHARD_SLOTS=str(max(1, self.shards)), DRAIN_TIMEOUT="2", PRESENCE_TTL="3",
+            LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+        self.base_env.update(self.env)
+        for _ in range(self.shards):
+            self._spawn("shard")
+        for _ in range(self.gateways):
+            self._spawn("gateway")
+        deadline = time.monotonic() + self.start_timeout
+        for p in self.procs:
+            self._wait_healthy(p, deadline)
+
+    def _start_redis(self, port: int) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(exe):
+            raise LoadTestError("redis-server not found (scripts/setup.sh installs it)")
+        self.redis = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", HOST, "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise LoadTestError("redis-server did not start")
+
+    def _spawn(self, role: str) -> _Proc:
+        ops = free_port()
+        log_path = self.workdir / f"{role}-{len(self.procs)}.log"
+        env = dict(self.base_env)
+        index = sum(1 for p in self.procs if p.role == role) + 1
+        env["HONCHO_PROCESS_NAME"] = f"{role}.{index}"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen([sys.executable, "-m", "hubbub", role, "--ops-port", str(ops)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.workdir)
+        proc = _Proc(role, ops, log_path, popen)
+        self.procs.append(proc)
+        return proc
+
+    def _wait_healthy(self, p: _Proc, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if p.popen.poll() is not None:
+                raise LoadTestError(f"{p.role} exited {p.popen.returncode}: {self.log(p)[-2000:]}")
+            with contextlib.suppress(OSError):
+                if _http_status(f"http://{HOST}:{p.ops_port}/healthz") == 200:
+                    return
+            time.sleep(0.05)
+        raise LoadTestError(f"{p.role} not healthy in time: {self.log(p)[-2000:]}")
+
+    def log(self, p: _Proc) -> str:
+        try:
+            return p.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.role} {p.ops_port}\n{self.log(p)}" for p in self.procs)
+
+    def ops_ports(self, role: str) -> list[int]:
+        return [p.ops_port for p in self.procs if p.role == role]
+
+    def serves(self, port: int, timeout: float = 0.5) -> bool:
+        """Whether something accepts TCP connections on ``port`` (a capability is present)."""
+        try:
+            with socket.create_connection((HOST, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(max(0.1, deadline - time.monotonic()))
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait(5)
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.redis.wait(5)
+            if self.redis.poll() is None:
+                self.redis.kill()
+        self.redis = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+            self._tmp = None
