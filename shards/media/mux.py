@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hubbub.wire.webrtc import stun
 from shards.media.metrics import Counts
@@ -40,8 +40,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.sock = transport
+        self.sock = cast(asyncio.DatagramTransport, transport)
         self.port = transport.get_extra_info("sockname")[1]
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,0 +1,232 @@
+"""A minimal WebRTC client of a hubbub media shard, for tests and the media benchmark.
+
+It plays the browser's part against one transport of ``transport_created.options``: a signed
+STUN Binding request with USE-CANDIDATE (the shard is ICE-lite), aiortc's ``RTCDtlsTransport``
+as DTLS client, aiortc's SCTP with negotiated data channels, and raw SRTP for Opus-sized RTP
+packets. No SDP and no codec: packets carry opaque payloads, which is all an SFU sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import time
+from collections import deque
+from typing import Any, cast
+
+from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+
+from hubbub.wire.webrtc import stun
+from hubbub.wire.webrtc.params import random_token
+from hubbub.wire.webrtc.rtp import is_rtcp
+
+
+__all__ = ["MediaPeer", "opus_rtp_parameters"]
+
+
+def opus_rtp_parameters(ssrc: int, pt: int = 111, level_id: int = 1) -> dict[str, Any]:
+    """RtpParameters a browser would send with ``produce`` for its microphone."""
+    return {
+        "mid": "0",
+        "codecs": [{"mimeType": "audio/opus", "payloadType": pt, "clockRate": 48000,
+                    "channels": 2, "parameters": {"minptime": 10, "useinbandfec": 1},
+                    "rtcpFeedback": []}],
+        "headerExtensions": [
+            {"uri": "urn:ietf:params:rtp-hdrext:ssrc-audio-level", "id": level_id,
+             "encrypt": False, "parameters": {}},
+        ],
+        "encodings": [{"ssrc": ssrc, "dtx": False}],
+        "rtcp": {"cname": random_token(8), "reducedSize": True},
+    }
+
+
+class _Link:
+    role = "controlling"
+    state = "completed"
+
+    def __init__(self, peer: MediaPeer) -> None:
+        self.peer = peer
+        self.queue: deque[bytes] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        if len(self.queue) < 256:
+            self.queue.append(data)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    async def _recv(self) -> bytes:
+        while not self.queue:
+            if self.closed:
+                raise ConnectionError
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.queue.popleft()
+
+    async def _send(self, data: bytes) -> None:
+        self.peer.sendto(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class MediaPeer(asyncio.DatagramProtocol):
+    """One client transport: ICE, DTLS-SRTP, SCTP, RTP in and out.
+
+    Args:
+        options: ``transport_created.options`` from the shard.
+        certificate: this client's DTLS certificate (share one across peers to save CPU).
+    """
+
+    def __init__(self, options: dict[str, Any], certificate: RTCCertificate) -> None:
+        cand = options["iceCandidates"][0]
+        self.server = (str(cand["address"]), int(cand["port"]))
+        ice = options["iceParameters"]
+        self.username = f"{ice['usernameFragment']}:{random_token(8)}"
+        self.password = str(ice["password"])
+        self.server_fingerprints = [
+            RTCDtlsFingerprint(f["algorithm"], f["value"])
+            for f in options["dtlsParameters"]["fingerprints"]]
+        self.certificate = certificate
+        self.link = _Link(self)
+        self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
+        self.dtls._set_role("client")
+        self.sctp: RTCSctpTransport | None = None
+        self.sock: asyncio.DatagramTransport | None = None
+        self.ice_ok = asyncio.Event()
+        self.rtp_received = 0
+        self.rtcp_received = 0
+        self.received: list[tuple[int, int, int, int, bytes]] = []
+        """(ssrc, pt, seq, ts, payload) of received RTP, when ``keep`` is set."""
+        self.keep = True
+        self.messages: list[tuple[int, bytes | str]] = []
+        self._keepalive: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sock = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not data:
+            return
+        first = data[0]
+        if first < 4:
+            with contextlib.suppress(stun.StunError):
+                msg = stun.parse(data)
+                if msg.type == stun.BINDING_SUCCESS and msg.check_integrity(self.password):
+                    self.ice_ok.set()
+        elif 19 < first < 64:
+            self.link.feed(data)
+        elif 127 < first < 192 and self.dtls._rx_srtp is not None:
+            try:
+                if is_rtcp(data):
+                    self.dtls._rx_srtp.unprotect_rtcp(data)
+                    self.rtcp_received += 1
+                    return
+                plain = self.dtls._rx_srtp.unprotect(data)
+            except Exception:
+                return
+            self.rtp_received += 1
+            if self.keep:
+                b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", plain)
+                off = 12 + 4 * (b0 & 15)
+                if b0 & 0x10:
+                    off += 4 + 4 * struct.unpack_from("!H", plain, off + 2)[0]
+                self.received.append((ssrc, b1 & 0x7F, seq, ts, plain[off:]))
+
+    def sendto(self, data: bytes) -> None:
+        if self.sock is not None:
+            self.sock.sendto(data, self.server)
+
+    # ------------------------------------------------------------- connect
+    def dtls_parameters(self) -> dict[str, Any]:
+        """``connect_transport.dtlsParameters`` (we are the DTLS client, as browsers are)."""
+        return {"role": "client", "fingerprints": [
+            {"algorithm": f.algorithm, "value": f.value}
+            for f in self.certificate.getFingerprints()]}
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """ICE, then DTLS, then SCTP; raises TimeoutError or ConnectionError."""
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        async with asyncio.timeout(timeout):
+            while not self.ice_ok.is_set():
+                self._check(use_candidate=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await self.ice_ok.wait()
+            await self.dtls.start(RTCDtlsParameters(fingerprints=self.server_fingerprints))
+            if self.dtls.state != "connected":
+                raise ConnectionError(f"DTLS {self.dtls.state}")
+            self.sctp = RTCSctpTransport(self.dtls)
+            await self.sctp.start(RTCSctpCapabilities(maxMessageSize=262144), 5000)
+            while self.sctp._association_state != RTCSctpTransport.State.ESTABLISHED:
+                await asyncio.sleep(0.01)
+        self._keepalive = asyncio.ensure_future(self._keepalive_loop())
+
+    def _check(self, use_candidate: bool = False) -> None:
+        self.sendto(stun.binding_request(os.urandom(12), self.username, self.password,
+                                         use_candidate=use_candidate,
+                                         controlling=int.from_bytes(os.urandom(8), "big")))
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            self._check()
+
+    # --------------------------------------------------------------- media
+    def send_rtp(self, ssrc: int, pt: int, seq: int, ts: int, payload: bytes,
+                 level_id: int = 1, level: int = 0x30) -> None:
+        """One Opus-like RTP packet with an ``ssrc-audio-level`` element."""
+        header = struct.pack("!BBHII", 0x90, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
+        ext = bytes((0xBE, 0xDE, 0, 1, (level_id << 4), level, 0, 0))
+        self.sendto(self.dtls._tx_srtp.protect(header + ext + payload))
+
+    def data_channel(self, stream_id: int, ordered: bool = False,
+                     max_retransmits: int | None = 0) -> RTCDataChannel:
+        """A negotiated data channel on ``stream_id`` (as mediasoup-client opens them)."""
+        assert self.sctp is not None
+        ch = RTCDataChannel(self.sctp, RTCDataChannelParameters(
+            label="peer", negotiated=True, id=stream_id, ordered=ordered,
+            maxRetransmits=max_retransmits))
+
+        @ch.on("message")
+        def _on_message(msg: bytes | str) -> None:
+            if len(self.messages) < 100000:
+                self.messages.append((stream_id, msg))
+
+        return ch
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        with contextlib.suppress(Exception):
+            if self.sctp is not None:
+                await self.sctp.stop()
+        with contextlib.suppress(Exception):
+            await self.dtls.stop()
+        self.link.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+async def wait_for(cond: Any, timeout: float = 5.0, step: float = 0.02) -> bool:
+    """Poll ``cond()`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(step)
+    return bool(cond())

@@ -1,0 +1,234 @@
+"""The shard's SFU in-process: create/connect/produce/consume with aiortc-based peers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from hubbub.errors import RemoteProtocolError
+from hubbub.wire.webrtc import params
+from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
+from shards.media.metrics import Counts
+from shards.media.mux import UdpMux
+from shards.media.router import MediaRouter
+
+
+DEVICE_CAPS = {
+    "codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayloadType": 100,
+                "clockRate": 48000, "channels": 2, "parameters": {}, "rtcpFeedback": []}],
+    "headerExtensions": [{"kind": "audio", "uri": params.AUDIO_LEVEL_URI, "preferredId": 10,
+                          "direction": "sendrecv"}],
+}
+CERT = RTCCertificate.generateCertificate()
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[MediaRouter]:
+    counts = Counts()
+    mux = UdpMux(counts)
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: mux, local_addr=("127.0.0.1", 0))
+    r = MediaRouter(mux, CERT, counts, "127.0.0.1")
+    yield r
+    for sid in list(r.sessions):
+        r.close_session(sid)
+    assert mux.sock is not None
+    mux.sock.close()
+    await asyncio.sleep(0.05)
+
+
+def call(r: MediaRouter, session: str, op: str, data: Any = None,
+         spaces: dict[str, int] | None = None) -> list[list[Any]]:
+    return r.call({"session": session, "gateway": "gw-1", "op": op, "data": data,
+                   "spaces": spaces if spaces is not None else {"space-a": hash(session) % 200}})
+
+
+def subjects(msgs: list[list[Any]]) -> list[str]:
+    return [m[0] for m in msgs]
+
+
+async def publisher(r: MediaRouter, sid: str, spaces: dict[str, int]) -> MediaPeer:
+    [[subject, created]] = call(r, sid, "create_transport", {"type": "producer"}, spaces)
+    assert subject == "transport_created" and created["type"] == "producer"
+    peer = MediaPeer(created["options"], CERT)
+    assert call(r, sid, "connect_transport", {"type": "producer",
+                                              "dtlsParameters": peer.dtls_parameters()},
+                spaces) == []
+    await peer.connect()
+    return peer
+
+
+async def subscriber(r: MediaRouter, sid: str,
+                     spaces: dict[str, int]) -> tuple[MediaPeer, list[list[Any]]]:
+    msgs = call(r, sid, "create_transport", {"type": "consumer"}, spaces)
+    created = msgs[0][1]
+    msgs += call(r, sid, "set_rtp_capabilities", DEVICE_CAPS, spaces)
+    peer = MediaPeer(created["options"], CERT)
+    call(r, sid, "connect_transport", {"type": "consumer",
+                                       "dtlsParameters": peer.dtls_parameters()}, spaces)
+    await peer.connect()
+    return peer, msgs
+
+
+async def test_transport_options_have_mediasoup_shape(router: MediaRouter) -> None:
+    [[subject, caps]] = call(router, "a", "get_router_rtp_capabilities")
+    assert subject == "router_rtp_capabilities"
+    opus = caps["codecs"][0]
+    assert (opus["mimeType"], opus["clockRate"], opus["channels"]) == ("audio/opus", 48000, 2)
+    assert opus["parameters"]["useinbandfec"] == 1
+    [[_, created]] = call(router, "a", "create_transport", {"type": "consumer"})
+    opts = created["options"]
+    assert set(opts) == {"id", "iceParameters", "iceCandidates", "dtlsParameters",
+                         "sctpParameters"}
+    assert opts["iceParameters"]["iceLite"] is True
+    cand = opts["iceCandidates"][0]
+    assert (cand["protocol"], cand["address"], cand["port"], cand["type"]) == (
+        "udp", "127.0.0.1", router.mux.port, "host")
+    assert opts["dtlsParameters"]["role"] == "auto"
+    assert opts["dtlsParameters"]["fingerprints"][-1]["algorithm"] == "sha-256"
+    sctp = opts["sctpParameters"]
+    assert (sctp["port"], sctp["OS"], sctp["MIS"]) == (5000, 1024, 1024)
+
+
+async def test_voice_and_location_records_flow(router: MediaRouter) -> None:
+    spaces_a, spaces_b = {"space-a": 7}, {"space-a": 9}
+    send = await publisher(router, "A", spaces_a)
+    assert subjects(call(router, "A", "produce", opus_rtp_parameters(1111),
+                         spaces_a)) == ["producer_id"]
+    [[subj, dp_id]] = call(router, "A", "produce_data",
+                           {"streamId": 0, "ordered": False, "maxRetransmits": 0}, spaces_a)
+    assert subj == "data_producer_id" and isinstance(dp_id, str)
+
+    recv, msgs = await subscriber(router, "B", spaces_b)
+    by_subject = {m[0]: m[1] for m in msgs}
+    consumer = by_subject["create_consumer"]
+    assert consumer["playerId"] == 7
+    rtp = consumer["rtpParameters"]
+    assert rtp["codecs"][0]["payloadType"] == 100
+    assert rtp["headerExtensions"][0]["id"] == 10
+    out_ssrc = rtp["encodings"][0]["ssrc"]
+    data_consumer = by_subject["create_data_consumer"]
+    assert data_consumer["dataProducerId"] == dp_id and data_consumer["playerId"] == 7
+    sctp = data_consumer["sctpStreamParameters"]
+    assert sctp["ordered"] is False and sctp["maxRetransmits"] == 0
+
+    # Consumers start paused: nothing is forwarded before resume_audio.
+    send.send_rtp(1111, 111, 500, 9000, b"\x01" * 80)
+    await asyncio.sleep(0.1)
+    assert recv.rtp_received == 0
+    assert call(router, "B", "resume_audio", None, spaces_b) == []
+
+    seqs = [1000 + i for i in range(30) if i != 10]  # one packet lost on the way in
+    for seq in seqs:
+        send.send_rtp(1111, 111, seq, 48000 + 960 * (seq - 1000), bytes([seq & 255]) * 80)
+    assert await wait_for(lambda: recv.rtp_received >= len(seqs))
+    got = recv.received
+    assert {g[0] for g in got} == {out_ssrc} and {g[1] for g in got} == {100}
+    base_seq, base_ts = got[0][2], got[0][3]
+    for (_, _, seq, ts, payload), src in zip(got, seqs, strict=True):
+        assert (seq - base_seq) & 0xFFFF == src - 1000  # the gap is preserved
+        assert (ts - base_ts) & 0xFFFFFFFF == 960 * (src - 1000)
+        assert payload == bytes([src & 255]) * 80
+
+    # Location records go through the data channel untouched.
+    ch = send.data_channel(0)
+    recv.data_channel(sctp["streamId"])
+    record = bytes([7]) + bytes(range(20))
+    for _ in range(5):
+        ch.send(record)
+        await asyncio.sleep(0.02)
+    assert await wait_for(lambda: len(recv.messages) >= 3)
+    assert all(m == (sctp["streamId"], record) for m in recv.messages)
+
+    # RTCP: the publisher gets receiver reports, the subscriber sender reports.
+    for t in router.transports.values():
+        t.send_reports(asyncio.get_running_loop().time())
+    assert await wait_for(lambda: send.rtcp_received >= 1 and recv.rtcp_received >= 1)
+
+    # Leaving the space closes B's consumers of A.
+    assert call(router, "B", "leave", {"uri": "space-a"}, {}) == []
+    assert router.sessions["B"].consumers == {} and router.sessions["B"].data_consumers == {}
+    assert router.sessions["A"].producer is not None
+    assert router.sessions["A"].producer.consumers == []
+    await send.close()
+    await recv.close()
+
+
+async def test_late_producer_is_pushed_to_present_subscribers(router: MediaRouter) -> None:
+    sp = {"s": 1}
+    call(router, "sub", "create_transport", {"type": "consumer"}, {"s": 2})
+    assert call(router, "sub", "set_rtp_capabilities", DEVICE_CAPS, {"s": 2}) == []
+    call(router, "pub", "create_transport", {"type": "producer"}, sp)
+    call(router, "pub", "produce", opus_rtp_parameters(5), sp)
+    call(router, "pub", "produce_data", {"streamId": 3}, sp)
+    pushes = router.take_pushes()
+    assert [(gw, sid) for gw, sid, _ in pushes] == [("gw-1", "sub")]
+    assert subjects(pushes[0][2]) == ["create_consumer", "create_data_consumer"]
+    # No duplicates on a second refresh, and the publisher never consumes itself.
+    call(router, "sub", "set_rtp_capabilities", DEVICE_CAPS, {"s": 2})
+    call(router, "pub", "create_transport", {"type": "consumer"}, sp)
+    assert call(router, "pub", "set_rtp_capabilities", DEVICE_CAPS, sp) == []
+    assert router.take_pushes() == []
+    assert len(router.sessions["sub"].consumers) == 1
+    # The publisher's socket goes away: its consumers disappear everywhere.
+    call(router, "pub", "close")
+    assert router.sessions["sub"].consumers == {}
+    assert "pub" not in router.sessions and router.spaces == {"s": {"sub"}}
+
+
+async def test_bad_requests_are_refused(router: MediaRouter) -> None:
+    bad: list[tuple[str, Any]] = [
+        ("produce", opus_rtp_parameters(1)),           # no producer transport yet
+        ("connect_transport", {"type": "producer"}),   # no transport
+        ("create_transport", {"type": "sideways"}),
+        ("set_rtp_capabilities", {"codecs": [{"mimeType": "audio/PCMU", "clockRate": 8000}]}),
+        ("set_rtp_capabilities", "nope"),
+    ]
+    for op, data in bad:
+        with pytest.raises(RemoteProtocolError):
+            call(router, "x", op, data)
+    with pytest.raises(RemoteProtocolError):
+        router.call({"session": "x", "gateway": "g", "op": "explode"})
+    with pytest.raises(RemoteProtocolError):
+        router.call(["not", "a", "map"])
+    call(router, "x", "create_transport", {"type": "producer"})
+    for rtp in ({"codecs": []}, {"codecs": [{"mimeType": "video/VP8", "payloadType": 96}]},
+                {"codecs": [{"mimeType": "audio/opus", "payloadType": 300}]},
+                {"codecs": [{"mimeType": "audio/opus", "payloadType": 111}],
+                 "encodings": [{"ssrc": -4}]}):
+        with pytest.raises(RemoteProtocolError):
+            call(router, "x", "produce", rtp)
+    for sctp in ({}, {"streamId": 5000}, {"streamId": 1, "maxRetransmits": 0,
+                                          "maxPacketLifeTime": 10}):
+        with pytest.raises(RemoteProtocolError):
+            call(router, "x", "produce_data", sctp)
+    with pytest.raises(RemoteProtocolError):
+        call(router, "x", "connect_transport", {"type": "producer", "dtlsParameters": {
+            "role": "client", "fingerprints": []}})
+
+
+async def test_hostile_datagrams_are_dropped(router: MediaRouter) -> None:
+    [[_, created]] = call(router, "h", "create_transport", {"type": "producer"})
+    ufrag = created["options"]["iceParameters"]["usernameFragment"]
+    from hubbub.wire.webrtc import stun
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    target = ("127.0.0.1", router.mux.port)
+    junk = [b"", b"\x00", b"\x16" * 50, b"\x80" * 40, bytes(range(256)) * 5,
+            stun.binding_request(b"x" * 12, f"{ufrag}:zz", "wrong-password"),
+            stun.binding_request(b"y" * 12, "unknown:zz", "pw")]
+    for pkt in junk:
+        s.sendto(pkt, target)
+    await asyncio.sleep(0.1)
+    with pytest.raises(BlockingIOError):
+        s.recv(2048)  # nothing answered
+    s.close()
+    t = router.sessions["h"].send
+    assert t is not None and t.addr is None and not router.mux.by_addr
+    assert router.counts.unroutable >= 3 and router.counts.stun_bad >= 1
