@@ -1,0 +1,1 @@
+export { Device, version, detectDeviceAsync, detectDevice } from "mediasoup-client";
