@@ -361,7 +361,8 @@ class Device:
 
     def _on_punch_hole(self, ph: pb.PunchHole) -> None:
         if self.relay_only or ph.nat_type == pb.SYMMETRIC or ph.force_relay:
-            self._b_relay(bytes(ph.socket_addr), ph.relay_server, "PunchHole → RelayResponse")
+            self._b_relay(bytes(ph.socket_addr), ph.relay_server,
+                          "device: PunchHole → RelayResponse")
             return
 
         def answer(_port: int) -> pb.RendezvousMessage:
@@ -369,11 +370,12 @@ class Device:
                 socket_addr=ph.socket_addr, id=self.id, relay_server=ph.relay_server,
                 nat_type=pb.ASYMMETRIC, version=CLIENT_VERSION))
 
-        self._listen_and_answer(answer, "PunchHole → PunchHoleSent", "direct")
+        self._listen_and_answer(answer, "device: PunchHole → PunchHoleSent", "direct")
 
     def _on_fetch_local(self, fl: pb.FetchLocalAddr) -> None:
         if self.relay_only:
-            self._b_relay(bytes(fl.socket_addr), fl.relay_server, "FetchLocalAddr → RelayResponse")
+            self._b_relay(bytes(fl.socket_addr), fl.relay_server,
+                          "device: FetchLocalAddr → RelayResponse")
             return
         host = "::1" if _family(self.target.host) == socket.AF_INET6 else "127.0.0.1"
         if not self.target.host.startswith(("127.", "::1", "localhost")):
@@ -384,7 +386,7 @@ class Device:
                 socket_addr=fl.socket_addr, local_addr=mangle.encode(host, port, _salt()),
                 relay_server=fl.relay_server, id=self.id, version=CLIENT_VERSION))
 
-        self._listen_and_answer(answer, "FetchLocalAddr → LocalAddr", "local")
+        self._listen_and_answer(answer, "device: FetchLocalAddr → LocalAddr", "local")
 
     def _b_relay(self, a_addr: bytes, relay_server: str, name: str) -> None:
         """B-initiated relay: RelayResponse with a fresh uuid, then RequestRelay at the relay."""
@@ -402,7 +404,7 @@ class Device:
 
     def _on_request_relay(self, rr: pb.RequestRelay) -> None:
         """A-initiated relay: answer through the ID server, then join the relay with A's uuid."""
-        with measure(self.record, RT, "RequestRelay → RelayResponse"):
+        with measure(self.record, RT, "device: RequestRelay → RelayResponse"):
             conn = FramedConn.connect(self.target.rendezvous)
             try:
                 conn.send(_msg(relay_response=pb.RelayResponse(
@@ -523,7 +525,7 @@ class Controller:
         uid = str(uuidlib.uuid4())
         conn = FramedConn.connect(self.target.rendezvous)
         try:
-            with measure(self.record, RT, "RequestRelay → RelayResponse"):
+            with measure(self.record, RT, "RequestRelay (via ID server)"):
                 conn.send(_msg(request_relay=pb.RequestRelay(
                     id=peer_id, uuid=uid, relay_server=relay_server,
                     licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN)))
