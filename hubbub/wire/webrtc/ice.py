@@ -103,13 +103,13 @@ class IceLite:
             return None
         self._last_valid = now
         if addr in self.tuples:
-            self.tuples.pop(addr)
-        elif len(self.tuples) >= self.max_tuples:
-            oldest = next(iter(self.tuples))
-            if oldest != self.selected:
-                self.tuples.pop(oldest)
-                self._events.append(TupleRemoved(oldest))
-        if addr not in self.tuples:
+            del self.tuples[addr]  # re-inserted below: the dict stays in recency order
+        else:
+            if len(self.tuples) >= self.max_tuples:
+                oldest = next((a for a in self.tuples if a != self.selected), None)
+                if oldest is not None:
+                    del self.tuples[oldest]
+                    self._events.append(TupleRemoved(oldest))
             self._events.append(TupleAdded(addr))
         self.tuples[addr] = now
         nominated = stun.ATTR_USE_CANDIDATE in msg.attrs
