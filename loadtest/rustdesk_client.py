@@ -223,6 +223,7 @@ class Device:
         self.uuid = str(uuidlib.uuid4()).encode()
         self.pk = os.urandom(32)
         self.confirmed = False
+        self.registered_at: float | None = None
         self.last_answer = 0.0
         self.answered = {"direct": 0, "local": 0, "relay": 0}
         family = _family(target.host)
@@ -275,6 +276,8 @@ class Device:
             raise LoadTestError(
                 f"RegisterPk refused: {pb.RegisterPkResponse.Result.Name(result)}")
         self.confirmed = True
+        if self.registered_at is None:
+            self.registered_at = time.monotonic()
 
     def heartbeat(self) -> None:
         """``RegisterPeer``; the server may ask for the key again (``request_pk``)."""
