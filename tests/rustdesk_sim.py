@@ -28,6 +28,15 @@ from hubbub.wire.rustdesk.messages import parse, pb
 
 Msg = pb.RendezvousMessage
 
+_OPEN: list[Any] = []
+
+
+def close_all() -> None:
+    """Close every simulator socket still open (tests call this after each test)."""
+    while _OPEN:
+        with contextlib.suppress(Exception):
+            _OPEN.pop().close()
+
 
 def msg(**kw: Any) -> Msg:
     return pb.RendezvousMessage(**kw)
@@ -39,6 +48,7 @@ class TcpClient:
     def __init__(self, host: str, port: int, timeout: float = 3.0,
                  source_port: int = 0, src_ip: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        _OPEN.append(self)
         if source_port:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -143,7 +153,9 @@ class WsClient:
 
     def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
         self.ws: ClientConnection = ws_connect(f"ws://{host}:{port}/ws/id",
-                                               additional_headers=headers, open_timeout=3)
+                                               additional_headers=headers, open_timeout=3,
+                                               legacy=True)
+        _OPEN.append(self)
 
     def send(self, m: Msg) -> None:
         self.ws.send(m.SerializeToString())
@@ -182,8 +194,10 @@ class Peer:
 
     def __post_init__(self) -> None:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _OPEN.append(self)
         self.udp.bind((self.src_ip, 0))
-        self.pushes: list[Msg] = []
+        self.pushes: list[tuple[Msg, tuple[str, int]]] = []
+        self.last_src: tuple[str, int] = ("", 0)
 
     @property
     def pk(self) -> bytes:
@@ -198,9 +212,10 @@ class Peer:
         self.udp.sendto(m.SerializeToString(), (self.host, self.port))
 
     def recv_udp(self, kinds: tuple[str, ...], timeout: float = 3.0) -> Msg | None:
-        for i, m in enumerate(self.pushes):
+        for i, (m, src) in enumerate(self.pushes):
             if m.WhichOneof("union") in kinds:
-                return self.pushes.pop(i)
+                self.last_src = src
+                return self.pushes.pop(i)[0]
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -208,15 +223,17 @@ class Peer:
                 return None
             self.udp.settimeout(left)
             try:
-                data, _ = self.udp.recvfrom(65536)
+                data, src = self.udp.recvfrom(65536)
             except TimeoutError:
                 return None
             got = parse(data)
             if got is None:
                 continue
             if got.WhichOneof("union") in kinds:
+                self.last_src = (str(src[0]), int(src[1]))
                 return got
-            self.pushes.append(got)
+            if len(self.pushes) < 100:
+                self.pushes.append((got, (str(src[0]), int(src[1]))))
 
     def register_pk(self, peer_id: str | None = None) -> int:
         self.send_udp(msg(register_pk=pb.RegisterPk(id=peer_id or self.id, uuid=self.uuid,

@@ -72,6 +72,7 @@ PEER_TTL = 90.0
 LIVE_REFRESH = 10.0
 """Rewrite a live record this long after the last write even if nothing changed (TTL 30 s)."""
 FLUSH_EVERY = 1.0
+FLUSH_COALESCE = 0.005
 MAX_LOOKUPS = 256
 """Concurrent Redis look-ups for heartbeats of peers this process does not know yet."""
 MAX_REGISTRATIONS = 512
@@ -175,6 +176,7 @@ class RendezvousService:
         self._bg: list[asyncio.Task[None]] = []
         self._draining = False
         self._up = False
+        self._flush_soon = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -200,6 +202,9 @@ class RendezvousService:
         from gateway.rendezvous.admin import ops_handler
 
         self.ctx.ops.route("/rendezvous/admin", ops_handler(self), admin=True)
+        # Subscribe once the inbox is up (a channel added mid-subscribe could be missed); the
+        # relay loop also reloads the settings every few seconds as a safety net.
+        await reg.wait_ready(2.0)
         await reg.subscribe(self.store.admin_channel, self._on_admin_changed)
         ports = dict(reg.presence_info().get("ports") or {})
         ports.update(rendezvous=cfg.rendezvous_port, rendezvous_udp=cfg.rendezvous_port,
@@ -323,7 +328,10 @@ class RendezvousService:
         changed = peer.port != port or peer.mode != mode or peer.ip != ip
         peer.ip, peer.port, peer.mode = ip, port, mode
         peer.seen = now
-        if changed or now - peer.flushed >= LIVE_REFRESH:
+        if changed:
+            self.dirty[peer_id] = peer
+            self._flush_soon.set()
+        elif now - peer.flushed >= LIVE_REFRESH:
             self.dirty[peer_id] = peer
 
     async def _lookup_heartbeat(self, peer_id: str, ip: str, port: int,
@@ -342,6 +350,7 @@ class RendezvousService:
         peer = LocalPeer(ip, port, now, 0.0, MODE_UDP)
         self.peers.put(peer_id, peer, now)
         self.dirty[peer_id] = peer
+        self._flush_soon.set()
         metrics.HEARTBEATS.inc()
         self._send_udp(RESP_KNOWN, raw_addr)
 
@@ -369,7 +378,9 @@ class RendezvousService:
             result = Result.TOO_FREQUENT
         else:
             try:
-                res = await self.store.register_pk(peer_id, bytes(rpk.uuid), bytes(rpk.pk), ip)
+                live = Live(ip, port, now, self.registry.id, self.udp_port, mode)
+                res = await self.store.register_pk(peer_id, bytes(rpk.uuid), bytes(rpk.pk), ip,
+                                                   live)
             except RegistryUnavailable:
                 result = Result.SERVER_ERROR
             else:
@@ -380,10 +391,12 @@ class RendezvousService:
                     now = time.time()
                     peer = self.peers.get(peer_id, now)
                     if peer is None:
-                        peer = LocalPeer(ip, port, now, 0.0, mode)
+                        peer = LocalPeer(ip, port, now, now, mode)
                         self.peers.put(peer_id, peer, now)
-                        self.dirty[peer_id] = peer
-                    self._heard(peer_id, peer, ip, port, mode, now)
+                    else:
+                        peer.ip, peer.port, peer.mode, peer.seen = ip, port, mode, now
+                        peer.flushed = now
+                        self.dirty.pop(peer_id, None)
                     self.signed.pop(peer_id)
         metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
         return int(result)
@@ -391,7 +404,13 @@ class RendezvousService:
     # -------------------------------------------------------------- liveness
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_EVERY)
+            # New or moved peers are published within a few ms (other gateways may be asked
+            # for them at once); TTL extensions wait for the next one-second batch.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_EVERY):
+                    await self._flush_soon.wait()
+            await asyncio.sleep(FLUSH_COALESCE)
+            self._flush_soon.clear()
             try:
                 await self._flush()
             except RegistryError as exc:
@@ -431,6 +450,7 @@ class RendezvousService:
 
     # ----------------------------------------------------------------- relay
     async def _relay_loop(self) -> None:
+        ticks = 0
         while True:
             try:
                 shards = await self.registry.processes("shard")
@@ -441,6 +461,10 @@ class RendezvousService:
             except RegistryError:
                 pass
             await asyncio.sleep(2.0)
+            ticks += 1
+            if ticks % 3 == 0:
+                with contextlib.suppress(RegistryError):
+                    await self._load_admin()
 
     def relay_server(self) -> str:
         if self.relay_servers:

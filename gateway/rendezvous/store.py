@@ -45,17 +45,20 @@ CHANGE_EXISTS = 3
 
 _REGISTER_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
+local res = 0
 if not cur[1] then
   redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
-  return 1
+  res = 1
+else
+  if cur[1] ~= ARGV[1] then return 2 end
+  if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
+  if cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
+    redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3])
+    res = 1
+  end
 end
-if cur[1] ~= ARGV[1] then return 2 end
-if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
-if cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
-  redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3])
-  return 1
-end
-return 0
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+return res
 """
 
 _CHANGE_LUA = """
@@ -153,10 +156,17 @@ class Store:
         return self.registry.key("rd", "idhist")
 
     # ------------------------------------------------------------- peers
-    async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str) -> int:
-        """Bind ``peer_id`` to ``uuid``/``pk``: REG_OK_SAME, REG_OK_CHANGED or REG_UUID_MISMATCH."""
+    async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
+                          live: Live) -> int:
+        """Bind ``peer_id`` to ``uuid``/``pk``: REG_OK_SAME, REG_OK_CHANGED or REG_UUID_MISMATCH.
+
+        On success the liveness record is written in the same step, so every gateway can reach
+        the peer as soon as it has its answer.
+        """
         async with self.registry.guard("rd_register"):
-            res = await self._register(keys=[self.peer_key(peer_id)], args=[uuid, pk, ip])
+            res = await self._register(
+                keys=[self.peer_key(peer_id), self.live_key(peer_id)],
+                args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000)])
         return int(res)
 
     async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
