@@ -37,7 +37,7 @@ __all__ = ["Hub", "Membership"]
 log = logging.getLogger("hubbub.spaces")
 
 TICK_HZ = 15
-WINDOW = 0.015
+WINDOW = 0.010
 """Seconds between a tick's publish and its delivery: time for other gateways' records."""
 MAX_BUFFER = 1024
 PROBE_TIMEOUT = 1.0
@@ -82,8 +82,9 @@ class Membership:
 class Hub:
     """Space channels and position ticks of one gateway."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, gate: asyncio.Semaphore) -> None:
         self.registry = registry
+        self.gate = gate
         self.local: dict[str, dict[str, Membership]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._probes: dict[bytes, asyncio.Future[None]] = {}
@@ -177,7 +178,8 @@ class Hub:
 
     async def publish(self, uri: str, msg: ChannelMessage) -> None:
         """Broadcast to the space on every gateway (raises RegistryUnavailable)."""
-        await self.registry.publish(self.channel(uri), channel.encode(msg))
+        async with self.gate:
+            await self.registry.publish(self.channel(uri), channel.encode(msg))
 
     # ---------------------------------------------------------- positions
     def record(self, uri: str, player_id: int, record: bytes) -> None:
@@ -213,7 +215,7 @@ class Hub:
         if not out:
             return
         gw = self.registry.id
-        async with self.registry.guard("spaces_positions"):
+        async with self.gate, self.registry.guard("spaces_positions"):
             async with self.registry.redis.pipeline(transaction=False) as p:
                 for uri, records in out.items():
                     p.publish(self.channel(uri), channel.encode(ChannelMessage(

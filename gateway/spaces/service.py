@@ -27,7 +27,7 @@ from gateway.spaces.client import Client
 from gateway.spaces.http import HttpRoutes
 from gateway.spaces.hub import Hub
 from gateway.spaces.media import MediaRelay
-from gateway.spaces.store import SpaceStore
+from gateway.spaces.store import REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
 from hubbub.runtime import Context
@@ -72,8 +72,9 @@ class SpacesService:
         self.ctx = ctx
         self.cfg: Config = ctx.cfg
         self.registry = ctx.registry
-        self.store = SpaceStore(ctx.registry)
-        self.hub = Hub(ctx.registry)
+        gate = asyncio.Semaphore(REDIS_CONCURRENCY)
+        self.store = SpaceStore(ctx.registry, gate)
+        self.hub = Hub(ctx.registry, gate)
         self.media = MediaRelay(ctx.registry)
         self.http = HttpRoutes(self.store, self.healthy)
         self.limits = Limits(max_url=self.cfg.spaces_max_url, max_name=self.cfg.spaces_max_name,
@@ -220,7 +221,8 @@ class SpacesService:
         metrics.MESSAGES_IN.labels(subject).inc()
         try:
             await self._dispatch(client, subject, data, now)
-        except RegistryUnavailable:
+        except RegistryUnavailable as exc:
+            log.warning("%s from %s failed: %s", subject, client.session, exc)
             client.send_error("unavailable", "the cluster registry is unreachable; retry",
                               subject)
 

@@ -14,7 +14,10 @@ players are removed exactly once (the reaper that wins ``SREM spaces:gateways`` 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,8 @@ from registry import Registry
 __all__ = ["Member", "SpaceStore"]
 
 MAX_PLAYERS = 256
+REDIS_CONCURRENCY = 48
+"""Redis commands of the spaces host in flight at once per gateway (the pool has ~100)."""
 
 # Random free id like the original: walk 0..255 from a random start with a random odd step
 # (an odd step is coprime with 256, so the walk visits every id once).
@@ -108,13 +113,20 @@ def _opt(value: Any) -> str | None:
 class SpaceStore:
     """The Redis side of spaces for one gateway process."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, gate: asyncio.Semaphore | None = None) -> None:
         self.registry = registry
+        self.gate = gate or asyncio.Semaphore(REDIS_CONCURRENCY)
         r = registry.redis
         self._join = r.register_script(_JOIN)
         self._leave = r.register_script(_LEAVE)
         self._update = r.register_script(_UPDATE)
         self._reap = r.register_script(_REAP_SPACE)
+
+    @contextlib.asynccontextmanager
+    async def guard(self, op: str) -> AsyncIterator[None]:
+        """Bounded concurrency plus the registry's typed errors and metrics."""
+        async with self.gate, self.registry.guard(op):
+            yield
 
     def members_key(self, uri: str) -> str:
         return self.registry.key("space", uri, "members")
@@ -140,7 +152,7 @@ class SpaceStore:
         record = orjson.dumps({"g": gw, "s": socket, "name": name, "avatar": avatar,
                                "address": address, "grounded": grounded})
         start, step = secrets.randbelow(256), secrets.randbelow(128) * 2 + 1
-        async with self.registry.guard("spaces_join"):
+        async with self.guard("spaces_join"):
             res: Any = await self._join(
                 keys=[self.members_key(uri), self.gateway_key(gw), self.gateways_key],
                 args=[start, step, record, uri, gw])
@@ -157,7 +169,7 @@ class SpaceStore:
 
     async def leave(self, uri: str, player_id: int, socket: str) -> bool:
         gw = self.registry.id
-        async with self.registry.guard("spaces_leave"):
+        async with self.guard("spaces_leave"):
             n: Any = await self._leave(
                 keys=[self.members_key(uri), self.gateway_key(gw), self.shard_key(uri)],
                 args=[player_id, socket, uri])
@@ -169,7 +181,7 @@ class SpaceStore:
         if not changes:
             return
         blob = orjson.dumps(value)
-        async with self.registry.guard("spaces_update"):
+        async with self.guard("spaces_update"):
             async with self.registry.redis.pipeline(transaction=False) as p:
                 for uri, pid in changes:
                     await self._update(keys=[self.members_key(uri)],
@@ -177,18 +189,18 @@ class SpaceStore:
                 await p.execute()
 
     async def count(self, uri: str) -> int:
-        async with self.registry.guard("spaces_count"):
+        async with self.guard("spaces_count"):
             n: int = await self.registry.redis.hlen(self.members_key(uri))
         return n
 
     async def member_gateways(self) -> set[str]:
-        async with self.registry.guard("spaces_gateways"):
+        async with self.guard("spaces_gateways"):
             raw: Any = await self.registry.redis.smembers(self.gateways_key)
         return {x.decode() if isinstance(x, bytes) else str(x) for x in raw}
 
     async def claim_reap(self, gateway: str) -> dict[str, int]:
         """Claim a dead gateway's cleanup; returns its spaces, or {} if another gateway won."""
-        async with self.registry.guard("spaces_reap"):
+        async with self.guard("spaces_reap"):
             won: int = await self.registry.redis.srem(self.gateways_key, gateway)
             if not won:
                 return {}
@@ -197,11 +209,11 @@ class SpaceStore:
 
     async def reap_space(self, gateway: str, uri: str) -> list[int]:
         """Remove every member ``gateway`` held in ``uri``; returns their playerIds."""
-        async with self.registry.guard("spaces_reap"):
+        async with self.guard("spaces_reap"):
             out: Any = await self._reap(keys=[self.members_key(uri), self.shard_key(uri)],
                                         args=[gateway])
         return [int(x) for x in out]
 
     async def forget_gateway(self, gateway: str) -> None:
-        async with self.registry.guard("spaces_reap"):
+        async with self.guard("spaces_reap"):
             await self.registry.redis.delete(self.gateway_key(gateway))

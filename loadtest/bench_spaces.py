@@ -1,0 +1,244 @@
+"""Spaces benchmark: one space of 256 players spread over two gateway processes.
+
+Run ``python -m loadtest.bench_spaces [--quick]``. It starts its own Redis and two gateways on
+free loopback ports (they share the spaces port with SO_REUSEPORT, so the kernel spreads the
+players over both), then measures in one run:
+
+* **join storm**: all players connect and join at once; time until the last ``join_success``;
+* **chat fan-out**: every player sends one chat at the same moment; ``player_chat`` frames
+  delivered per second until every player has every message (N² deliveries);
+* **batched positions**: every player sends its 21-byte record at 15 Hz (binary frames, the
+  hubbub extension) for a few seconds; observers measure the **tick delay**, from the tick
+  boundary that published a record to its arrival in a batch (bar: p99 ≤ 50 ms at 256 players),
+  and the end-to-end record latency (send → receive, includes waiting for the tick).
+
+Players send their records in the middle of a tick (wall-clock aligned, like the server's ticks)
+so each record's publishing tick is known: the send time travels inside the record's opaque
+bytes. Everything binds 127.0.0.1 and is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import statistics
+import struct
+import sys
+import time
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from loadtest.cluster import LocalCluster
+
+
+__all__ = ["run"]
+
+URI = "https://bench.example/space.glb"
+TICK = 1.0 / 15
+OBSERVERS = 16
+_STAMP = struct.Struct("<d")
+
+
+class Player:
+    def __init__(self, ws: ClientConnection, observer: bool) -> None:
+        self.ws = ws
+        self.observer = observer
+        self.player_id = -1
+        self.joined = asyncio.get_running_loop().create_future()
+        self.chats = 0
+        self.chat_target = 0
+        self.chats_done = asyncio.get_running_loop().create_future()
+        self.batches = 0
+        self.errors: list[Any] = []
+        self.records = 0
+        self.tick_delays: list[float] = []
+        self.latencies: list[float] = []
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for msg in self.ws:
+                if isinstance(msg, bytes):
+                    self._on_batch(msg)
+                    continue
+                obj = orjson.loads(msg)
+                subject = obj["subject"]
+                if subject == "join_success" and not self.joined.done():
+                    self.player_id = obj["data"]["playerId"]
+                    self.joined.set_result(time.perf_counter())
+                elif subject == "error":
+                    self.errors.append(obj["data"])
+                    if not self.joined.done() and obj["data"].get("subject") == "join":
+                        self.joined.set_exception(RuntimeError(f"join refused: {obj['data']}"))
+                elif subject == "player_chat":
+                    self.chats += 1
+                    if self.chats == self.chat_target and not self.chats_done.done():
+                        self.chats_done.set_result(time.perf_counter())
+
+    def _on_batch(self, frame: bytes) -> None:
+        now = time.time()
+        self.batches += 1
+        n = (len(frame) - 1) // 21
+        self.records += n
+        if not self.observer:
+            return
+        for i in range(n):
+            off = 1 + i * 21
+            sent = _STAMP.unpack_from(frame, off + 1)[0]
+            if not 0 < sent <= now:
+                continue
+            boundary = math.ceil(sent / TICK) * TICK
+            self.tick_delays.append(now - boundary)
+            self.latencies.append(now - sent)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _move(p: Player, until: float) -> None:
+    """Send a record once per tick, at a fixed random phase in the middle of the tick."""
+    phase = random.uniform(0.2, 0.6) * TICK
+    pad = bytes(12)
+    while True:
+        now = time.time()
+        target = math.floor(now / TICK) * TICK + phase
+        if target <= now:
+            target += TICK
+        if target >= until:
+            return
+        await asyncio.sleep(target - now)
+        record = bytes((p.player_id,)) + _STAMP.pack(time.time()) + pad
+        with contextlib.suppress(Exception):
+            await p.ws.send(record)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes, from /proc (0 where unreadable)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def _bench(url: str, players: int, seconds: float,
+                 gateway_pids: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    # join storm ------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+
+    async def one(i: int) -> Player:
+        ws = await connect(url, max_size=2**22, open_timeout=30, ping_interval=None,
+                           compression=None)
+        p = Player(ws, observer=i < OBSERVERS)
+        await ws.send(orjson.dumps({"subject": "join", "data": URI}).decode())
+        await asyncio.wait_for(asyncio.shield(p.joined), 30)
+        return p
+
+    crowd = await asyncio.gather(*(one(i) for i in range(players)))
+    join_s = time.perf_counter() - t0
+    rows.append({"metric": f"join storm, {players} players", "value": round(join_s, 3),
+                 "unit": "s", "note": f"{players / join_s:.0f} joins/s"})
+    try:
+        # chat fan-out ------------------------------------------------------------------------
+        await asyncio.sleep(0.5)
+        for p in crowd:
+            p.chats = 0
+            p.chat_target = players
+        t0 = time.perf_counter()
+        frame = orjson.dumps({"subject": "chat", "data": "hello"}).decode()
+        await asyncio.gather(*(p.ws.send(frame) for p in crowd))
+        done = await asyncio.wait_for(asyncio.gather(*(p.chats_done for p in crowd)), 60)
+        chat_s = max(done) - t0
+        rows.append({"metric": f"chat fan-out, {players}x{players} deliveries",
+                     "value": round(players * players / chat_s), "unit": "msgs/s",
+                     "note": f"all delivered in {chat_s * 1000:.0f} ms"})
+
+        # batched positions -------------------------------------------------------------------
+        await asyncio.gather(*(p.ws.send(orjson.dumps(
+            {"subject": "subscribe_positions", "data": True}).decode()) for p in crowd))
+        until = time.time() + seconds
+        cpu0, mine0 = _cpu_seconds(gateway_pids), time.process_time()
+        await asyncio.gather(*(_move(p, until) for p in crowd))
+        gw_cpu = (_cpu_seconds(gateway_pids) - cpu0) / seconds
+        bench_cpu = (time.process_time() - mine0) / seconds
+        await asyncio.sleep(0.3)
+        delays = [d for p in crowd for d in p.tick_delays]
+        lat = [d for p in crowd for d in p.latencies]
+        batches = sum(p.batches for p in crowd)
+        records = sum(p.records for p in crowd)
+        p50, p99 = _pct(delays, 0.5) * 1000, _pct(delays, 0.99) * 1000
+        rows.append({"metric": f"position tick delay p50, {players} players @15 Hz",
+                     "value": round(p50, 1), "unit": "ms"})
+        rows.append({"metric": f"position tick delay p99, {players} players @15 Hz",
+                     "value": round(p99, 1), "unit": "ms",
+                     "note": "bar <= 50 ms: " + ("met" if p99 <= 50 else "MISSED")})
+        rows.append({"metric": "position record latency p50 / p99 (send -> receive)",
+                     "value": round(_pct(lat, 0.5) * 1000, 1), "unit": "ms",
+                     "note": f"p99 {_pct(lat, 0.99) * 1000:.1f} ms"})
+        rows.append({"metric": "position batches delivered", "value": round(batches / seconds),
+                     "unit": "msgs/s",
+                     "note": f"{records / max(1, batches):.0f} records per batch; "
+                             f"{len(delays)} samples; mean delay "
+                             f"{statistics.fmean(delays) * 1000 if delays else 0:.1f} ms"})
+        rows.append({"metric": "CPU during positions: 2 gateways / bench clients",
+                     "value": round(gw_cpu * 100), "unit": "% of a core",
+                     "note": f"clients {bench_cpu * 100:.0f} % of a core"})
+    finally:
+        await asyncio.gather(*(p.ws.close() for p in crowd), return_exceptions=True)
+        for p in crowd:
+            p.reader.cancel()
+    return rows
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Start a 2-gateway cluster, run the spaces benchmark, return the table rows."""
+    players = 128 if quick else 256
+    seconds = 3.0 if quick else 8.0
+    env = {"SPACES_SOCKETS_PER_IP": "100000", "LOG_LEVEL": "warning"}
+    with LocalCluster(gateways=2, shards=0, env=env) as cluster:
+        url = f"ws://{cluster.target.host}:{cluster.target.spaces_port}/"
+        try:
+            import uvloop
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:  # pragma: no cover
+            runner = asyncio.Runner()
+        with runner:
+            try:
+                pids = [p.popen.pid for p in cluster.procs if p.role == "gateway"]
+                return runner.run(asyncio.wait_for(_bench(url, players, seconds, pids), 180))
+            except BaseException:
+                print(cluster.logs()[-6000:], file=sys.stderr)
+                raise
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = ["| metric | value | unit | note |", "|---|---:|---|---|"]
+    for r in rows:
+        out.append(f"| {r['metric']} | {r['value']} | {r['unit']} | {r.get('note', '')} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_spaces",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--quick", action="store_true", help="128 players, 3 s of positions")
+    args = parser.parse_args(argv)
+    print(markdown(run(args.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
