@@ -32,14 +32,13 @@ from gateway.rendezvous.conns import Closed, Conn, TcpConn, WsConn
 from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
 from gateway.rendezvous.logic import (
     choose_relay_host,
-    is_lan,
     online_bitmap,
     parse_mask,
-    plan_punch,
     valid_custom_id,
     valid_register_id,
 )
 from gateway.rendezvous.net import ProxyList, listen_socket
+from gateway.rendezvous.punch import PunchFlows
 from gateway.rendezvous.store import (
     CHANGE_EXISTS,
     CHANGE_NOT_OWNER,
@@ -54,7 +53,7 @@ from hubbub.errors import RegistryError, RegistryUnavailable
 from hubbub.keys import ServerKey, server_key
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk import addr as addrmangle
-from hubbub.wire.rustdesk.crypto import ServerKeyExchange, sign_id_pk
+from hubbub.wire.rustdesk.crypto import ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
 from hubbub.wire.rustdesk.messages import parse, pb
 from hubbub.wire.rustdesk.stream import RendezvousStream
@@ -96,11 +95,6 @@ def _msg(**kw: Any) -> bytes:
     return data
 
 
-def _punch_failure(failure: int, text: str = "") -> bytes:
-    return _msg(punch_hole_response=pb.PunchHoleResponse(failure=failure,  # type: ignore[arg-type]
-                                                         other_failure=text))
-
-
 def _reg_response(result: int, keep_alive: int = 0) -> bytes:
     return _msg(register_pk_response=pb.RegisterPkResponse(
         result=result, keep_alive=keep_alive))  # type: ignore[arg-type]
@@ -108,11 +102,6 @@ def _reg_response(result: int, keep_alive: int = 0) -> bytes:
 
 def _loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1"
-
-
-def _owner_host(process_id: str) -> str:
-    parts = process_id.split(":")
-    return ":".join(parts[1:-2]) if len(parts) >= 4 else ""
 
 
 @dataclass(slots=True)
@@ -137,7 +126,7 @@ class _Udp(asyncio.DatagramProtocol):
         metrics.DROPPED.labels("udp_error").inc()
 
 
-class RendezvousService:
+class RendezvousService(PunchFlows):
     """hbbs on every gateway: ports ``-p`` (UDP+TCP), ``-p - 1`` (TCP), ``-p + 2`` (WS)."""
 
     name = "rendezvous"
@@ -706,248 +695,6 @@ class RendezvousService:
                     log.info("id changed: %s -> %s", rpk.old_id, rpk.id)
         metrics.REGISTRATIONS.labels("change_id", pb.RegisterPkResponse.Result.Name(result)).inc()
         return int(result)
-
-    # ----------------------------------------------------------------- punch
-    def _add_sink(self, conn: Conn) -> bool:
-        """Hold A's connection for B's answer; True when Redis must learn about it."""
-        if self.sinks.get(conn.addr_key) is conn:
-            return False
-        self.sinks[conn.addr_key] = conn
-        conn.sink = True
-        return True
-
-    async def _target(self, peer_id: str, sink: str | None) -> tuple[bool, Live | None]:
-        """(exists, freshest liveness) of B; also records A's sink in the same round trip."""
-        now = time.time()
-        local = self.peers.get(peer_id, now)
-        if sink is not None:
-            await self.store.set_sink(sink, self.registry.id)
-        rec, live = await self.store.lookup(peer_id)
-        if local is not None and (live is None or local.seen >= live.seen):
-            live = Live(local.ip, local.port, local.seen, self.registry.id, self.udp_port,
-                        local.mode)
-        return rec is not None, live
-
-    async def punch_request(self, conn: Conn, req: pb.PunchHoleRequest) -> None:
-        first = self._add_sink(conn)
-        if not self.key.licence_ok(req.licence_key):
-            metrics.PUNCH_REQUESTS.labels("license_mismatch").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.LICENSE_MISMATCH))
-            return
-        peer_id = req.id
-        try:
-            exists, live = await self._target(peer_id, conn.addr_key if first else None)
-        except RegistryUnavailable:
-            metrics.PUNCH_REQUESTS.labels("server_error").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE,
-                                                   "ID server storage unavailable"))
-            return
-        now = time.time()
-        if not exists and live is None:
-            metrics.PUNCH_REQUESTS.labels("id_not_exist").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.ID_NOT_EXIST))
-            return
-        if live is None or not live.online(now):
-            metrics.PUNCH_REQUESTS.labels("offline").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE))
-            return
-        a_ip, a_port = conn.addr
-        self._log_punch(a_ip, peer_id, live.ip, now)
-        plan = plan_punch(a_ip, live.ip, websocket=conn.websocket, always_relay=self.always_relay,
-                          network=self.network, local_ip=self.cfg.local_ip,
-                          relay_server=self.relay_server())
-        mangled = addrmangle.encode(a_ip, a_port, int(now * 1_000_000))
-        if plan.fetch_local:
-            out = _msg(fetch_local_addr=pb.FetchLocalAddr(
-                socket_addr=mangled, relay_server=plan.relay_server,
-                socket_addr_v6=req.socket_addr_v6))
-            outcome = "fetch_local_addr"
-        else:
-            out = _msg(punch_hole=pb.PunchHole(
-                socket_addr=mangled, relay_server=plan.relay_server,
-                nat_type=pb.SYMMETRIC if plan.force_symmetric else req.nat_type,
-                udp_port=req.udp_port, force_relay=req.force_relay, upnp_port=req.upnp_port,
-                socket_addr_v6=req.socket_addr_v6))
-            outcome = "punch_hole"
-        if await self.push(peer_id, live, out):
-            metrics.PUNCH_REQUESTS.labels(outcome).inc()
-        else:
-            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE))
-
-    def _log_punch(self, a_ip: str, peer_id: str, b_ip: str, now: float) -> None:
-        key = f"{a_ip}|{peer_id}"
-        if self.punch_seen.get(key, now):
-            return
-        self.punch_seen.put(key, True, now)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        self.punch_log.append(f"{stamp} {a_ip} -> {peer_id}@{b_ip}")
-
-    async def request_relay(self, conn: Conn, msg: pb.RendezvousMessage) -> None:
-        first = self._add_sink(conn)
-        rr = msg.request_relay
-        try:
-            _exists, live = await self._target(rr.id, conn.addr_key if first else None)
-        except RegistryUnavailable:
-            live = None
-        now = time.time()
-        if live is None or not live.online(now):
-            metrics.PUNCH_REQUESTS.labels("relay_offline").inc()
-            await conn.send_message(_msg(relay_response=pb.RelayResponse(
-                uuid=rr.uuid, refuse_reason="Remote desktop is offline")))
-            return
-        rr.socket_addr = addrmangle.encode(conn.addr[0], conn.addr[1], int(now * 1_000_000))
-        if await self.push(rr.id, live, msg.SerializeToString()):
-            metrics.PUNCH_REQUESTS.labels("request_relay").inc()
-        else:
-            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
-
-    async def push(self, peer_id: str, live: Live, data: bytes) -> bool:
-        """Send ``data`` to B from the socket its registrations reach (maybe via a sibling)."""
-        me = self.registry.id
-        if live.mode == MODE_UDP:
-            if live.owner == me or (_owner_host(live.owner) == self.registry.host
-                                    and live.local_port == self.udp_port):
-                self._send_udp(data, self._udp_target(live.ip, live.port))
-                return True
-        elif live.owner == me:
-            conn = self.streams.get(peer_id)
-            if conn is None:
-                return False
-            await conn.send_message(data)
-            return True
-        payload = {"id": peer_id, "ip": live.ip, "port": live.port, "lp": live.local_port,
-                   "mode": live.mode, "data": data}
-        try:
-            if await self.registry.send(live.owner, "rd.push", payload):
-                metrics.ROUTED.labels("push").inc()
-                return True
-            if live.mode != MODE_UDP:
-                return False
-            # The owner is gone; any live gateway on that host with that UDP port can send.
-            for rec in await self.registry.processes("gateway"):
-                ports = rec.info.get("ports") or {}
-                if (rec.host == _owner_host(live.owner) and rec.id != me
-                        and ports.get("rendezvous_udp") == live.local_port):
-                    if await self.registry.send(rec.id, "rd.push", payload):
-                        metrics.ROUTED.labels("push").inc()
-                        return True
-        except RegistryUnavailable:
-            return False
-        return False
-
-    async def _on_push(self, payload: Any, sender: str) -> None:
-        if not isinstance(payload, dict):
-            return
-        data = payload.get("data")
-        if not isinstance(data, bytes):
-            return
-        if payload.get("mode") == MODE_UDP:
-            if payload.get("lp") != self.udp_port:
-                return
-            self._send_udp(data, self._udp_target(str(payload.get("ip")),
-                                                  int(payload.get("port") or 0)))
-        else:
-            conn = self.streams.get(str(payload.get("id")))
-            if conn is not None:
-                await conn.send_message(data)
-
-    async def deliver(self, a_key: str, data: bytes) -> bool:
-        """Hand B's answer to A's held connection, wherever it is."""
-        conn = self.sinks.pop(a_key, None)
-        if conn is not None:
-            conn.sink = False
-            await conn.send_message(data)
-            return True
-        try:
-            owner = await self.store.sink_owner(a_key)
-            if owner is None or owner == self.registry.id:
-                metrics.DROPPED.labels("no_sink").inc()
-                return False
-            ok = await self.registry.send(owner, "rd.deliver", {"a": a_key, "data": data})
-        except RegistryUnavailable:
-            return False
-        if ok:
-            metrics.ROUTED.labels("deliver").inc()
-        return ok
-
-    async def _on_deliver(self, payload: Any, sender: str) -> None:
-        if not isinstance(payload, dict) or not isinstance(payload.get("data"), bytes):
-            return
-        conn = self.sinks.pop(str(payload.get("a")), None)
-        if conn is None:
-            metrics.DROPPED.labels("no_sink").inc()
-            return
-        conn.sink = False
-        await conn.send_message(payload["data"])
-
-    async def signed_pk(self, peer_id: str) -> bytes:
-        """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
-        if self.key.signing is None:
-            return b""
-        now = time.time()
-        cached = self.signed.get(peer_id, now)
-        if cached is not None:
-            return cached
-        try:
-            rec = await self.store.peer(peer_id)
-        except RegistryUnavailable:
-            return b""
-        if rec is None or not rec.pk:
-            return b""
-        signed = sign_id_pk(self.key.signing, peer_id, rec.pk)
-        self.signed.put(peer_id, signed, now)
-        return signed
-
-    @staticmethod
-    def _a_key(mangled: bytes) -> str | None:
-        ip, port = addrmangle.decode(mangled)
-        if port == 0 and ip in ("0.0.0.0", "::"):
-            return None
-        return f"{ip}:{port}"
-
-    async def _hole_sent(self, ps: pb.PunchHoleSent, b_addr: tuple[str, int],
-                         udp: bool) -> None:
-        a_key = self._a_key(ps.socket_addr)
-        if a_key is None:
-            return
-        if udp and a_key not in self.sinks:
-            # A UDP answer is only believed for a controller that is waiting right here or
-            # elsewhere; either way nothing is ever sent back over UDP.
-            pass
-        pk = await self.signed_pk(ps.id) if ps.version else b""
-        resp = pb.PunchHoleResponse(
-            socket_addr=addrmangle.encode(b_addr[0], b_addr[1], int(time.time() * 1_000_000)),
-            pk=pk, relay_server=ps.relay_server, nat_type=ps.nat_type, upnp_port=ps.upnp_port,
-            socket_addr_v6=ps.socket_addr_v6, is_udp=udp)
-        await self.deliver(a_key, _msg(punch_hole_response=resp))
-
-    async def _local_addr(self, la: pb.LocalAddr) -> None:
-        a_key = self._a_key(la.socket_addr)
-        if a_key is None:
-            return
-        pk = await self.signed_pk(la.id) if la.version else b""
-        resp = pb.PunchHoleResponse(socket_addr=la.local_addr, pk=pk,
-                                    relay_server=la.relay_server, is_local=True,
-                                    socket_addr_v6=la.socket_addr_v6)
-        await self.deliver(a_key, _msg(punch_hole_response=resp))
-
-    async def _relay_response(self, msg: pb.RendezvousMessage) -> None:
-        rr = msg.relay_response
-        a_key = self._a_key(rr.socket_addr)
-        if a_key is None:
-            return
-        a_ip = a_key.rsplit(":", 1)[0]
-        rr.socket_addr = b""
-        if rr.WhichOneof("union") == "id":
-            peer_id = rr.id
-            rr.pk = await self.signed_pk(peer_id) if rr.version else b""
-        if rr.relay_server:
-            if is_lan(a_ip, self.network) and self.cfg.local_ip:
-                rr.relay_server = self.cfg.local_ip
-            elif self.cfg.local_ip and rr.relay_server == self.cfg.local_ip:
-                rr.relay_server = self.relay_server()
-        await self.deliver(a_key, msg.SerializeToString())
 
     # ----------------------------------------------------------------- admin
     async def _load_admin(self) -> None:
