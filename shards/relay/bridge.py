@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from hubbub.errors import RemoteProtocolError
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_header
@@ -101,12 +102,23 @@ class _Side(asyncio.BufferedProtocol):
         self._view = memoryview(self._buf)
         self._pauses: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None
+        self.leftover = b""
+        self._early: list[bytes] | None = []  # writes before the transport exists
 
     # protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        early, self._early = self._early, None
+        if early:
+            self.transport.writelines(early)
+        if self._pauses:
+            self.transport.pause_reading()
+        # Bytes read behind the first message go before anything this transport reads.
+        leftover, self.leftover = self.leftover, b""
+        if leftover:
+            self.pair.on_data(self.idx, memoryview(leftover))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -140,7 +152,9 @@ class _Side(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def write(self, chunks: list[bytes]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._early is not None:
+            self._early.extend(chunks)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
 
 
@@ -164,9 +178,10 @@ class BridgePair(Pair):
         super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
         self.loop = asyncio.get_running_loop()
         self.socks = socks
-        self.leftovers = leftovers
         self.sides = (_Side(self, 0, make_codec(transports[0], framed)),
                       _Side(self, 1, make_codec(transports[1], framed)))
+        for side, data in zip(self.sides, leftovers, strict=True):
+            side.leftover = data
         self.mode = "bridge" if framed else "raw"
 
     async def start(self) -> None:
@@ -175,11 +190,6 @@ class BridgePair(Pair):
                 await self.loop.connect_accepted_socket(lambda s=side: s, sock)  # type: ignore[misc]
         except OSError:
             self.close("error")
-            return
-        for i, data in enumerate(self.leftovers):
-            if data and not self.closed:
-                self.on_data(i, memoryview(data))
-        self.leftovers = (b"", b"")
 
     def on_data(self, idx: int, data: memoryview) -> None:
         if self.closed:

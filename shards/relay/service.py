@@ -220,6 +220,9 @@ class RelayService:
 
     def _refuse(self, sock: socket.socket, reason: str) -> None:
         metrics.REFUSED.labels(reason).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            with contextlib.suppress(OSError):
+                log.debug("relay connection from %s refused: %s", sock.getpeername(), reason)
         with contextlib.suppress(OSError):
             sock.close()
 
@@ -412,6 +415,8 @@ class RelayService:
         metrics.PAIRS.set(len(self.pairs))
 
     def _pair_closed(self, pair: Pair, reason: str) -> None:
+        log.debug("relay pair %s <-> %s ended (%s) after %d bytes", pair.addrs[0], pair.addrs[1],
+                  reason, pair.moved)
         self.pairs.discard(pair)
         self._moved_closed += pair.moved
         metrics.CLOSED.labels(reason).inc()

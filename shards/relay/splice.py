@@ -65,8 +65,8 @@ class _Direction:
 
 
 class SplicePair(Pair):
-    """Two raw TCP sockets joined by splice; ``heads`` are bytes read before pairing
-    (``heads[0]`` goes to ``a``, ``heads[1]`` to ``b``)."""
+    """Two raw TCP sockets joined by splice; ``heads[i]`` are the bytes read from socket ``i``
+    behind its first message, forwarded to the other socket before anything else."""
 
     mode = "splice"
 
@@ -76,8 +76,8 @@ class SplicePair(Pair):
         super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
         self.loop = asyncio.get_running_loop()
         self.socks = (a, b)
-        # Direction 0 reads a and writes b; its head is what a sent early, i.e. heads[1].
-        self.dirs = (_Direction(a, b, heads[1]), _Direction(b, a, heads[0]))
+        # Direction 0 reads a and writes b, so it first writes what a sent before pairing.
+        self.dirs = (_Direction(a, b, heads[0]), _Direction(b, a, heads[1]))
 
     def start(self) -> None:
         for d in self.dirs:

@@ -1,0 +1,461 @@
+"""The relay end to end: two shard processes on one relay port, real sockets on loopback.
+
+One cluster serves the module (2 shards, RELAY_TIMEOUT=2, a relay key, LIMIT_SPEED=8 Mb/s);
+tests use their own uuids and source addresses (127.0.0.x) so they do not disturb each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import Cluster, HubbubProcess, RedisServer, free_port_block, new_prefix
+
+from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
+from loadtest.bench_relay import (
+    WsClient,
+    recv_exact,
+    relay_connect,
+    request_relay_frame,
+    ws_relay_connect,
+)
+
+
+KEY = "relay-test-key"
+TIMEOUT = 2.0
+
+
+@dataclass
+class Relay:
+    cluster: Cluster
+    port: int
+    shards: list[HubbubProcess]
+    workdir: Path
+
+    opened: list[socket.socket] = field(default_factory=list)
+
+    def connect(self, uuid: str, key: str = KEY, source_ip: str | None = None,
+                extra: bytes = b"") -> socket.socket:
+        src = (source_ip, 0) if source_ip else None
+        s = relay_connect(self.port, uuid, key, source=src, extra=extra)
+        self.opened.append(s)
+        return s
+
+    def ws(self, uuid: str, key: str = KEY) -> WsClient:
+        c = ws_relay_connect(self.port + 2, uuid, key)
+        self.opened.append(c.sock)
+        return c
+
+    def raw(self, port: int | None = None) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port or self.port), timeout=5)
+        self.opened.append(s)
+        return s
+
+    def close_all(self) -> None:
+        for s in self.opened:
+            s.close()
+        self.opened.clear()
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric over the live shards."""
+        total = 0.0
+        pattern = re.compile(rf"^{re.escape(name)} ([0-9.e+-]+)$", re.M)
+        for p in self.shards:
+            if p.proc.poll() is None:
+                total += sum(float(m) for m in pattern.findall(p.metrics()))
+        return total
+
+
+def _env(relay: int, rtc: int, **extra: str) -> dict[str, str]:
+    env = {"RELAY_PORT": str(relay), "SHARD_SLOTS": "2", "RTC_MIN_PORT": str(rtc),
+           "RTC_MAX_PORT": str(rtc + 3), "RELAY_TIMEOUT": str(TIMEOUT), "KEY": KEY,
+           "LIMIT_SPEED": "8", "SINGLE_BANDWIDTH": "0", "TOTAL_BANDWIDTH": "0"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def relay(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    workdir = tmp_path_factory.mktemp("relay")
+    cluster = Cluster(redis_srv.url, new_prefix(), workdir)
+    port = free_port_block(3)
+    env = _env(port, free_port_block(4))
+    try:
+        shards = [cluster.start("shard", env=env) for _ in range(2)]
+        yield Relay(cluster, port, shards, workdir)
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "relay" in request.fixturenames:
+        request.getfixturevalue("relay").close_all()
+
+
+def _closed(sock: socket.socket, within: float) -> bool:
+    """True when the peer closes ``sock`` within ``within`` seconds (data is discarded)."""
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionError, OSError):
+        return True
+    return False
+
+
+def _uuid(tag: str) -> str:
+    return f"{tag}-{os.urandom(6).hex()}"
+
+
+def _cross_shard_pair(relay: Relay) -> tuple[socket.socket, socket.socket]:
+    """A paired TCP relay whose halves were accepted by different shards."""
+    for _ in range(40):
+        before = relay.metric('hubbub_relay_handoffs_total{outcome="sent"}')
+        uuid = _uuid("x")
+        a = relay.connect(uuid)
+        b = relay.connect(uuid)
+        a.sendall(b"ping")
+        assert recv_exact(b, 4) == b"ping"
+        if relay.metric('hubbub_relay_handoffs_total{outcome="sent"}') > before:
+            return a, b
+        a.close()
+        b.close()
+    raise AssertionError("halves never landed on different shards")
+
+
+def _pump(sock: socket.socket, total: int, seed: bytes, out: dict[str, str]) -> None:
+    h = hashlib.sha256()
+    block = hashlib.sha256(seed).digest() * (1 << 15)  # 1 MiB
+    sent = 0
+    while sent < total:
+        chunk = block[: min(len(block), total - sent)]
+        sock.sendall(chunk)
+        h.update(chunk)
+        sent += len(chunk)
+        block = block[1:] + block[:1]
+    out["sent"] = h.hexdigest()
+
+
+def _drain(sock: socket.socket, total: int, out: dict[str, str]) -> None:
+    h = hashlib.sha256()
+    got = 0
+    while got < total:
+        chunk = sock.recv(min(1 << 20, total - got))
+        if not chunk:
+            break
+        h.update(chunk)
+        got += len(chunk)
+    out["got"] = h.hexdigest()
+    out["n"] = str(got)
+
+
+def _run_threads(*targets: Callable[[], None], timeout: float = 60) -> None:
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+        assert not t.is_alive(), "transfer did not finish"
+
+
+# ------------------------------------------------------------------ pairing and data
+def test_cross_shard_pair_moves_64_mib_each_way_intact(relay: Relay) -> None:
+    a, b = _cross_shard_pair(relay)
+    size = 64 * 1024 * 1024
+    a.settimeout(30)
+    b.settimeout(30)
+    ab: dict[str, str] = {}
+    ba: dict[str, str] = {}
+    _run_threads(lambda: _pump(a, size, b"a", ab), lambda: _drain(b, size, ab),
+                 lambda: _pump(b, size, b"b", ba), lambda: _drain(a, size, ba))
+    assert ab["n"] == ba["n"] == str(size)
+    assert ab["sent"] == ab["got"]
+    assert ba["sent"] == ba["got"]
+    a.close()
+    assert _closed(b, 3), "closing one half must close the other"
+
+
+def test_bytes_sent_before_pairing_are_forwarded(relay: Relay) -> None:
+    uuid = _uuid("early")
+    a = relay.connect(uuid, extra=encode_frame(b"hello from a") + b"raw-tail")
+    time.sleep(0.2)
+    b = relay.connect(uuid, extra=b"from b")
+    assert recv_exact(b, len(encode_frame(b"hello from a")) + 8) == (
+        encode_frame(b"hello from a") + b"raw-tail")
+    assert recv_exact(a, 6) == b"from b"
+    a.close()
+    b.close()
+
+
+def test_ws_and_tcp_halves_are_bridged(relay: Relay) -> None:
+    uuid = _uuid("ws")
+    w = relay.ws(uuid)
+    t = relay.connect(uuid)
+    t.sendall(encode_frame(b"") + encode_frame(b"to ws") + encode_frame(b"x" * 100_000))
+    assert w.recv() == (2, b"to ws")  # the empty frame is not forwarded
+    assert w.recv() == (2, b"x" * 100_000)
+    w.send(b"to tcp")
+    w.send(b"")
+    w.send(b"again")
+    dec = FrameDecoder(1 << 20)
+    frames: list[bytes] = []
+    t.settimeout(5)
+    while len(frames) < 2:
+        frames += dec.feed(t.recv(65536))
+    assert frames == [b"to tcp", b"again"]
+    w.close()
+    assert _closed(t, 3)
+
+
+def test_two_ws_halves_pair(relay: Relay) -> None:
+    uuid = _uuid("wsws")
+    w1 = relay.ws(uuid)
+    w2 = relay.ws(uuid)
+    w1.send(b"one")
+    assert w2.recv() == (2, b"one")
+    w2.send(b"two")
+    assert w1.recv() == (2, b"two")
+    w1.close()
+    w2.close()
+
+
+# ------------------------------------------------------------------ timeouts
+def test_unpaired_half_is_closed_after_the_timeout(relay: Relay) -> None:
+    start = time.monotonic()
+    a = relay.connect(_uuid("alone"))
+    assert _closed(a, TIMEOUT + 3)
+    assert time.monotonic() - start >= TIMEOUT - 0.2
+
+
+def test_idle_pair_is_closed(relay: Relay) -> None:
+    uuid = _uuid("idle")
+    a = relay.connect(uuid)
+    b = relay.connect(uuid)
+    a.sendall(b"x")
+    assert recv_exact(b, 1) == b"x"
+    start = time.monotonic()
+    assert _closed(a, TIMEOUT + 3) and _closed(b, 1)
+    assert time.monotonic() - start >= TIMEOUT - 0.2
+
+
+def test_silent_connection_is_closed(relay: Relay) -> None:
+    s = relay.raw()
+    assert _closed(s, TIMEOUT + 3)
+
+
+# ------------------------------------------------------------------ refusals
+def test_wrong_key_is_closed_silently(relay: Relay) -> None:
+    uuid = _uuid("key")
+    bad = relay.connect(uuid, key="wrong")
+    assert _closed(bad, 2)
+    good = relay.connect(uuid)
+    assert _closed(good, TIMEOUT + 3), "the good half must not pair with a refused one"
+
+
+@pytest.mark.parametrize("first", [
+    ((1 << 30) - 1 << 2 | 3).to_bytes(4, "little"),  # announces 1 GiB
+    encode_frame(b"\xff" * 40),  # not a protobuf
+    encode_frame(bytes.fromhex("320b0a09313233343536373839")),  # RegisterPeer
+    b"GET / HTTP/1.1\r\n\r\n",  # HTTP on the TCP port
+])
+def test_hostile_first_frames_are_closed(relay: Relay, first: bytes) -> None:
+    s = relay.raw()
+    s.sendall(first)
+    start = time.monotonic()
+    assert _closed(s, TIMEOUT + 3)
+    if first[:1] != b"G":
+        assert time.monotonic() - start < 1.0
+    assert all(p.healthy() for p in relay.shards)
+
+
+def test_bad_websocket_upgrade_gets_400(relay: Relay) -> None:
+    s = relay.raw(relay.port + 2)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def _admin(relay: Relay, *args: str) -> str:
+    res = relay.cluster.hubbub("relay", *args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_blocklist_refuses_new_and_closes_running_pairs(relay: Relay) -> None:
+    uuid = _uuid("mid")
+    a = relay.connect(uuid, source_ip="127.0.0.5")
+    b = relay.connect(uuid)
+    a.sendall(b"x")
+    assert recv_exact(b, 1) == b"x"
+    _admin(relay, "blocklist", "add", "::ffff:127.0.0.5", "127.0.0.4")
+    assert _closed(a, 3) and _closed(b, 1), "a running pair with a blocked IP must end"
+    refused = relay.connect(_uuid("blocked"), source_ip="127.0.0.4")
+    assert _closed(refused, 1)
+    assert _admin(relay, "blocklist", "list").split() == ["127.0.0.4", "127.0.0.5"]
+    data = relay.workdir / "data" / "blocklist.txt"
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not (
+            data.exists() and data.read_text() == "127.0.0.4\n127.0.0.5\n"):
+        time.sleep(0.05)
+    assert data.read_text() == "127.0.0.4\n127.0.0.5\n"
+    _admin(relay, "blocklist", "remove", "all")
+    time.sleep(0.3)
+    uuid = _uuid("unblocked")
+    a = relay.connect(uuid, source_ip="127.0.0.4")
+    b = relay.connect(uuid)
+    a.sendall(b"ok")
+    assert recv_exact(b, 2) == b"ok"
+
+
+def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
+    _admin(relay, "blacklist", "add", "127.0.0.3")
+    time.sleep(0.3)
+    uuid = _uuid("slow")
+    a = relay.connect(uuid, source_ip="127.0.0.3")
+    b = relay.connect(uuid)
+    expected = 8 * 1024 * 1024 / 8  # LIMIT_SPEED=8 "Mb/s" in hbbr units = 1 MiB/s
+    stop = threading.Event()
+
+    def send() -> None:
+        block = b"z" * 65536
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                a.sendall(block)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    b.settimeout(5)
+    recv_exact(b, 256 * 1024)  # skip the initial burst
+    start = time.monotonic()
+    got = 0
+    while time.monotonic() - start < 1.8:  # stay below the 2 s idle timeout of the test cluster
+        got += len(b.recv(1 << 20))
+    rate = got / (time.monotonic() - start)
+    stop.set()
+    a.close()
+    b.close()
+    _admin(relay, "blacklist", "remove", "127.0.0.3")
+    assert 0.8 * expected <= rate <= 1.2 * expected, f"{rate / expected:.2f} x LIMIT_SPEED"
+    assert relay.metric('hubbub_relay_throttled_total{bucket="limit"}') > 0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.parametrize("mode", ["tcp", "ws"])
+def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
+    uuid = _uuid("slowread")
+    reader: socket.socket | WsClient
+    reader = relay.ws(uuid) if mode == "ws" else relay.connect(uuid)
+    writer = relay.connect(uuid)
+    time.sleep(0.2)
+    rss_before = [_rss_kib(p.proc.pid) for p in relay.shards]
+    writer.setblocking(False)
+    block = encode_frame(b"m" * 60_000)
+    pushed = 0
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        try:
+            pushed += writer.send(block)
+        except BlockingIOError:
+            time.sleep(0.01)
+    rss_after = [_rss_kib(p.proc.pid) for p in relay.shards]
+    growth = max(a - b for a, b in zip(rss_after, rss_before, strict=True))
+    assert pushed < 48 * 1024 * 1024, f"relay took {pushed} bytes for a reader that reads nothing"
+    assert growth < 24 * 1024, f"shard RSS grew {growth} KiB"
+    writer.close()
+    reader.close()
+
+
+# ------------------------------------------------------------------ presence, admin
+def test_ports_load_and_usage(relay: Relay) -> None:
+    uuid = _uuid("usage")
+    a = relay.connect(uuid)
+    b = relay.connect(uuid)
+    a.sendall(b"x" * 1000)
+    recv_exact(b, 1000)
+    deadline = time.monotonic() + 5
+    while True:
+        res = relay.cluster.hubbub("status", "--json")
+        shards = [p for p in json.loads(res.stdout) if p["role"] == "shard"]
+        if sum(p.get("load", {}).get("relay_pairs", 0) for p in shards) >= 1:
+            break
+        assert time.monotonic() < deadline, shards
+        time.sleep(0.3)
+    for p in shards:
+        assert p["ports"]["relay"] == relay.port and p["ports"]["relay_ws"] == relay.port + 2
+        assert "relay_bps" in p["load"]
+    out = _admin(relay, "usage")
+    assert " <-> " in out and "shard(s)" in out
+    a.close()
+    b.close()
+
+
+# ------------------------------------------------------------------ shard failure
+def test_killed_shard_leaves_pairs_on_other_shard_running(cluster: Cluster) -> None:
+    port = free_port_block(3)
+    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5")
+    shards = [cluster.start("shard", env=env) for _ in range(2)]
+    relay = Relay(cluster, port, shards, cluster.workdir)
+    try:
+        _kill_scenario(relay, shards)
+    finally:
+        relay.close_all()
+
+
+def _kill_scenario(relay: Relay, shards: list[HubbubProcess]) -> None:
+
+    def pairs_of(p: HubbubProcess) -> float:
+        m = re.search(r"^hubbub_relay_pairs ([0-9.]+)$", p.metrics(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+    held: dict[int, list[tuple[socket.socket, socket.socket]]] = {0: [], 1: []}
+    for _ in range(60):
+        if held[0] and held[1]:
+            break
+        before = [pairs_of(p) for p in shards]
+        uuid = _uuid("kill")
+        a = relay.connect(uuid)
+        b = relay.connect(uuid)
+        a.sendall(b"1")
+        recv_exact(b, 1)
+        after = [pairs_of(p) for p in shards]
+        owner = 0 if after[0] > before[0] else 1
+        held[owner].append((a, b))
+    assert held[0] and held[1], "could not place pairs on both shards"
+    shards[0].kill(signal.SIGKILL)
+    for a, b in held[1]:
+        a.sendall(b"still here")
+        assert recv_exact(b, 10) == b"still here"
+        b.sendall(b"and back")
+        assert recv_exact(a, 8) == b"and back"
+    for a, _ in held[0]:
+        assert _closed(a, 3)
+    uuid = _uuid("after")
+    a = relay.connect(uuid)
+    b = relay.connect(uuid)
+    a.sendall(b"new")
+    assert recv_exact(b, 3) == b"new"
+
+
+def test_request_relay_frame_helper_matches_spec_tag() -> None:
+    frame = request_relay_frame("u")
+    assert frame[1:3] == b"\x92\x01"  # oneof field 18
