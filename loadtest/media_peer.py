@@ -111,6 +111,8 @@ class MediaPeer(asyncio.DatagramProtocol):
         self.received: list[tuple[int, int, int, int, bytes]] = []
         """(ssrc, pt, seq, ts, payload) of received RTP, when ``keep`` is set."""
         self.keep = True
+        self.count_only = False
+        """Count SRTP/SRTCP datagrams without decrypting them (load generation)."""
         self.messages: list[tuple[int, bytes | str]] = []
         self._keepalive: asyncio.Task[None] | None = None
 
@@ -129,6 +131,11 @@ class MediaPeer(asyncio.DatagramProtocol):
                     self.ice_ok.set()
         elif 19 < first < 64:
             self.link.feed(data)
+        elif 127 < first < 192 and self.count_only:
+            if is_rtcp(data):
+                self.rtcp_received += 1
+            else:
+                self.rtp_received += 1
         elif 127 < first < 192 and self.dtls._rx_srtp is not None:
             try:
                 if is_rtcp(data):
