@@ -151,8 +151,13 @@ class TcpClient:
 class WsClient:
     """A WebSocket rendezvous connection: one binary message per protobuf."""
 
-    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
-        self.ws: ClientConnection = ws_connect(f"ws://{host}:{port}/ws/id",
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None,
+                 src_ip: str = "127.0.0.1") -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((src_ip, 0))
+        sock.settimeout(3)
+        sock.connect((host, port))
+        self.ws: ClientConnection = ws_connect(f"ws://{host}:{port}/ws/id", sock=sock,
                                                additional_headers=headers, open_timeout=3,
                                                legacy=True)
         _OPEN.append(self)
