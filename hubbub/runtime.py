@@ -166,12 +166,12 @@ class _Runner:
             reply["via"] = await self.registry.request(payload["via"], "sys.ping", None, 2.0)
         return reply
 
-    async def _report_load(self) -> None:
+    def _load(self) -> dict[str, Any]:
         load: dict[str, Any] = {}
         for s in self.services:
             with contextlib.suppress(Exception):
                 load.update(s.load())
-        self.registry.set_info(load=load)
+        return {"load": load}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -181,7 +181,7 @@ class _Runner:
         await self.ops.start()
         self.registry.set_info(ops_port=self.ops.port, public_ip=cfg.advertised_ip,
                                name=os.environ.get("HONCHO_PROCESS_NAME", cfg.role))
-        self.registry.add_tick(self._report_load)
+        self.registry.add_info_source(self._load)
         self.registry.on("sys.ping", self._ping)
         await self.registry.start()
         ctx = Context(cfg, self.registry, self.ops, host_name(cfg),

@@ -140,6 +140,7 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
         self._channels: dict[str, RawHandler] = {}
         self._ticks: list[Callable[[], Awaitable[None]]] = []
+        self._sources: list[Callable[[], dict[str, Any]]] = []
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -223,12 +224,21 @@ class Registry:
         """Write presence now instead of at the next period (state or ports changed)."""
         self._wake.set()
 
+    def add_info_source(self, source: Callable[[], dict[str, Any]]) -> None:
+        """Merge ``source()`` into the presence fields right before every heartbeat."""
+        self._sources.append(source)
+
     def add_tick(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after every successful heartbeat (lease refresh, load reports)."""
         self._ticks.append(hook)
 
     def presence_info(self) -> dict[str, Any]:
         info = dict(self._info)
+        for source in self._sources:
+            try:
+                info.update(source())
+            except Exception:
+                log.exception("presence info source failed")
         info.update(id=self.id, role=self.role, host=self.host, pid=os.getpid(),
                     started=self.started, state=self._state)
         return info
