@@ -5,7 +5,13 @@
 
 from __future__ import annotations
 
-from loadtest.users import ControllerUser, DeviceUser, PlayerUser, RelayPairUser
+from loadtest.users import (
+    ControllerUser,
+    DeviceUser,
+    PlayerUser,
+    RelayPairUser,
+    WebControllerUser,
+)
 
 
-__all__ = ["ControllerUser", "DeviceUser", "PlayerUser", "RelayPairUser"]
+__all__ = ["ControllerUser", "DeviceUser", "PlayerUser", "RelayPairUser", "WebControllerUser"]

@@ -1,8 +1,9 @@
-"""RustDesk ID server load: registered devices (heartbeats, online queries) and controllers."""
+"""RustDesk ID server load: registered devices (heartbeats, online queries), controllers and
+web clients (WebSocket)."""
 
 from __future__ import annotations
 
-from loadtest.users import ControllerUser, DeviceUser
+from loadtest.users import ControllerUser, DeviceUser, WebControllerUser
 
 
-__all__ = ["ControllerUser", "DeviceUser"]
+__all__ = ["ControllerUser", "DeviceUser", "WebControllerUser"]

@@ -33,12 +33,13 @@ HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
-    "rustdesk": ("DeviceUser", "ControllerUser"),
+    "rustdesk": ("DeviceUser", "ControllerUser", "WebControllerUser"),
     "devices": ("DeviceUser",),
     "controllers": ("ControllerUser",),
+    "web": ("WebControllerUser",),
     "relay": ("RelayPairUser",),
     "spaces": ("PlayerUser",),
-    "all": ("DeviceUser", "ControllerUser", "RelayPairUser", "PlayerUser"),
+    "all": ("DeviceUser", "ControllerUser", "WebControllerUser", "RelayPairUser", "PlayerUser"),
 }
 
 # Options forwarded to the locust users (see loadtest/users.py) when given.

@@ -7,6 +7,7 @@ classes it defines are:
                      online query every 6 s while "the peer list is open", answers to pushes;
 * ``ControllerUser`` a RustDesk controller: punch request, then a direct or relayed session that
                      carries bytes both ways (it brings its own device to connect to);
+* ``WebControllerUser`` the RustDesk web client: punch request and relay over WebSocket;
 * ``RelayPairUser``  two relay halves with the same uuid pushing bytes both ways (throughput);
 * ``PlayerUser``     a Wired spaces player: join, set_name, chat, 15 Hz movement, leave.
 
@@ -24,18 +25,27 @@ import time
 from typing import Any
 
 import gevent
+import websocket
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from hubbub.errors import LoadTestError
 from loadtest.rustdesk_client import Controller, Device, RelayPair, online_bit, online_query
+from loadtest.rustdesk_web import WebController
 from loadtest.spaces_client import Player
 from loadtest.targets import Target
 from loadtest.thresholds import check_thresholds
 
 
-__all__ = ["ControllerUser", "DeviceUser", "PlayerUser", "RelayPairUser", "check_thresholds"]
+__all__ = [
+    "ControllerUser",
+    "DeviceUser",
+    "PlayerUser",
+    "RelayPairUser",
+    "WebControllerUser",
+    "check_thresholds",
+]
 
 log = logging.getLogger("hubbub.loadtest")
 
@@ -193,10 +203,10 @@ class DeviceUser(_HubbubUser):
                     len(peers), exc)
 
 
-class ControllerUser(_HubbubUser):
-    """A RustDesk controller that connects to registered devices every few seconds."""
+class _ControllerBase(_HubbubUser):
+    """A controller and the device it brings along (so targets exist in every worker)."""
 
-    weight = 1
+    abstract = True
 
     def wait_time(self) -> float:
         mean = float(_opt(self.environment, "connect_every", 3.0))
@@ -229,6 +239,13 @@ class ControllerUser(_HubbubUser):
         ONLINE.pop(self.device.id, None)
         self.device.stop()
 
+
+
+class ControllerUser(_ControllerBase):
+    """A RustDesk controller that connects to registered devices every few seconds."""
+
+    weight = 1
+
     @task
     def connect(self) -> None:
         peers = list(ONLINE)
@@ -240,6 +257,26 @@ class ControllerUser(_HubbubUser):
                                     payload=self.payload)
         except (OSError, LoadTestError) as exc:
             self.record("rustdesk", "connect → failed", 0.0, 0, exc)
+
+
+class WebControllerUser(_ControllerBase):
+    """The RustDesk web client: punch request and relay session over WebSocket."""
+
+    weight = 1
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.web = WebController(self.target, self.controller.id, self.record)
+
+    @task
+    def connect(self) -> None:
+        peers = list(ONLINE)
+        if not peers:
+            return
+        try:
+            self.web.connect(random.choice(peers), payload=self.payload)
+        except (OSError, LoadTestError, websocket.WebSocketException) as exc:
+            self.record("rustdesk", "web connect → failed", 0.0, 0, exc)
 
 
 class RelayPairUser(_HubbubUser):
