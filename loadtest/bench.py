@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pkgutil
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 
-__all__ = ["discover", "main", "markdown_table", "normalise", "plot", "run_module", "write_csv"]
+__all__ = [
+    "discover",
+    "main",
+    "markdown_report",
+    "markdown_table",
+    "normalise",
+    "plot",
+    "run_module",
+    "write_csv",
+]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -174,32 +184,57 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             w.writerow({c: row.get(c, "") for c in cols})
 
 
+def markdown_report(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One table per bench module, each with only the columns its rows use."""
+    parts: list[str] = []
+    for bench in dict.fromkeys(str(r["bench"]) for r in rows):
+        mine = [{k: v for k, v in r.items() if k != "bench"} for r in rows
+                if r["bench"] == bench]
+        cols = columns([{"bench": bench, **r} for r in mine])[1:]
+        lines = [f"**{bench}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in mine]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def _label(row: Mapping[str, Any]) -> str:
     for key in LABEL_KEYS:
         if isinstance(row.get(key), str) and row[key]:
-            return f"{row['bench']}: {row[key]}"
+            return str(row[key])
     texts = [str(v) for k, v in row.items() if k != "bench" and isinstance(v, str)]
-    return f"{row['bench']}: {texts[0]}" if texts else str(row["bench"])
+    return texts[0] if texts else str(row["bench"])
+
+
+def _is_ratio_key(key: str) -> bool:
+    low = key.lower()
+    return (low in RATIO_KEYS or "ratio" in low or low.startswith("x_") or low.endswith("_x")
+            or re.fullmatch(r"[a-z0-9_]+/[a-z0-9_]+", low) is not None)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _plot_value(row: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The figure to plot for a row: a ratio when there is one, else ``value``."""
+    """The figure to plot for a row: its ratio when it has one, else ``value`` (with unit)."""
     for key in row:
-        low = key.lower()
-        if (low in RATIO_KEYS or "ratio" in low or low.startswith("x_") or low.endswith("_x")):
-            value = row[key]
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return "ratio", float(value)
-    value = row.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return "value", float(value)
+        if _is_ratio_key(key) and (num := _number(row[key])) is not None:
+            return key, num
+    if (num := _number(row.get("value"))) is not None:
+        return str(row.get("unit") or "value"), num
     return None
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> bool:
-    """A horizontal bar chart of every row's ratio (or value); False if nothing to plot."""
-    points = [(_label(r), *pv) for r in rows if (pv := _plot_value(r)) is not None]
-    if not points:
+    """One bar chart per bench module (each with its own scale); False if nothing to plot."""
+    groups: dict[str, list[tuple[str, str, float]]] = {}
+    for r in rows:
+        pv = _plot_value(r)
+        if pv is not None:
+            groups.setdefault(str(r["bench"]), []).append((_label(r), pv[0], pv[1]))
+    if not groups:
         return False
     try:
         import matplotlib
@@ -208,18 +243,22 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig_h = max(2.0, 0.35 * len(points) + 1.2)
-    fig, ax = plt.subplots(figsize=(10, fig_h))
-    labels = [p[0][:70] for p in points]
-    values = [p[2] for p in points]
-    colours = ["#4c72b0" if p[1] == "ratio" else "#999999" for p in points]
-    ax.barh(range(len(points)), values, color=colours)
-    ax.set_yticks(range(len(points)), labels, fontsize=8)
-    ax.invert_yaxis()
-    if any(p[1] == "ratio" for p in points):
-        ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("ratio (blue; 1.0 = parity) or value (grey)")
-    ax.set_title(title, fontsize=10)
+    heights = [0.45 * len(g) + 0.9 for g in groups.values()]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (bench, points) in zip(axes[:, 0], groups.items(), strict=True):
+        ratio = [_is_ratio_key(p[1]) for p in points]
+        ax.barh(range(len(points)), [p[2] for p in points],
+                color=["#4c72b0" if r else "#999999" for r in ratio])
+        ax.set_yticks(range(len(points)), [f"{p[0][:60]} [{p[1]}]" for p in points], fontsize=8)
+        ax.invert_yaxis()
+        if any(ratio):
+            ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+        for i, p in enumerate(points):
+            ax.annotate(_fmt(p[2]), (p[2], i), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=7)
+        ax.set_title(bench, fontsize=9, loc="left")
+    fig.suptitle(f"{title}  (blue: ratio, 1.0 = parity; grey: value)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -236,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0,
                    help="seconds per module (default 300 with --quick, else 1800)")
     p.add_argument("--list", action="store_true", help="list the bench modules and exit")
+    p.add_argument("--render", type=Path, metavar="RUN_DIR",
+                   help="re-render the table and plot of an earlier run (its bench.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -244,6 +285,8 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.child:
         return _child(args.child, args.quick)
+    if args.render:
+        return _render(args.render)
     names = discover()
     if args.list:
         print("\n".join(names) or "(no bench modules)")
@@ -271,14 +314,30 @@ def main(argv: Sequence[str]) -> int:
         state = "FAILED" if any(r.get("status") == "FAILED" for r in got) else "ok"
         print(f"hubbub bench: {name} {state} ({time.monotonic() - started:.0f}s, "
               f"{len(got)} rows)", file=sys.stderr, flush=True)
-    table = markdown_table(rows)
-    write_csv(rows, out / "bench.csv")
     title = f"hubbub bench{' --quick' if args.quick else ''} {stamp} UTC"
+    (out / "bench.json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
+    return _write(rows, out, title)
+
+
+def _write(rows: list[dict[str, Any]], out: Path, title: str) -> int:
+    table = markdown_report(rows)
+    write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(f"{title}\n\n{table}\n")
     plotted = plot(rows, out / "bench.png", title)
     print(table)
     print(f"\nresults: {out}" + ("" if plotted else " (no plot: nothing numeric or no matplotlib)"))
     return 1 if any(r.get("status") == "FAILED" for r in rows) else 0
+
+
+def _render(run_dir: Path) -> int:
+    try:
+        saved = json.loads((run_dir / "bench.json").read_text())
+        rows = [dict(r) for r in saved["rows"]]
+        title = str(saved.get("title") or run_dir.name)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.stderr.write(f"hubbub bench: error: cannot read {run_dir / 'bench.json'}: {exc}\n")
+        return 2
+    return _write(rows, run_dir, title)
 
 
 if __name__ == "__main__":

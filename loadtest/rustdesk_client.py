@@ -229,7 +229,8 @@ class Device:
         family = _family(target.host)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        self._waiter: AsyncResult | None = None
+        # (answer kind awaited, its result): a late answer to an earlier try is ignored
+        self._waiter: tuple[str, AsyncResult] | None = None
         self._recent: dict[bytes, float] = {}
         self._sessions: set[gevent.Greenlet] = set()
         self._rx: gevent.Greenlet | None = None
@@ -247,10 +248,11 @@ class Device:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-    def _udp_request(self, msg: pb.RendezvousMessage, name: str) -> pb.RendezvousMessage:
+    def _udp_request(self, msg: pb.RendezvousMessage, name: str,
+                     expect: str) -> pb.RendezvousMessage:
         with measure(self.record, RT, name) as m:
             waiter = AsyncResult()
-            self._waiter = waiter
+            self._waiter = (expect, waiter)
             data = serialize(msg)
             self.sock.sendto(data, self.target.rendezvous)
             try:
@@ -267,7 +269,7 @@ class Device:
         """``RegisterPk`` until the server answers OK (what the client does for a new key)."""
         reply = self._udp_request(
             _msg(register_pk=pb.RegisterPk(id=self.id, uuid=self.uuid, pk=self.pk)),
-            "UDP RegisterPk")
+            "UDP RegisterPk", "register_pk_response")
         if kind(reply) != "register_pk_response":
             raise LoadTestError(f"RegisterPk answered with {kind(reply) or 'nothing'}")
         result = reply.register_pk_response.result
@@ -282,7 +284,7 @@ class Device:
     def heartbeat(self) -> None:
         """``RegisterPeer``; the server may ask for the key again (``request_pk``)."""
         reply = self._udp_request(_msg(register_peer=pb.RegisterPeer(id=self.id, serial=0)),
-                                  "UDP RegisterPeer")
+                                  "UDP RegisterPeer", "register_peer_response")
         if kind(reply) != "register_peer_response":
             raise LoadTestError(f"RegisterPeer answered with {kind(reply) or 'nothing'}")
         if reply.register_peer_response.request_pk:
@@ -312,8 +314,9 @@ class Device:
                 continue
             k = kind(msg)
             if k in ("register_peer_response", "register_pk_response"):
-                if self._waiter is not None and not self._waiter.ready():
-                    self._waiter.set(msg)
+                waiting = self._waiter
+                if waiting is not None and waiting[0] == k and not waiting[1].ready():
+                    waiting[1].set(msg)
             elif k in ("punch_hole", "fetch_local_addr", "request_relay"):
                 self._dispatch(k, msg)
 
@@ -599,12 +602,15 @@ class RelayPair:
             with measure(self.record, RT, f"{name} {_size(size)}") as m:
                 data = os.urandom(min(size, chunk))
                 reader = gevent.spawn(_recv_exact, dst, size, 30.0)
-                sent = 0
-                while sent < size:
-                    part = data[:size - sent]
-                    src.sendall(part)
-                    sent += len(part)
-                received = reader.get(timeout=30.0)
+                try:
+                    sent = 0
+                    while sent < size:
+                        part = data[:size - sent]
+                        src.sendall(part)
+                        sent += len(part)
+                    received = reader.get(timeout=30.0)
+                finally:
+                    reader.kill(block=False)
                 if len(received) != size:
                     raise LoadTestError("relay lost bytes")
                 m.length = size

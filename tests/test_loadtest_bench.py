@@ -41,6 +41,13 @@ def test_markdown_table_has_every_column_and_failed_rows_last() -> None:
     assert len(table.splitlines()) == 2 + len(ROWS)
 
 
+def test_report_has_one_table_per_bench_with_its_own_columns() -> None:
+    report = bench.markdown_report(ROWS)
+    assert "**relay**\n\n| metric | relay | direct | unit | ratio |" in report
+    assert "**spaces**\n\n| metric | value | ratio |" in report
+    assert "**media**\n\n| status | error |\n|---|---|\n| FAILED | boom |" in report
+
+
 def test_csv_and_plot(tmp_path: Path) -> None:
     bench.write_csv(ROWS, tmp_path / "b.csv")
     with open(tmp_path / "b.csv") as f:
@@ -89,10 +96,15 @@ def test_main_writes_the_results_folder(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(bench, "run_module", fake_run)
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "| good | m | 2 | 2 |" in out and "ValueError: broken" in out
+    assert "**good**" in out and "| m | 2 | 2 |" in out and "ValueError: broken" in out
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.endswith("-quick")
-    assert {p.name for p in run_dir.iterdir()} >= {"bench.csv", "bench.md", "bench.png"}
+    assert {p.name for p in run_dir.iterdir()} >= {"bench.csv", "bench.md", "bench.png",
+                                                    "bench.json"}
+    (run_dir / "bench.png").unlink()
+    assert bench.main(["--render", str(run_dir)]) == 1
+    assert (run_dir / "bench.png").exists()
+    assert bench.main(["--render", str(tmp_path / "missing")]) == 2
     assert bench.main(["--only", "nope", "--out", str(tmp_path)]) == 2
 
 
