@@ -42,6 +42,9 @@ log = logging.getLogger("hubbub.spaces")
 
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
+MAX_ALIVE_TTL = 3.0
+"""Membership lease of a gateway: its players leave at most this long (+ a watch period) after
+it dies. Shorter than the presence TTL so that cleanup stays within 5 s by default."""
 _PROFILE_FIELDS = {"set_name": "name", "set_avatar": "avatar", "set_address": "address"}
 
 
@@ -86,6 +89,7 @@ class SpacesService:
         self._server: Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._serving = False
+        self._alive_ttl = MAX_ALIVE_TTL
         self.port = self.cfg.spaces_port
 
     # ------------------------------------------------------------ lifecycle
@@ -105,6 +109,9 @@ class SpacesService:
             self._serve, sock=sock, ssl=tls, process_request=self._process_request,
             max_size=cfg.spaces_max_frame, ping_interval=ping, ping_timeout=ping,
             close_timeout=2, max_queue=32, server_header="hubbub")
+        self._alive_ttl = min(cfg.presence_ttl, MAX_ALIVE_TTL)
+        # The lease must exist before the first member does, or another gateway reaps us.
+        await self.store.keep_alive(self._alive_ttl)
         self.hub.start()
         self._watch = asyncio.ensure_future(self._watch_loop())
         ports = dict(self.registry.presence_info().get("ports") or {})
@@ -342,9 +349,16 @@ class SpacesService:
 
     # -------------------------------------------------------------- watcher
     async def _watch_loop(self) -> None:
+        last_lease = time.monotonic()
         while True:
-            await asyncio.sleep(WATCH_PERIOD)
+            await asyncio.sleep(min(WATCH_PERIOD, self._alive_ttl / 3))
             try:
+                if time.monotonic() - last_lease >= self._alive_ttl / 3:
+                    last_lease = time.monotonic()
+                    joined = [c for c in self.clients.values() if c.spaces]
+                    listed = await self.store.keep_alive(self._alive_ttl)
+                    if not listed and joined:
+                        self._reaped(joined)
                 await self._watch_once()
             except RegistryUnavailable as exc:
                 log.debug("liveness check skipped: %s", exc)
@@ -352,13 +366,17 @@ class SpacesService:
                 log.exception("spaces liveness check failed")
 
     async def _watch_once(self) -> None:
-        records = await self.registry.processes()
-        self.media.update_shards(records)
-        alive = {r.id for r in records if r.role == "gateway"}
-        alive.add(self.registry.id)
-        dead = await self.store.member_gateways() - alive
-        for gw in dead:
+        self.media.update_shards(await self.registry.processes("shard"))
+        for gw in await self.store.dead_gateways():
             await self._reap(gw)
+
+    def _reaped(self, joined: list[Client]) -> None:
+        """Another gateway took us for dead (a long Redis outage): our players are gone from
+        the space state, so close their sockets; the clients reconnect as new players."""
+        log.warning("this gateway's players were removed by another gateway; closing %d sockets",
+                    len(joined))
+        for client in joined:
+            client.abort(1012, "spaces state lost")
 
     async def _reap(self, gateway: str) -> None:
         """Remove a dead gateway's players everywhere (only the claim winner gets here)."""

@@ -6,10 +6,12 @@ Keys (all under the registry prefix):
   (``g`` the gateway's process id, ``s`` the socket id);
 * ``spaces:gw:<gateway>`` hash ``uri → number of that gateway's members there``;
 * ``spaces:gateways`` set of gateways that hold members anywhere;
+* ``spaces:alive:<gateway>`` the gateway's membership lease (short TTL, refreshed by it);
 * ``space:<uri>:shard`` the shard holding the space's media (deleted when the space empties).
 
 Every change is one Lua script, so ids are allocated atomically cluster-wide and a dead gateway's
-players are removed exactly once (the reaper that wins ``SREM spaces:gateways`` does it).
+players are removed exactly once (the reaper that wins ``SREM spaces:gateways`` does it) as soon
+as its membership lease expires.
 """
 
 from __future__ import annotations
@@ -193,10 +195,37 @@ class SpaceStore:
             n: int = await self.registry.redis.hlen(self.members_key(uri))
         return n
 
-    async def member_gateways(self) -> set[str]:
+    def alive_key(self, gateway: str) -> str:
+        return self.registry.key("spaces", "alive", gateway)
+
+    async def keep_alive(self, ttl: float) -> bool:
+        """Refresh this gateway's membership lease.
+
+        Returns:
+            Whether this gateway is listed among the gateways holding members (it is from its
+            first join on, until a reaper removes it).
+        """
+        gw = self.registry.id
+        async with self.guard("spaces_alive"):
+            async with self.registry.redis.pipeline(transaction=False) as p:
+                p.set(self.alive_key(gw), b"1", px=int(ttl * 1000))
+                p.sismember(self.gateways_key, gw)
+                _, listed = await p.execute()
+        return bool(listed)
+
+    async def dead_gateways(self) -> list[str]:
+        """Gateways listed as holding members whose membership lease has expired."""
         async with self.guard("spaces_gateways"):
             raw: Any = await self.registry.redis.smembers(self.gateways_key)
-        return {x.decode() if isinstance(x, bytes) else str(x) for x in raw}
+            ids = sorted(x.decode() if isinstance(x, bytes) else str(x) for x in raw)
+            ids = [i for i in ids if i != self.registry.id]
+            if not ids:
+                return []
+            async with self.registry.redis.pipeline(transaction=False) as p:
+                for i in ids:
+                    p.exists(self.alive_key(i))
+                alive = await p.execute()
+        return [i for i, ok in zip(ids, alive, strict=True) if not ok]
 
     async def claim_reap(self, gateway: str) -> dict[str, int]:
         """Claim a dead gateway's cleanup; returns its spaces, or {} if another gateway won."""
