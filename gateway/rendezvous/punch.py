@@ -22,7 +22,7 @@ from hubbub.keys import ServerKey
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import sign_id_pk
 from hubbub.wire.rustdesk.messages import pb
-from registry import Registry
+from registry import ProcessRecord, Registry
 
 
 if TYPE_CHECKING:
@@ -41,11 +41,6 @@ def _punch_failure(failure: int, text: str = "") -> bytes:
                                                          other_failure=text))
 
 
-def _owner_host(process_id: str) -> str:
-    parts = process_id.split(":")
-    return ":".join(parts[1:-2]) if len(parts) >= 4 else ""
-
-
 class PunchFlows:
     """Punch/relay handling; the attributes below are provided by ``RendezvousService``."""
 
@@ -62,6 +57,11 @@ class PunchFlows:
     signed: BoundedMap[str, bytes]
     punch_log: deque[str]
     punch_seen: BoundedMap[str, bool]
+    sink_hints: BoundedMap[str, str]
+    token: str
+
+    async def resolve(self, token: str) -> ProcessRecord | None:
+        raise NotImplementedError
 
     def relay_server(self) -> str:
         raise NotImplementedError
@@ -85,12 +85,10 @@ class PunchFlows:
         """(exists, freshest liveness) of B; also records A's sink in the same round trip."""
         now = time.time()
         local = self.peers.get(peer_id, now)
-        if sink is not None:
-            await self.store.set_sink(sink, self.registry.id)
-        rec, live = await self.store.lookup(peer_id)
+        rec, live = await self.store.lookup(
+            peer_id, None if sink is None else (sink, self.registry.id))
         if local is not None and (live is None or local.seen >= live.seen):
-            live = Live(local.ip, local.port, local.seen, self.registry.id, self.udp_port,
-                        local.mode)
+            live = Live(local.ip, local.port, local.seen, self.token, self.udp_port, local.mode)
         return rec is not None, live
 
     async def punch_request(self, conn: Conn, req: pb.PunchHoleRequest) -> None:
@@ -134,7 +132,7 @@ class PunchFlows:
                 udp_port=req.udp_port, force_relay=req.force_relay, upnp_port=req.upnp_port,
                 socket_addr_v6=req.socket_addr_v6))
             outcome = "punch_hole"
-        if await self.push(peer_id, live, out):
+        if await self.push(peer_id, live, out, conn.addr_key):
             metrics.PUNCH_REQUESTS.labels(outcome).inc()
         else:
             metrics.PUNCH_REQUESTS.labels("unreachable").inc()
@@ -162,44 +160,46 @@ class PunchFlows:
                 uuid=rr.uuid, refuse_reason="Remote desktop is offline")))
             return
         rr.socket_addr = addrmangle.encode(conn.addr[0], conn.addr[1], int(now * 1_000_000))
-        if await self.push(rr.id, live, msg.SerializeToString()):
+        if await self.push(rr.id, live, msg.SerializeToString(), conn.addr_key):
             metrics.PUNCH_REQUESTS.labels("request_relay").inc()
         else:
             metrics.PUNCH_REQUESTS.labels("unreachable").inc()
 
-    async def push(self, peer_id: str, live: Live, data: bytes) -> bool:
-        """Send ``data`` to B from the socket its registrations reach (maybe via a sibling)."""
-        me = self.registry.id
-        if live.mode == MODE_UDP:
-            if live.owner == me or (_owner_host(live.owner) == self.registry.host
-                                    and live.local_port == self.udp_port):
-                self._send_udp(data, self._udp_target(live.ip, live.port))
-                return True
-        elif live.owner == me:
-            conn = self.streams.get(peer_id)
-            if conn is None:
-                return False
-            await conn.send_message(data)
-            return True
+    async def push(self, peer_id: str, live: Live, data: bytes, sink: str = "") -> bool:
+        """Send ``data`` to B from the socket its registrations reach (maybe via a sibling).
+
+        ``sink`` is A's address: the process that pushes remembers who holds A, so B's answer
+        reaching that process needs no Redis look-up.
+        """
+        if live.owner == self.token:
+            return await self._push_local(peer_id, live.mode, live.ip, live.port, data)
+        rec = await self.resolve(live.owner)
+        if rec is None:
+            return False
+        if (live.mode == MODE_UDP and rec.host == self.registry.host
+                and live.local_port == self.udp_port):
+            # Same host, same port: our socket has the very source address B knows.
+            return await self._push_local(peer_id, live.mode, live.ip, live.port, data)
         payload = {"id": peer_id, "ip": live.ip, "port": live.port, "lp": live.local_port,
-                   "mode": live.mode, "data": data}
+                   "mode": live.mode, "data": data, "a": sink, "holder": self.registry.id}
         try:
-            if await self.registry.send(live.owner, "rd.push", payload):
-                metrics.ROUTED.labels("push").inc()
-                return True
-            if live.mode != MODE_UDP:
-                return False
-            # The owner is gone; any live gateway on that host with that UDP port can send.
-            for rec in await self.registry.processes("gateway"):
-                ports = rec.info.get("ports") or {}
-                if (rec.host == _owner_host(live.owner) and rec.id != me
-                        and ports.get("rendezvous_udp") == live.local_port):
-                    if await self.registry.send(rec.id, "rd.push", payload):
-                        metrics.ROUTED.labels("push").inc()
-                        return True
+            ok = await self.registry.send(rec.id, "rd.push", payload)
         except RegistryUnavailable:
             return False
-        return False
+        if ok:
+            metrics.ROUTED.labels("push").inc()
+        return ok
+
+    async def _push_local(self, peer_id: str, mode: int, ip: str, port: int,
+                          data: bytes) -> bool:
+        if mode == MODE_UDP:
+            self._send_udp(data, self._udp_target(ip, port))
+            return True
+        conn = self.streams.get(peer_id)
+        if conn is None:
+            return False
+        await conn.send_message(data)
+        return True
 
     async def _on_push(self, payload: Any, sender: str) -> None:
         if not isinstance(payload, dict):
@@ -207,15 +207,14 @@ class PunchFlows:
         data = payload.get("data")
         if not isinstance(data, bytes):
             return
-        if payload.get("mode") == MODE_UDP:
-            if payload.get("lp") != self.udp_port:
-                return
-            self._send_udp(data, self._udp_target(str(payload.get("ip")),
-                                                  int(payload.get("port") or 0)))
-        else:
-            conn = self.streams.get(str(payload.get("id")))
-            if conn is not None:
-                await conn.send_message(data)
+        mode = payload.get("mode")
+        if mode == MODE_UDP and payload.get("lp") != self.udp_port:
+            return
+        a_key, holder = payload.get("a"), payload.get("holder")
+        if isinstance(a_key, str) and a_key and isinstance(holder, str):
+            self.sink_hints.put(a_key, holder, time.time())
+        await self._push_local(str(payload.get("id")), int(mode or 0), str(payload.get("ip")),
+                               int(payload.get("port") or 0), data)
 
     async def deliver(self, a_key: str, data: bytes) -> bool:
         """Hand B's answer to A's held connection, wherever it is."""
@@ -225,7 +224,9 @@ class PunchFlows:
             await conn.send_message(data)
             return True
         try:
-            owner = await self.store.sink_owner(a_key)
+            owner = self.sink_hints.pop(a_key)
+            if owner is None:
+                owner = await self.store.sink_owner(a_key)
             if owner is None or owner == self.registry.id:
                 metrics.DROPPED.labels("no_sink").inc()
                 return False

@@ -57,6 +57,7 @@ from hubbub.wire.rustdesk.crypto import ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
 from hubbub.wire.rustdesk.messages import parse, pb
 from hubbub.wire.rustdesk.stream import RendezvousStream
+from registry import ProcessRecord
 
 
 __all__ = ["RendezvousService"]
@@ -90,6 +91,9 @@ RESP_REQUEST_PK = pb.RendezvousMessage(
 UDP_PUNCH_TYPES = ("register_peer", "register_pk", "test_nat_request", "punch_hole_sent")
 
 
+_DATAGRAM_COUNTERS = {kind: metrics.DATAGRAMS.labels(kind) for kind in UDP_PUNCH_TYPES}
+
+
 def _msg(**kw: Any) -> bytes:
     data: bytes = pb.RendezvousMessage(**kw).SerializeToString()
     return data
@@ -113,6 +117,7 @@ class LocalPeer:
     seen: float
     flushed: float
     mode: int
+    reg_ip: str  # the IP of the durable binding; liveness records omit it when equal
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -151,6 +156,10 @@ class RendezvousService(PunchFlows):
         self.signed: BoundedMap[str, bytes] = BoundedMap(50_000, 30.0)
         self.punch_log: deque[str] = deque(maxlen=PUNCH_LOG)
         self.punch_seen: BoundedMap[str, bool] = BoundedMap(50_000, 60.0)
+        self.sink_hints: BoundedMap[str, str] = BoundedMap(50_000, 35.0)
+        self.token = ctx.registry.id.rsplit(":", 1)[-1]
+        self.gateways: dict[str, ProcessRecord] = {}
+        self._gateways_at = 0.0
         self.lookups: set[str] = set()
         self.registrations = 0
         self.relay_servers: tuple[str, ...] = tuple(self.cfg.relay_servers)
@@ -261,7 +270,7 @@ class RendezvousService(PunchFlows):
         if kind not in UDP_PUNCH_TYPES:
             metrics.DROPPED.labels("udp_type").inc()
             return
-        metrics.DATAGRAMS.labels(kind).inc()
+        _DATAGRAM_COUNTERS[kind].inc()
         ip, port = addrmangle.normalize(raw_addr)
         now = time.time()
         if kind == "register_peer":
@@ -336,7 +345,7 @@ class RendezvousService(PunchFlows):
             self._send_udp(RESP_REQUEST_PK, raw_addr)
             return
         now = time.time()
-        peer = LocalPeer(ip, port, now, 0.0, MODE_UDP)
+        peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip)
         self.peers.put(peer_id, peer, now)
         self.dirty[peer_id] = peer
         self._flush_soon.set()
@@ -367,7 +376,7 @@ class RendezvousService(PunchFlows):
             result = Result.TOO_FREQUENT
         else:
             try:
-                live = Live(ip, port, now, self.registry.id, self.udp_port, mode)
+                live = Live("", port, now, self.token, self.udp_port, mode)
                 res = await self.store.register_pk(peer_id, bytes(rpk.uuid), bytes(rpk.pk), ip,
                                                    live)
             except RegistryUnavailable:
@@ -380,10 +389,11 @@ class RendezvousService(PunchFlows):
                     now = time.time()
                     peer = self.peers.get(peer_id, now)
                     if peer is None:
-                        peer = LocalPeer(ip, port, now, now, mode)
+                        peer = LocalPeer(ip, port, now, now, mode, ip)
                         self.peers.put(peer_id, peer, now)
                     else:
                         peer.ip, peer.port, peer.mode, peer.seen = ip, port, mode, now
+                        peer.reg_ip = ip
                         peer.flushed = now
                         self.dirty.pop(peer_id, None)
                     self.signed.pop(peer_id)
@@ -410,8 +420,9 @@ class RendezvousService(PunchFlows):
             return
         batch, self.dirty = self.dirty, {}
         now = time.time()
-        owner = self.registry.id
-        items = [(pid, Live(p.ip, p.port, p.seen, owner, self.udp_port, p.mode))
+        owner = self.token
+        items = [(pid, Live("" if p.ip == p.reg_ip else p.ip, p.port, p.seen, owner,
+                          self.udp_port, p.mode))
                  for pid, p in batch.items()]
         try:
             n = await self.store.flush_live(items, now)
@@ -430,6 +441,7 @@ class RendezvousService(PunchFlows):
             now = time.time()
             self.peers.sweep(now)
             self.signed.sweep(now)
+            self.sink_hints.sweep(now)
             self.punch_seen.sweep(now)
             self.ip_limiter.map.sweep(now)
             self.id_limiter.map.sweep(now)
@@ -438,11 +450,26 @@ class RendezvousService(PunchFlows):
                                          if now - p.seen < ONLINE_WINDOW))
 
     # ----------------------------------------------------------------- relay
+    async def resolve(self, token: str) -> ProcessRecord | None:
+        """The live gateway whose id ends in ``token`` (directory refreshed on a miss)."""
+        rec = self.gateways.get(token)
+        if rec is None and time.monotonic() - self._gateways_at > 0.2:
+            with contextlib.suppress(RegistryError):
+                await self._refresh_gateways(await self.registry.processes())
+            rec = self.gateways.get(token)
+        return rec
+
+    async def _refresh_gateways(self, procs: list[ProcessRecord]) -> None:
+        self.gateways = {p.id.rsplit(":", 1)[-1]: p for p in procs if p.role == "gateway"}
+        self._gateways_at = time.monotonic()
+
     async def _relay_loop(self) -> None:
         ticks = 0
         while True:
             try:
-                shards = await self.registry.processes("shard")
+                procs = await self.registry.processes()
+                await self._refresh_gateways(procs)
+                shards = [p for p in procs if p.role == "shard"]
                 self.auto_relay = choose_relay_host(
                     [rec.info | {"public_ip": rec.public_ip, "host": rec.host,
                                  "state": rec.state} for rec in shards],
@@ -580,7 +607,7 @@ class RendezvousService(PunchFlows):
 
     async def _drop_live(self, peer_id: str) -> None:
         with contextlib.suppress(RegistryError):
-            await self.store.drop_live(peer_id, self.registry.id)
+            await self.store.drop_live(peer_id, self.token)
 
     async def handle(self, conn: Conn, payload: bytes, main: bool) -> bool:
         """Handle one message; False closes the connection."""

@@ -5,7 +5,8 @@ Durable (no TTL, kept by AOF):
     ``rd:idhist``      list of ID changes ``"<old> <new> <unix time>"`` (newest first, capped)
     ``rd:admin``       hash of run-time settings changed by ``hubbub admin``
 Volatile:
-    ``rd:live:<id>``   msgpack ``[ip, port, seen, owner, local_port, mode]`` with a TTL that ends
+    ``rd:live:<id>``   msgpack ``[ip, port, seen, owner, local_port, mode]`` (ip "" = the
+                       registered IP, which is nearly always the case) with a TTL that ends
                        when the peer counts as offline; written in batches, only when the address
                        or owner changes or the TTL needs extending
     ``rd:sink:<addr>`` id of the gateway process holding controller ``addr``'s connection
@@ -15,6 +16,7 @@ Ownership checks run as Lua scripts so two gateways can never bind one ID to two
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -90,13 +92,13 @@ class Live:
     ip: str
     port: int
     seen: float
-    owner: str  # gateway process id that last heard the peer
+    owner: str  # token (last part of the process id) of the gateway that last heard the peer
     local_port: int  # the gateway's UDP port the peer talks to
     mode: int  # MODE_UDP or MODE_STREAM
 
     def pack(self) -> bytes:
         data: bytes = msgpack.packb(
-            [self.ip, self.port, round(self.seen, 1), self.owner, self.local_port, self.mode])
+            [self.ip, self.port, int(self.seen), self.owner, self.local_port, self.mode])
         return data
 
     @classmethod
@@ -192,16 +194,28 @@ class Store:
             return None
         return PeerRecord(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"))
 
-    async def lookup(self, peer_id: str) -> tuple[PeerRecord | None, Live | None]:
-        """The durable record and the liveness of one peer in one round trip."""
+    async def lookup(self, peer_id: str, sink: tuple[str, str] | None = None
+                     ) -> tuple[PeerRecord | None, Live | None]:
+        """The durable record and the liveness of one peer in one round trip.
+
+        ``sink`` = ``(A's address, holder process id)`` is recorded in the same round trip.
+        """
         async with self.registry.guard("rd_lookup"):
             async with self.redis.pipeline(transaction=False) as p:
+                if sink is not None:
+                    p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
                 p.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
                 p.get(self.live_key(peer_id))
-                (u, k, ip), blob = await p.execute()
+                res = await p.execute()
+        (u, k, ip), blob = res[-2], res[-1]
         rec = None if u is None else PeerRecord(bytes(u), bytes(k or b""),
                                                (ip or b"").decode(errors="replace"))
-        return rec, Live.unpack(blob)
+        live = Live.unpack(blob)
+        if live is not None and not live.ip:
+            if rec is None or not rec.ip:
+                return rec, None
+            live = dataclasses.replace(live, ip=rec.ip)
+        return rec, live
 
     async def lives(self, ids: Sequence[str]) -> list[Live | None]:
         if not ids:

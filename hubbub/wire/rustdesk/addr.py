@@ -48,8 +48,19 @@ def normalize_host(host: str) -> str:
 
 
 def normalize(addr: tuple[object, ...]) -> Addr:
-    """``(host, port[, flow, scope])`` from a socket API -> canonical ``(host, port)``."""
-    return normalize_host(str(addr[0])), int(str(addr[1]))
+    """``(host, port[, flow, scope])`` from a socket API -> canonical ``(host, port)``.
+
+    Socket APIs already give canonical text, so the common cases skip address parsing (this
+    runs for every datagram).
+    """
+    host = str(addr[0])
+    port = addr[1]
+    if isinstance(port, int):
+        if ":" not in host:
+            return host, port
+        if host.startswith("::ffff:") and "." in host:
+            return host[7:], port
+    return normalize_host(host), int(str(port))
 
 
 def encode(host: str, port: int, tm: int = 0) -> bytes:

@@ -1,0 +1,329 @@
+"""ID-server benchmark: heartbeat throughput, cross-gateway punch latency, Redis bytes per peer.
+
+Run ``python -m loadtest.bench_rendezvous [--quick]``. It starts its own Redis and gateways on
+free loopback ports and measures, in one run:
+
+* sustained ``RegisterPeer`` heartbeats answered per second with 1 and with 2 gateway processes
+  sharing the port (SO_REUSEPORT), driven by load-generator processes with many UDP sockets,
+  plus heartbeats per gateway CPU-second (the machine's cores are shared with the generators);
+* punch round trip (PunchHoleRequest sent -> PunchHoleResponse received) with A on one gateway
+  and B on another, B answering like a real client on a fresh TCP connection;
+* Redis bytes per registered peer (``MEMORY USAGE`` of its durable and liveness keys).
+
+It prints a Markdown table; ``run(quick)`` returns the rows for ``hubbub bench``. Everything is
+bounded in time and stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
+from hubbub.wire.rustdesk.messages import parse, pb
+from loadtest.cluster import LocalCluster, free_port, free_port_block
+
+
+__all__ = ["main", "markdown", "run"]
+
+HOST = "127.0.0.1"
+WINDOW = 256
+"""Heartbeats in flight per generator (like many clients whose 15 s timers overlap)."""
+
+
+def _hb(peer_id: str) -> bytes:
+    data: bytes = pb.RendezvousMessage(
+        register_peer=pb.RegisterPeer(id=peer_id)).SerializeToString()
+    return data
+
+
+def _seed_peers(redis_url: str, prefix: str, ids: list[str]) -> None:
+    """Durable bindings as RegisterPk would leave them (the measured path is the heartbeat)."""
+    r = redis.Redis.from_url(redis_url)
+    with r.pipeline(transaction=False) as p:
+        for i, peer_id in enumerate(ids):
+            p.hset(f"{prefix}rd:peer:{peer_id}",
+                   mapping={"u": f"uuid-{i:08d}", "k": os.urandom(32), "ip": HOST})
+        p.execute()
+    r.close()
+
+
+def _generator(port: int, ids: list[str], seconds: float, out: Any) -> None:
+    """One load process: ``len(ids) / 16`` sockets, a bounded window of heartbeats in flight."""
+    per = 16
+    socks = []
+    sel = selectors.DefaultSelector()
+    payloads: list[list[bytes]] = []
+    for i in range(0, len(ids), per):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        s.setblocking(False)
+        s.connect((HOST, port))
+        socks.append(s)
+        payloads.append([_hb(x) for x in ids[i:i + per]])
+        sel.register(s, selectors.EVENT_READ)
+    # Warm-up: every ID once, until each gateway has looked it up in Redis.
+    for _ in range(3):
+        for s, batch in zip(socks, payloads, strict=True):
+            for d in batch:
+                with contextlib.suppress(BlockingIOError):
+                    s.send(d)
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            for key, _ in sel.select(0.05):
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        sock.recv(64)
+    got = 0
+    inflight = 0
+    idx = 0
+    n = len(socks)
+    start = time.monotonic()
+    end = start + seconds
+    last_rx = start
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        while inflight < WINDOW:
+            s = socks[idx % n]
+            batch = payloads[idx % n]
+            try:
+                s.send(batch[(idx // n) % len(batch)])
+            except BlockingIOError:
+                break
+            inflight += 1
+            idx += 1
+        events = sel.select(0.002)
+        for key, _ in events:
+            sock = key.fileobj  # type: ignore[assignment]
+            try:
+                while True:
+                    sock.recv(64)
+                    got += 1
+                    inflight -= 1
+            except BlockingIOError:
+                pass
+        if events:
+            last_rx = now
+        elif now - last_rx > 0.02:
+            inflight = 0  # answers lost (socket buffers full): refill the window
+            last_rx = now
+    for s in socks:
+        s.close()
+    out.put(got)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _heartbeats(gateways: int, n_ids: int, seconds: float) -> dict[str, Any]:
+    with LocalCluster(gateways=gateways, shards=0) as cluster:
+        port = cluster.target.rendezvous_port
+        ids = [str(1_000_000_000 + i) for i in range(n_ids)]
+        _seed_peers(cluster.base_env["REDIS_URL"], cluster.base_env["HUBBUB_PREFIX"], ids)
+        workers = gateways
+        ctx = mp.get_context("fork")
+        q: Any = ctx.Queue()
+        chunk = len(ids) // workers
+        pids = [p.popen.pid for p in cluster.procs if p.role == "gateway"]
+        procs = [ctx.Process(target=_generator,
+                             args=(port, ids[i * chunk:(i + 1) * chunk], seconds, q))
+                 for i in range(workers)]
+        for p in procs:
+            p.start()
+        time.sleep(1.6)  # the generators' warm-up
+        cpu0 = sum(_cpu_seconds(pid) for pid in pids)
+        t0 = time.monotonic()
+        total = sum(q.get(timeout=seconds + 30) for _ in procs)
+        wall = time.monotonic() - t0
+        cpu = max(1e-6, sum(_cpu_seconds(pid) for pid in pids) - cpu0)
+        for p in procs:
+            p.join(5)
+    rate = total / seconds
+    return {"case": f"heartbeats, {gateways} gateway{'s' if gateways > 1 else ''}",
+            "value": round(rate), "unit": "heartbeats/s",
+            "per gateway CPU-s": round(total / cpu * min(1.0, seconds / max(wall, 1e-6))),
+            "bar": ">= 20000 per gateway" if gateways == 1 else "",
+            "ok": rate >= 20_000 if gateways == 1 else None}
+
+
+def _answer_punches(port: int, peer_id: str, stop: threading.Event) -> None:
+    """Device B: registers over UDP and answers every PunchHole like a real client."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.2", 0))
+    u.settimeout(0.2)
+    uuid, pk = os.urandom(8).hex().encode(), os.urandom(32)
+    u.sendto(pb.RendezvousMessage(register_pk=pb.RegisterPk(
+        id=peer_id, uuid=uuid, pk=pk)).SerializeToString(), (HOST, port))
+    while not stop.is_set():
+        try:
+            data, _ = u.recvfrom(4096)
+        except TimeoutError:
+            continue
+        msg = parse(data)
+        if msg is None or msg.WhichOneof("union") != "punch_hole":
+            continue
+        with socket.create_connection((HOST, port), timeout=3,
+                                      source_address=("127.0.0.2", 0)) as t:
+            t.sendall(encode_frame(pb.RendezvousMessage(punch_hole_sent=pb.PunchHoleSent(
+                socket_addr=msg.punch_hole.socket_addr, id=peer_id,
+                version="1.4.9")).SerializeToString()))
+    u.close()
+
+
+def _punch_rtt(count: int) -> dict[str, Any]:
+    with LocalCluster(gateways=1, shards=0) as cluster:
+        p1 = cluster.target.rendezvous_port
+        p2 = free_port_block(4) + 1
+        env = dict(cluster.base_env, RENDEZVOUS_PORT=str(p2), SPACES_PORT=str(free_port()),
+                   HONCHO_PROCESS_NAME="gateway.2")
+        ops = free_port()
+        log = open(cluster.workdir / "gateway-b.log", "wb")  # noqa: SIM115 - closed below
+        g2 = subprocess.Popen([sys.executable, "-m", "hubbub", "gateway", "--ops-port",
+                               str(ops)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              cwd=cluster.workdir)
+        stop = threading.Event()
+        b = threading.Thread(target=_answer_punches, args=(p1, "777000111", stop), daemon=True)
+        try:
+            deadline = time.monotonic() + 20
+            while not cluster.serves(p2) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            b.start()
+            time.sleep(0.5)
+            samples = []
+            failures = 0
+            for _ in range(count):
+                with socket.create_connection((HOST, p2), timeout=3) as a:
+                    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    dec = FrameDecoder(1 << 16)
+                    req = encode_frame(pb.RendezvousMessage(punch_hole_request=pb.PunchHoleRequest(
+                        id="777000111", version="1.4.9")).SerializeToString())
+                    t0 = time.perf_counter()
+                    a.sendall(req)
+                    done = False
+                    while not done:
+                        try:
+                            data = a.recv(4096)
+                        except TimeoutError:
+                            break
+                        if not data:
+                            break
+                        for frame in dec.feed(data):
+                            m = parse(frame)
+                            if m is not None and m.WhichOneof("union") == "punch_hole_response":
+                                if m.punch_hole_response.socket_addr:
+                                    samples.append((time.perf_counter() - t0) * 1000)
+                                else:
+                                    failures += 1
+                                done = True
+                    if not done:
+                        failures += 1
+        finally:
+            stop.set()
+            g2.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                g2.wait(5)
+            if g2.poll() is None:
+                g2.kill()
+            log.close()
+    samples.sort()
+    p50 = statistics.median(samples) if samples else float("nan")
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("nan")
+    return {"case": "punch round trip, A and B on different gateways",
+            "value": f"p50 {p50:.2f} / p99 {p99:.2f}", "unit": "ms",
+            "note": f"{len(samples)} punches, {failures} failed",
+            "bar": "p99 <= 5 ms", "ok": bool(samples) and p99 <= 5.0 and failures == 0}
+
+
+def _bytes_per_peer(n: int) -> dict[str, Any]:
+    with LocalCluster(gateways=1, shards=0) as cluster:
+        port = cluster.target.rendezvous_port
+        prefix = cluster.base_env["HUBBUB_PREFIX"]
+        r = redis.Redis.from_url(cluster.base_env["REDIS_URL"])
+        used0 = int(r.info("memory")["used_memory"])
+        ids = [str(1_500_000_000 + i) for i in range(n)]
+        # Distinct source IPs, as real devices have (the per-IP limiter allows ~31 per minute).
+        for i, peer_id in enumerate(ids):
+            src = f"127.1.{(i // 25) // 250}.{(i // 25) % 250 + 1}"
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((src, 0))
+            u.settimeout(2)
+            u.sendto(pb.RendezvousMessage(register_pk=pb.RegisterPk(
+                id=peer_id, uuid=f"{i:08x}-1c2d-4e5f-8a9b-0c1d2e3f4a5b".encode(),
+                pk=os.urandom(32))).SerializeToString(), (HOST, port))
+            with contextlib.suppress(TimeoutError):
+                u.recv(64)
+            u.close()
+        keys = [f"{prefix}rd:peer:{i}" for i in ids] + [f"{prefix}rd:live:{i}" for i in ids]
+        sizes = [int(r.memory_usage(k) or 0) for k in keys]
+        registered = sum(1 for i in ids if r.exists(f"{prefix}rd:peer:{i}"))
+        used1 = int(r.info("memory")["used_memory"])
+        r.close()
+    per_key = sum(sizes) / max(1, registered)
+    return {"case": f"Redis bytes per registered peer ({registered} peers)",
+            "value": round(per_key), "unit": "B (MEMORY USAGE, durable + liveness keys)",
+            "note": f"used_memory delta {round((used1 - used0) / max(1, registered))} B/peer",
+            "bar": "<= 300 B", "ok": registered > 0 and per_key <= 300}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure everything once; one dict per table row."""
+    seconds = 3.0 if quick else 8.0
+    n_ids = 4000 if quick else 20_000
+    rows = []
+    one = _heartbeats(1, n_ids, seconds)
+    two = _heartbeats(2, n_ids, seconds)
+    ratio = two["value"] / max(1, one["value"])
+    two["note"] = f"{ratio:.2f}x one gateway"
+    two["bar"] = ">= 1.7x one"
+    two["ok"] = ratio >= 1.7
+    rows += [one, two]
+    rows.append(_punch_rtt(100 if quick else 400))
+    rows.append(_bytes_per_peer(500 if quick else 2000))
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append("" if v is None else ("yes" if v is True else "NO" if v is False
+                                                else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_rendezvous",
+                                     description="ID-server heartbeats, punch latency, memory")
+    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer peers")
+    args = parser.parse_args(argv)
+    rows = run(args.quick)
+    print(markdown(rows))
+    return 0 if all(r.get("ok") is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
