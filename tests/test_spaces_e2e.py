@@ -43,7 +43,7 @@ def count(port: int, uri: str = URI) -> int:
 
 
 async def test_single_gateway_every_subject(cluster: Cluster) -> None:
-    _, port = start_gateway(cluster)
+    gw, port = start_gateway(cluster)
     a = await connect(port)
     await a.send("set_name", "ann")
     await a.send("set_avatar", "https://x/ann.vrm")
@@ -78,6 +78,9 @@ async def test_single_gateway_every_subject(cluster: Cluster) -> None:
         assert await c.wait_for("player_avatar") == {"playerId": aid, "avatar": None}
         assert await c.wait_for("player_address") == {"playerId": aid, "address": "0xa"}
     assert count(port) == 2
+    text = gw.metrics()
+    assert "hubbub_spaces_players 2.0" in text
+    assert 'hubbub_spaces_messages_in_total{subject="chat"} 1.0' in text
 
     # a third player sees the stored profile of the others
     c3 = await connect(port)

@@ -22,6 +22,8 @@ log = logging.getLogger("hubbub.spaces")
 
 MAX_QUEUED = 4096
 """Frames waiting for a slow socket; beyond this it is disconnected (1008) instead of growing."""
+MAX_QUEUED_BYTES = 1 << 20
+"""Bytes waiting for a slow socket (about 12 s of 256-player position batches)."""
 STRIKE_LIMIT = 50
 """Bad or excess messages tolerated within 10 s before the socket is closed with 1008."""
 
@@ -53,6 +55,7 @@ class Client:
         self.strikes = Strikes(STRIKE_LIMIT)
         self.closing = False
         self._queue: deque[tuple[bytes, bool]] = deque()
+        self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
@@ -81,10 +84,11 @@ class Client:
     def _push(self, data: bytes, text: bool) -> None:
         if self.closing:
             return
-        if len(self._queue) >= MAX_QUEUED:
+        if len(self._queue) >= MAX_QUEUED or self._queued_bytes > MAX_QUEUED_BYTES:
             self.abort(1008, "too slow to receive")
             return
         self._queue.append((data, text))
+        self._queued_bytes += len(data)
         self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -95,6 +99,7 @@ class Client:
                 self._wake.clear()
                 while self._queue:
                     data, text = self._queue.popleft()
+                    self._queued_bytes -= len(data)
                     await ws.send(data, text=text)
                     metrics.MESSAGES_OUT.inc()
         except ConnectionClosed:

@@ -106,16 +106,20 @@ class Hub:
         m = Membership(client)
         members[client.session] = m
         ready = self._ready.get(uri)
-        if ready is None:
-            ready = asyncio.get_running_loop().create_future()
-            self._ready[uri] = ready
-            try:
-                await self._subscribe(uri)
-            finally:
-                if not ready.done():
-                    ready.set_result(None)
-        else:
-            await asyncio.shield(ready)
+        try:
+            if ready is None:
+                ready = asyncio.get_running_loop().create_future()
+                self._ready[uri] = ready
+                try:
+                    await self._subscribe(uri)
+                finally:
+                    if not ready.done():
+                        ready.set_result(None)
+            else:
+                await asyncio.shield(ready)
+        except BaseException:
+            await self.detach(uri, client)
+            raise
         metrics.PLAYERS.set(self.players)
         metrics.SPACES.set(len(self.local))
         return m

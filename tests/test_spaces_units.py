@@ -1,0 +1,88 @@
+"""Unit tests of the spaces adapter pieces that need no sockets: delivery filters, queues."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.spaces import channel
+from gateway.spaces.channel import ChannelMessage
+from gateway.spaces.client import MAX_QUEUED_BYTES, Client
+from gateway.spaces.hub import Membership
+
+
+class StuckSocket:
+    """A WebSocket whose peer never reads: every send blocks."""
+
+    def __init__(self) -> None:
+        self.closed: tuple[int, str] | None = None
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes, text: bool = True) -> None:
+        self.sent.append(data)
+        await asyncio.sleep(3600)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class RecordingClient:
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self.frames: list[bytes] = []
+        self.wants_positions = True
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+def member(session: str = "g/1") -> tuple[Membership, RecordingClient]:
+    c = RecordingClient(session)
+    return Membership(c), c  # type: ignore[arg-type]
+
+
+def test_membership_buffers_until_synced_and_filters() -> None:
+    m, c = member()
+    m.deliver(ChannelMessage(channel.JOINED, 4, "g/9", b"joined4"))   # in the snapshot too
+    m.deliver(ChannelMessage(channel.JOINED, 7, "g/8", b"joined7"))   # after the snapshot
+    m.deliver(ChannelMessage(channel.JOINED, 9, "g/1", b"me"))        # my own notice
+    m.deliver(ChannelMessage(channel.LEFT, 5, frame=b"left5"))        # never seen
+    m.deliver(ChannelMessage(channel.FRAME, frame=b"chat"))
+    assert c.frames == []
+    m.synced({9, 4})
+    assert c.frames == [b"joined7", b"chat"]
+    m.deliver(ChannelMessage(channel.LEFT, 7, frame=b"left7"))
+    m.deliver(ChannelMessage(channel.LEFT, 7, frame=b"left7"))
+    m.deliver(ChannelMessage(channel.FRAME, exclude="g/1", frame=b"not-for-me"))
+    assert c.frames == [b"joined7", b"chat", b"left7"]
+
+
+def test_membership_buffer_is_bounded() -> None:
+    m, c = member()
+    for _ in range(5000):
+        m.deliver(ChannelMessage(channel.FRAME, frame=b"x"))
+    assert len(m.buffer) == 1024
+
+
+async def test_slow_receiver_is_disconnected_not_buffered() -> None:
+    ws = StuckSocket()
+    client = Client("g/1", ws, "127.0.0.1", rate=10, burst=10)  # type: ignore[arg-type]
+    client.start()
+    frame = b"z" * 10000
+    for _ in range(MAX_QUEUED_BYTES // len(frame) + 10):
+        client.send_binary(frame)
+    assert client.closing
+    await asyncio.sleep(1.2)  # the close waits (bounded) for the queue to drain
+    assert ws.closed == (1008, "too slow to receive")
+    await client.stop()
+
+
+def test_errors_count_by_code() -> None:
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("hubbub_spaces_errors_total", {"code": "space_full"}) or 0
+    client: Any = Client.__new__(Client)
+    client.closing = True  # nothing is queued, the counter still moves
+    client.send_error("space_full", "full", "join")
+    after = REGISTRY.get_sample_value("hubbub_spaces_errors_total", {"code": "space_full"})
+    assert after == before + 1
