@@ -235,12 +235,17 @@ class Device:
         self._sessions: set[gevent.Greenlet] = set()
         self._rx: gevent.Greenlet | None = None
         self.on_push: Callable[[str], None] | None = None
+        self.stopping = False
 
     # --- registration -------------------------------------------------------------------
     def start(self) -> None:
         self._rx = gevent.spawn(self._receive_loop)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """Take no new pushes, let running sessions finish (up to ``grace`` s), then close."""
+        self.stopping = True
+        if self._sessions:
+            gevent.joinall(list(self._sessions), timeout=grace)
         greenlets = list(self._sessions)
         if self._rx is not None:
             greenlets.append(self._rx)
@@ -329,7 +334,7 @@ class Device:
         if len(self._recent) > 256:
             self._recent = {a: t for a, t in self._recent.items() if now - t < DUP_WINDOW}
         self._recent[key] = now
-        if len(self._sessions) >= MAX_SESSIONS:
+        if self.stopping or len(self._sessions) >= MAX_SESSIONS:
             return
         handler = {"punch_hole": self._on_punch_hole, "fetch_local_addr": self._on_fetch_local,
                    "request_relay": self._on_request_relay}[k]
