@@ -119,8 +119,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_servers", ("-r", "--relay-servers"), ("RELAY_SERVERS", "RELAY-SERVERS"), (),
             _str_list, "relay hosts handed to clients (default: least-loaded live relay host)"),
     Setting("key", ("-k", "--key"), ("KEY",), "", _str,
-            "licence key: empty/'-' = server key pair but no check on hbbs, '_' = "
-            "require the generated key; hbbr: empty = no check"),
+            "licence key: empty = sign with the data-dir key pair, no check; '-' or '_' = "
+            "require that pair's public key; a base64 secret key = use it; other text = "
+            "required as is, nothing signed (hbbr: empty = no check)"),
     Setting("rmem", ("-M", "--rmem"), ("RMEM",), 0, _non_negative_int,
             "UDP receive buffer size for the rendezvous socket (0: OS default)"),
     Setting("mask", ("--mask",), ("MASK",), "", _str,

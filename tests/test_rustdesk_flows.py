@@ -226,3 +226,18 @@ def test_trusted_proxies() -> None:
     proxies = ProxyList(("10.0.0.0/8", "bogus", "::1"))
     assert proxies.trusted("10.1.2.3") and proxies.trusted("::1")
     assert not proxies.trusted("11.0.0.1") and not proxies.trusted("x")
+
+
+def test_deferred_offer_keeps_talkative_clients_plain() -> None:
+    sk = SigningKey(SEED)
+    quiet = RendezvousStream(kx=ServerKeyExchange(sk), defer=True)
+    assert quiet.data_to_send() == b"" and quiet.state is KxState.PENDING
+    quiet.offer()
+    box = _client_kx(quiet, bytes(sk.verify_key))
+    assert quiet.secure and box is not None
+    talkative = RendezvousStream(kx=ServerKeyExchange(sk), defer=True)
+    req = pb.RendezvousMessage(test_nat_request=pb.TestNatRequest()).SerializeToString()
+    assert talkative.receive_data(encode_frame(req)[:1]) == []  # even a partial frame counts
+    talkative.offer()
+    assert talkative.data_to_send() == b"" and talkative.state is KxState.PLAIN
+    assert talkative.receive_data(encode_frame(req)[1:]) == [req]

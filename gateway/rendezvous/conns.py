@@ -17,11 +17,14 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.rendezvous import metrics
 from hubbub.errors import RemoteProtocolError
-from hubbub.wire.rustdesk.stream import RendezvousStream
+from hubbub.wire.rustdesk.stream import KxState, RendezvousStream
 
 
 __all__ = ["Closed", "Conn", "TcpConn", "WsConn"]
 
+KX_DELAY = 0.1
+"""Wait this long for a client to speak before offering the secure-TCP handshake: clients that
+want it stay silent (for up to 18 s); all others, including 1.1.x ones, send at once."""
 MAX_QUEUED = 16
 """Frames a client may have waiting for handling; more means it is flooding us."""
 
@@ -74,6 +77,16 @@ class TcpConn(Conn, asyncio.Protocol):
     # asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        out = self.stream.data_to_send()
+        if out:
+            self.transport.write(out)
+        if self.stream.state is KxState.PENDING:
+            asyncio.get_running_loop().call_later(KX_DELAY, self._offer)
+
+    def _offer(self) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.stream.offer()
         out = self.stream.data_to_send()
         if out:
             self.transport.write(out)

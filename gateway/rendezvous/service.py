@@ -519,7 +519,7 @@ class RendezvousService(PunchFlows):
         kx = None
         if main and self.cfg.secure_tcp and self.key.signing is not None:
             kx = ServerKeyExchange(self.key.signing)
-        return RendezvousStream(DEFAULT_MAX_FRAME, kx)
+        return RendezvousStream(DEFAULT_MAX_FRAME, kx, defer=True)
 
     def client_ip(self, ws: ServerConnection) -> tuple[str, int]:
         ip, port = addrmangle.normalize(ws.remote_address)

@@ -21,8 +21,9 @@ __all__ = ["KxState", "RendezvousStream"]
 class KxState(enum.IntEnum):
     OFF = 0  # no handshake offered
     OFFERED = 1  # hello sent, waiting for the client's first frame
-    PLAIN = 2  # the client ignored the offer
+    PLAIN = 2  # the client ignored the offer (or spoke first)
     SECURE = 3  # encrypted from now on
+    PENDING = 4  # hello held back until ``offer()``: a client that speaks first stays plain
 
 
 class RendezvousStream:
@@ -31,17 +32,31 @@ class RendezvousStream:
     Args:
         max_frame: largest accepted frame payload (security cap, not a protocol limit).
         kx: the server key exchange to offer, or None for plain connections.
+        defer: hold the hello back until ``offer()``. Clients that want the handshake wait
+            for it; every other client speaks first, and old clients that read the first
+            frame as their answer must never see a KeyExchange, so a connection whose client
+            has spoken stays plain.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
-                 kx: ServerKeyExchange | None = None) -> None:
+                 kx: ServerKeyExchange | None = None, defer: bool = False) -> None:
         self._dec = FrameDecoder(max_frame)
         self._kx = kx
         self._channel: SecretChannel | None = None
-        self.state = KxState.OFF if kx is None else KxState.OFFERED
         self._out: list[bytes] = []
-        if kx is not None:
+        if kx is None:
+            self.state = KxState.OFF
+        elif defer:
+            self.state = KxState.PENDING
+        else:
+            self.state = KxState.OFFERED
             self._out.append(encode_frame(kx.hello()))
+
+    def offer(self) -> None:
+        """Send the deferred hello, unless the client has spoken already."""
+        if self.state is KxState.PENDING and self._kx is not None:
+            self.state = KxState.OFFERED
+            self._out.append(encode_frame(self._kx.hello()))
 
     @property
     def secure(self) -> bool:
@@ -68,6 +83,8 @@ class RendezvousStream:
             RemoteProtocolError: oversized frame, bad handshake, or a frame that fails to decrypt.
         """
         out: list[bytes] = []
+        if data and self.state is KxState.PENDING:
+            self.state = KxState.PLAIN
         for frame in self._dec.feed(data):
             if self._channel is not None:
                 out.append(self._channel.open(frame))
