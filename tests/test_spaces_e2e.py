@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import signal
 import socket
 import ssl
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,13 @@ async def test_single_gateway_every_subject(cluster: Cluster) -> None:
     text = gw.metrics()
     assert "hubbub_spaces_players 2.0" in text
     assert 'hubbub_spaces_messages_in_total{subject="chat"} 1.0' in text
+    assert http_get(f"http://127.0.0.1:{gw.ops_port}/spaces")[0] == 401
+    token = (Path(gw.env["HUBBUB_DATA"]) / "admin_token").read_text().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.ops_port}/spaces",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=3) as resp:
+        view = orjson.loads(resp.read())
+    assert view["sockets"] == 2 and sorted(view["spaces"][URI]) == sorted([aid, bid])
 
     # a third player sees the stored profile of the others
     c3 = await connect(port)
@@ -540,4 +549,39 @@ async def test_real_shard_answers_media_subjects(cluster: Cluster) -> None:
     created = await a.wait_for("transport_created", timeout=5)
     assert created["type"] == "producer"
     assert {"id", "iceParameters", "iceCandidates", "dtlsParameters"} <= set(created["options"])
+    await a.close()
+
+
+async def test_sigterm_drains_with_1001(cluster: Cluster) -> None:
+    g1, p1 = start_gateway(cluster)
+    _, p2 = start_gateway(cluster)
+    a, b = await connect(p1), await connect(p2)
+    aid = await a.join(URI)
+    await b.join(URI)
+    g1.proc.send_signal(signal.SIGTERM)
+    assert (await a.wait_closed())[0] == 1001
+    assert await b.wait_for("player_left") == {"playerId": aid}
+    assert count(p2) == 1
+    await asyncio.to_thread(g1.proc.wait, 10)
+    assert g1.proc.returncode == 0
+    await a.close()
+    await b.close()
+
+
+async def test_ipv6_loopback(cluster: Cluster) -> None:
+    port = free_port()
+    # the ops port binds ::1 too, so readiness is read from the spaces port's own /healthz
+    gw = cluster.start("gateway", env={"SPACES_PORT": str(port), "BIND": "::1",
+                                       "RENDEZVOUS_PORT": str(free_port_block(4) + 1)},
+                       wait=False)
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError):
+            if http_get(f"http://[::1]:{port}/healthz", 0.5)[0] == 200:
+                break
+        assert gw.proc.poll() is None and time.monotonic() < deadline, gw.log()
+        await asyncio.sleep(0.1)
+    a = await WiredClient.connect(f"ws://[::1]:{port}/")
+    assert 0 <= await a.join(URI) <= 255
+    assert http_get(f"http://[::1]:{port}/player-count/{URI}") == (200, b"1")
     await a.close()

@@ -17,6 +17,7 @@ import time
 from collections import Counter as Tally
 from typing import Any
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -30,6 +31,7 @@ from gateway.spaces.media import MediaRelay
 from gateway.spaces.store import REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
+from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from hubbub.wire.wired import outbound
 from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits, Rejected, parse_frame
@@ -117,6 +119,7 @@ class SpacesService:
         ports = dict(self.registry.presence_info().get("ports") or {})
         ports["spaces"] = self.port
         self.registry.set_info(ports=ports)
+        self.ctx.ops.route("/spaces", self._admin_spaces, admin=True)
         self._serving = True
         log.info("spaces host on %s:%d (%s)", cfg.bind_host, self.port, "wss" if tls else "ws")
 
@@ -146,6 +149,15 @@ class SpacesService:
     def load(self) -> dict[str, Any]:
         return {"spaces_sockets": len(self.clients), "spaces_players": self.hub.players,
                 "spaces_spaces": len(self.hub.local)}
+
+    async def _admin_spaces(self, request: OpsRequest) -> OpsResponse:
+        """Admin view (ops port): this gateway's spaces, players and media sessions."""
+        spaces = {uri: sorted(m.player_id for m in members.values())
+                  for uri, members in self.hub.local.items()}
+        sessions = {sid: c.shard for sid, c in self.media.sessions.items()}
+        body = orjson.dumps({"gateway": self.registry.id, "sockets": len(self.clients),
+                             "spaces": spaces, "media_sessions": sessions})
+        return OpsResponse(200, body, "application/json")
 
     # ----------------------------------------------------------------- HTTP
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
