@@ -44,6 +44,8 @@ log = logging.getLogger("hubbub.spaces")
 
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
+MAX_UNFINISHED = 100_000
+"""Leaves that failed while Redis was unreachable, kept for a retry."""
 MAX_ALIVE_TTL = 3.0
 """Membership lease of a gateway: its players leave at most this long (+ a watch period) after
 it dies. Shorter than the presence TTL so that cleanup stays within 5 s by default."""
@@ -92,6 +94,7 @@ class SpacesService:
         self._watch: asyncio.Task[None] | None = None
         self._serving = False
         self._alive_ttl = MAX_ALIVE_TTL
+        self._unfinished: list[tuple[str, int, str]] = []
         self.port = self.cfg.spaces_port
 
     # ------------------------------------------------------------ lifecycle
@@ -244,6 +247,10 @@ class SpacesService:
             log.warning("%s from %s failed: %s", subject, client.session, exc)
             client.send_error("unavailable", "the cluster registry is unreachable; retry",
                               subject)
+        except Exception:
+            # A bug must cost one message, not the connection or the gateway.
+            log.exception("%s from %s failed", subject, client.session)
+            client.send_error("internal", "internal error", subject)
 
     def _reject(self, client: Client, code: str, message: str, subject: str | None,
                 now: float) -> None:
@@ -332,11 +339,26 @@ class SpacesService:
         await self.hub.detach(uri, client)
         if pid is None:
             return
-        if await self.store.leave(uri, pid, client.session):
-            await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
-                                                       frame=outbound.player_left(pid)))
+        try:
+            await self._remove(uri, pid, client.session)
+        except RegistryUnavailable:
+            # Never leave a ghost player behind: the watcher retries once Redis is back.
+            if len(self._unfinished) < MAX_UNFINISHED:
+                self._unfinished.append((uri, pid, client.session))
+            raise
         if notify_media:
             await self.media.lifecycle(client, "leave", {"uri": uri})
+
+    async def _remove(self, uri: str, pid: int, session: str) -> None:
+        if await self.store.leave(uri, pid, session):
+            await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
+                                                       frame=outbound.player_left(pid)))
+
+    async def _finish_leaves(self) -> None:
+        while self._unfinished:
+            uri, pid, session = self._unfinished[0]
+            await self._remove(uri, pid, session)
+            self._unfinished.pop(0)
 
     def _on_record(self, client: Client, data: bytes, now: float) -> None:
         if len(data) != RECORD_SIZE:
@@ -378,6 +400,7 @@ class SpacesService:
                 log.exception("spaces liveness check failed")
 
     async def _watch_once(self) -> None:
+        await self._finish_leaves()
         self.media.update_shards(await self.registry.processes("shard"))
         for gw in await self.store.dead_gateways():
             await self._reap(gw)
