@@ -328,20 +328,24 @@ async def test_sigkill_gateway_players_leave(cluster: Cluster) -> None:
     # the default presence TTL: cleanup must still take less than 5 s
     g1, p1 = start_gateway(cluster, PRESENCE_TTL="5")
     _, p2 = start_gateway(cluster, PRESENCE_TTL="5")
+    _, p3 = start_gateway(cluster, PRESENCE_TTL="5")
     doomed = [await connect(p1) for _ in range(3)]
     ids = [await d.join(URI) for d in doomed]
-    survivor = await connect(p2)
-    await survivor.join(URI)
-    assert count(p2) == 4
+    survivors = [await connect(p2), await connect(p3)]
+    for s in survivors:
+        await s.join(URI)
+    assert count(p2) == 5
     t0 = time.monotonic()
     g1.kill()
-    left = {(await survivor.wait_for("player_left", timeout=5))["playerId"] for _ in ids}
-    assert left == set(ids)
+    for s in survivors:
+        left = {(await s.wait_for("player_left", timeout=5))["playerId"] for _ in ids}
+        assert left == set(ids)
     assert time.monotonic() - t0 < 5
-    assert count(p2) == 1
-    await survivor.settle(0.5)
-    assert len(survivor.all("player_left")) == 3  # exactly once each
-    for c in (survivor, *doomed):
+    assert count(p2) == count(p3) == 2
+    for s in survivors:  # two gateways watched, exactly one cleaned up: one notice each
+        await s.settle(0.5)
+        assert sorted(d["playerId"] for d in s.all("player_left")) == sorted(ids)
+    for c in (*survivors, *doomed):
         await c.close()
 
 
