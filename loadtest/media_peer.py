@@ -26,6 +26,7 @@ from aiortc.rtcdtlstransport import (
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
 from hubbub.wire.webrtc import stun
+from hubbub.wire.webrtc.framing import Rfc4571Decoder, frame
 from hubbub.wire.webrtc.params import random_token
 from hubbub.wire.webrtc.rtp import is_rtcp
 
@@ -82,6 +83,18 @@ class _Link:
             self.waiter.set_result(None)
 
 
+class _TcpFramer(asyncio.Protocol):
+    """ICE-TCP (RFC 4571) for a peer: frames in, packets to the peer's datagram handler."""
+
+    def __init__(self, peer: MediaPeer) -> None:
+        self.peer = peer
+        self.decoder = Rfc4571Decoder()
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.decoder.feed(data):
+            self.peer.datagram_received(packet, self.peer.server)
+
+
 class MediaPeer(asyncio.DatagramProtocol):
     """One client transport: ICE, DTLS-SRTP, SCTP, RTP in and out.
 
@@ -90,8 +103,12 @@ class MediaPeer(asyncio.DatagramProtocol):
         certificate: this client's DTLS certificate (share one across peers to save CPU).
     """
 
-    def __init__(self, options: dict[str, Any], certificate: RTCCertificate) -> None:
-        cand = options["iceCandidates"][0]
+    def __init__(self, options: dict[str, Any], certificate: RTCCertificate,
+                 tcp: bool = False) -> None:
+        proto = "tcp" if tcp else "udp"
+        cand = next(c for c in options["iceCandidates"] if c["protocol"] == proto)
+        self.tcp: asyncio.Transport | None = None
+        self.use_tcp = tcp
         self.server = (str(cand["address"]), int(cand["port"]))
         ice = options["iceParameters"]
         self.username = f"{ice['usernameFragment']}:{random_token(8)}"
@@ -154,7 +171,9 @@ class MediaPeer(asyncio.DatagramProtocol):
                 self.received.append((ssrc, b1 & 0x7F, seq, ts, plain[off:]))
 
     def sendto(self, data: bytes) -> None:
-        if self.sock is not None:
+        if self.tcp is not None:
+            self.tcp.write(frame(data))
+        elif self.sock is not None:
             self.sock.sendto(data, self.server)
 
     # ------------------------------------------------------------- connect
@@ -167,8 +186,12 @@ class MediaPeer(asyncio.DatagramProtocol):
     async def connect(self, timeout: float = 10.0) -> None:
         """ICE, then DTLS, then SCTP; raises TimeoutError or ConnectionError."""
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
         async with asyncio.timeout(timeout):
+            if self.use_tcp:
+                self.tcp, _ = await loop.create_connection(lambda: _TcpFramer(self),
+                                                           *self.server)
+            else:
+                await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
             while not self.ice_ok.is_set():
                 self._check(use_candidate=True)
                 with contextlib.suppress(TimeoutError):
@@ -227,6 +250,8 @@ class MediaPeer(asyncio.DatagramProtocol):
         self.link.close()
         if self.sock is not None:
             self.sock.close()
+        if self.tcp is not None:
+            self.tcp.close()
 
 
 async def wait_for(cond: Any, timeout: float = 5.0, step: float = 0.02) -> bool:

@@ -33,12 +33,16 @@ async def router() -> AsyncIterator[MediaRouter]:
     mux = UdpMux(counts)
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: mux, local_addr=("127.0.0.1", 0))
-    r = MediaRouter(mux, CERT, counts, "127.0.0.1")
+    tcp = await loop.create_server(mux.tcp_protocol, "127.0.0.1", 0)
+    r = MediaRouter(mux, CERT, counts, "127.0.0.1", tcp.sockets[0].getsockname()[1])
     yield r
     for sid in list(r.sessions):
         r.close_session(sid)
     assert mux.sock is not None
     mux.sock.close()
+    tcp.close()
+    for conn in list(mux.tcp.values()):
+        conn.close()
     await asyncio.sleep(0.05)
 
 
@@ -52,10 +56,11 @@ def subjects(msgs: list[list[Any]]) -> list[str]:
     return [m[0] for m in msgs]
 
 
-async def publisher(r: MediaRouter, sid: str, spaces: dict[str, int]) -> MediaPeer:
+async def publisher(r: MediaRouter, sid: str, spaces: dict[str, int],
+                    tcp: bool = False) -> MediaPeer:
     [[subject, created]] = call(r, sid, "create_transport", {"type": "producer"}, spaces)
     assert subject == "transport_created" and created["type"] == "producer"
-    peer = MediaPeer(created["options"], CERT)
+    peer = MediaPeer(created["options"], CERT, tcp=tcp)
     assert call(r, sid, "connect_transport", {"type": "producer",
                                               "dtlsParameters": peer.dtls_parameters()},
                 spaces) == []
@@ -63,12 +68,12 @@ async def publisher(r: MediaRouter, sid: str, spaces: dict[str, int]) -> MediaPe
     return peer
 
 
-async def subscriber(r: MediaRouter, sid: str,
-                     spaces: dict[str, int]) -> tuple[MediaPeer, list[list[Any]]]:
+async def subscriber(r: MediaRouter, sid: str, spaces: dict[str, int],
+                     tcp: bool = False) -> tuple[MediaPeer, list[list[Any]]]:
     msgs = call(r, sid, "create_transport", {"type": "consumer"}, spaces)
     created = msgs[0][1]
     msgs += call(r, sid, "set_rtp_capabilities", DEVICE_CAPS, spaces)
-    peer = MediaPeer(created["options"], CERT)
+    peer = MediaPeer(created["options"], CERT, tcp=tcp)
     call(r, sid, "connect_transport", {"type": "consumer",
                                        "dtlsParameters": peer.dtls_parameters()}, spaces)
     await peer.connect()
@@ -86,25 +91,30 @@ async def test_transport_options_have_mediasoup_shape(router: MediaRouter) -> No
     assert set(opts) == {"id", "iceParameters", "iceCandidates", "dtlsParameters",
                          "sctpParameters"}
     assert opts["iceParameters"]["iceLite"] is True
-    cand = opts["iceCandidates"][0]
+    cand, tcp = opts["iceCandidates"]
     assert (cand["protocol"], cand["address"], cand["port"], cand["type"]) == (
         "udp", "127.0.0.1", router.mux.port, "host")
+    assert (tcp["protocol"], tcp["tcpType"]) == ("tcp", "passive")
+    assert tcp["priority"] < cand["priority"]
     assert opts["dtlsParameters"]["role"] == "auto"
     assert opts["dtlsParameters"]["fingerprints"][-1]["algorithm"] == "sha-256"
     sctp = opts["sctpParameters"]
     assert (sctp["port"], sctp["OS"], sctp["MIS"]) == (5000, 1024, 1024)
 
 
-async def test_voice_and_location_records_flow(router: MediaRouter) -> None:
+@pytest.mark.parametrize("tcp_pub,tcp_sub", [(False, False), (True, False), (False, True)],
+                         ids=["udp", "tcp-publisher", "tcp-subscriber"])
+async def test_voice_and_location_records_flow(router: MediaRouter, tcp_pub: bool,
+                                               tcp_sub: bool) -> None:
     spaces_a, spaces_b = {"space-a": 7}, {"space-a": 9}
-    send = await publisher(router, "A", spaces_a)
+    send = await publisher(router, "A", spaces_a, tcp_pub)
     assert subjects(call(router, "A", "produce", opus_rtp_parameters(1111),
                          spaces_a)) == ["producer_id"]
     [[subj, dp_id]] = call(router, "A", "produce_data",
                            {"streamId": 0, "ordered": False, "maxRetransmits": 0}, spaces_a)
     assert subj == "data_producer_id" and isinstance(dp_id, str)
 
-    recv, msgs = await subscriber(router, "B", spaces_b)
+    recv, msgs = await subscriber(router, "B", spaces_b, tcp_sub)
     by_subject = {m[0]: m[1] for m in msgs}
     consumer = by_subject["create_consumer"]
     assert consumer["playerId"] == 7
@@ -232,3 +242,17 @@ async def test_hostile_datagrams_are_dropped(router: MediaRouter) -> None:
     t = router.sessions["h"].send
     assert t is not None and t.addr is None and not router.mux.by_addr
     assert router.counts.unroutable >= 3 and router.counts.stun_bad >= 1
+
+
+async def test_unauthenticated_ice_tcp_is_closed(router: MediaRouter) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.tcp_port)
+    writer.write(b"\x00\x05hello\x00\x03\x80\x00\x00" + b"\xff\xff" + b"x" * 100)
+    await writer.drain()
+    assert await wait_for(lambda: len(router.mux.tcp) == 1)
+    router.mux.sweep(asyncio.get_running_loop().time() + 3600)
+    try:
+        assert await reader.read() == b""  # closed by the shard, nothing answered
+    except ConnectionResetError:
+        pass  # closed with our junk still unread
+    assert await wait_for(lambda: not router.mux.tcp)
+    writer.close()

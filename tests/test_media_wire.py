@@ -228,3 +228,17 @@ def test_parameters_shapes() -> None:
     assert len(dp.label) == params.MAX_LABEL
     assert params.data_consumer_parameters(dp, 9)["streamId"] == 9
     assert params.parse_data_producer({"streamId": 1}).ordered is True
+
+
+def test_rfc4571_framing() -> None:
+    from hubbub.wire.webrtc.framing import FramingError, Rfc4571Decoder, frame
+
+    stream = frame(b"abc") + frame(b"") + frame(b"x" * 300)
+    dec = Rfc4571Decoder()
+    out = []
+    for i in range(0, len(stream), 7):  # arbitrary TCP segmentation
+        out += dec.feed(stream[i:i + 7])
+    assert out == [b"abc", b"x" * 300] and dec.pending == 0
+    assert dec.feed(b"\xff\xff" + b"y" * 10) == [] and dec.pending == 12
+    with pytest.raises(FramingError):
+        frame(b"z" * 70000)

@@ -9,22 +9,33 @@ senders are dropped without an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
 from hubbub.wire.webrtc import stun
+from hubbub.wire.webrtc.framing import FramingError, Rfc4571Decoder, frame
+from hubbub.wire.webrtc.ice import Key
 from shards.media.metrics import Counts
 
 
 if TYPE_CHECKING:
     from shards.media.transport import Transport
 
-__all__ = ["MAX_ADDRESSES", "UdpMux"]
+__all__ = ["MAX_ADDRESSES", "IceTcpConnection", "UdpMux"]
 
 log = logging.getLogger("hubbub.media.mux")
 
+SOCKET_BUFFER = 4 << 20
 MAX_ADDRESSES = 65536
+MAX_TCP = 4096
+"""ICE-TCP connections per shard."""
+TCP_AUTH_TIMEOUT = 10.0
+"""Seconds an ICE-TCP connection may stay without a valid Binding request."""
+TCP_WRITE_LIMIT = 1 << 20
+"""Bytes queued on a slow ICE-TCP connection before packets are dropped (media is lossy)."""
 """Routing entries across all transports (each transport keeps at most a few)."""
 
 
@@ -34,7 +45,8 @@ class UdpMux(asyncio.DatagramProtocol):
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
         self.by_ufrag: dict[str, Transport] = {}
-        self.by_addr: dict[tuple[str, int], Transport] = {}
+        self.by_addr: dict[Key, Transport] = {}
+        self.tcp: dict[Key, IceTcpConnection] = {}
         self.sock: asyncio.DatagramTransport | None = None
         self.port = 0
 
@@ -42,6 +54,11 @@ class UdpMux(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.sock = cast(asyncio.DatagramTransport, transport)
         self.port = transport.get_extra_info("sockname")[1]
+        raw = transport.get_extra_info("socket")
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # Bursts from many publishers must not overflow the kernel's default ~200 KiB.
+            with contextlib.suppress(Exception):
+                raw.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sock = None
@@ -51,9 +68,13 @@ class UdpMux(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        key = (addr[0], addr[1])
+        self.route(data, key, key)
+
+    def route(self, data: bytes, addr: tuple[str, int], key: Key) -> None:
+        """Hand one packet that arrived on tuple ``key`` from ``addr`` to its transport."""
         if len(data) < 4:
             return
-        key = (addr[0], addr[1])
         first = data[0]
         if first < 4:
             t = None
@@ -65,7 +86,7 @@ class UdpMux(asyncio.DatagramProtocol):
             if t is None:
                 self.counts.unroutable += 1
                 return
-            t.on_stun(data, key, time.monotonic())
+            t.on_stun(data, addr, time.monotonic(), key)
             return
         t = self.by_addr.get(key)
         if t is None:
@@ -77,14 +98,30 @@ class UdpMux(asyncio.DatagramProtocol):
             t.link.feed(data)
 
     # ------------------------------------------------------------ routing
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.sock is not None:
-            self.sock.sendto(data, addr)
+    def send(self, key: Key, data: bytes) -> None:
+        """Send one packet on a UDP tuple ``(ip, port)`` or an ICE-TCP connection."""
+        if len(key) == 2:
+            if self.sock is not None:
+                self.sock.sendto(data, key)
+        else:
+            conn = self.tcp.get(key)
+            if conn is not None:
+                conn.send(data)
+
+    def tcp_protocol(self) -> IceTcpConnection:
+        """Protocol factory for the shard's ICE-TCP listener."""
+        return IceTcpConnection(self)
+
+    def sweep(self, now: float) -> None:
+        """Close ICE-TCP connections that never authenticated."""
+        for key, conn in list(self.tcp.items()):
+            if key not in self.by_addr and now - conn.born > TCP_AUTH_TIMEOUT:
+                conn.close()
 
     def add_transport(self, t: Transport) -> None:
         self.by_ufrag[t.ice.ufrag] = t
 
-    def add_addr(self, addr: tuple[str, int], t: Transport) -> None:
+    def add_addr(self, addr: Key, t: Transport) -> None:
         old = self.by_addr.get(addr)
         if old is not None and old is not t:
             # The same 3-tuple authenticated for a newer transport: it wins.
@@ -93,7 +130,7 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         self.by_addr[addr] = t
 
-    def remove_addr(self, addr: tuple[str, int], t: Transport) -> None:
+    def remove_addr(self, addr: Key, t: Transport) -> None:
         if self.by_addr.get(addr) is t:
             del self.by_addr[addr]
 
@@ -102,3 +139,53 @@ class UdpMux(asyncio.DatagramProtocol):
             del self.by_ufrag[t.ice.ufrag]
         for addr in list(t.ice.tuples):
             self.remove_addr(addr, t)
+
+
+class IceTcpConnection(asyncio.Protocol):
+    """One passive ICE-TCP connection (RFC 6544): RFC 4571 frames routed like datagrams."""
+
+    def __init__(self, mux: UdpMux) -> None:
+        self.mux = mux
+        self.decoder = Rfc4571Decoder()
+        self.transport: asyncio.Transport | None = None
+        self.addr: tuple[str, int] = ("", 0)
+        self.key: Key = ()
+        self.born = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.addr = (str(peer[0]), int(peer[1]))
+        self.key = ("tcp", self.addr[0], self.addr[1])
+        if len(self.mux.tcp) >= MAX_TCP:
+            transport.close()
+            return
+        self.mux.tcp[self.key] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FramingError:
+            self.close()
+            return
+        for packet in frames:
+            self.mux.route(packet, self.addr, self.key)
+
+    def send(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing() or t.get_write_buffer_size() > TCP_WRITE_LIMIT:
+            return
+        with contextlib.suppress(FramingError):
+            t.write(frame(data))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.mux.tcp.get(self.key) is self:
+            del self.mux.tcp[self.key]
+        t = self.mux.by_addr.pop(self.key, None)
+        if t is not None:
+            t.forget_addr(self.key)
+        self.transport = None

@@ -48,6 +48,7 @@ class MediaService:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._missing: dict[str, int] = {}
+        self._tcp: asyncio.Server | None = None
 
     # ------------------------------------------------------------- service
     async def start(self) -> None:
@@ -65,14 +66,29 @@ class MediaService:
         else:
             raise ServiceError(f"media: no free UDP port in {ports.start}..{ports.stop - 1}: "
                                f"{last}")
+        tcp_port = await self._listen_tcp(ports)
         certificate = await loop.run_in_executor(None, RTCCertificate.generateCertificate)
-        self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip)
+        self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
+                                  tcp_port)
         self.ctx.registry.on("media.call", self._on_call)
-        self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": 0})
+        self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port})
         self._tasks = [asyncio.ensure_future(self._tick_loop()),
                        asyncio.ensure_future(self._push_loop())]
-        log.info("media: UDP %s:%d, announcing %s", cfg.listen_ip, self.mux.port,
-                 cfg.rtc_announced_ip)
+        log.info("media: UDP %s:%d, TCP %d, announcing %s", cfg.listen_ip, self.mux.port,
+                 tcp_port, cfg.rtc_announced_ip)
+
+    async def _listen_tcp(self, ports: range) -> int:
+        """The ICE-TCP listener: the UDP port's number if free, else another of the slice."""
+        loop = asyncio.get_running_loop()
+        for port in [self.mux.port] + [p for p in ports if p != self.mux.port]:
+            try:
+                self._tcp = await loop.create_server(self.mux.tcp_protocol,
+                                                     host=self.ctx.cfg.listen_ip, port=port)
+                return port
+            except OSError:
+                continue
+        log.warning("media: no free TCP port in the slice; ICE-TCP disabled")
+        return 0
 
     def healthy(self) -> bool:
         return self.mux.sock is not None and self.router is not None
@@ -97,6 +113,10 @@ class MediaService:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self._tcp is not None:
+            self._tcp.close()
+        for conn in list(self.mux.tcp.values()):
+            conn.close()
         if self.mux.sock is not None:
             self.mux.sock.close()
         await asyncio.sleep(0)
@@ -171,6 +191,7 @@ class MediaService:
             t.check_consent(mono)
             sent += t.send_reports(now)
         self.counts.rtcp_out += sent
+        self.mux.sweep(mono)
         metrics.flush(self.counts)
         router.update_gauges()
 

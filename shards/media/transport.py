@@ -30,6 +30,7 @@ from hubbub.wire.webrtc.ice import (
     IceDisconnected,
     IceLite,
     IceSelected,
+    Key,
     TupleAdded,
     TupleRemoved,
 )
@@ -166,7 +167,7 @@ class Producer:
             if t.tx is None or t.addr is None:
                 self.counts.drop_not_ready += 1
                 continue
-            t.mux.sendto(t.tx.protect(c.stream.rewrite(plain, info, now)), t.addr)
+            t.mux.send(t.addr, t.tx.protect(c.stream.rewrite(plain, info, now)))
             sent += 1
         self.counts.rtp_out += sent
 
@@ -233,7 +234,7 @@ class Transport:
         self.remote_dtls: RTCDtlsParameters | None = None
         self.rx: Any = None
         self.tx: Any = None
-        self.addr: tuple[str, int] | None = None
+        self.addr: Key | None = None
         self.state = "new"
         self.producers: dict[int, Producer] = {}
         self.unbound: list[Producer] = []
@@ -308,15 +309,15 @@ class Transport:
             log.debug("transport %s: SCTP start failed: %s", self.id, exc)
 
     # -------------------------------------------------------------- packets
-    def on_stun(self, data: bytes, addr: tuple[str, int], now: float) -> None:
-        reply = self.ice.receive_stun(data, addr, now)
+    def on_stun(self, data: bytes, addr: tuple[str, int], now: float, key: Key) -> None:
+        reply = self.ice.receive_stun(data, addr, now, key)
         if reply is None:
             self.counts.stun_bad += 1
         else:
             self.counts.stun_ok += 1
         self._ice_events()
         if reply is not None:
-            self.mux.sendto(reply, addr)
+            self.mux.send(key, reply)
 
     def _ice_events(self) -> None:
         for ev in self.ice.events_received():
@@ -330,7 +331,7 @@ class Transport:
             elif isinstance(ev, IceDisconnected):
                 log.debug("transport %s: ICE consent expired", self.id)
 
-    def forget_addr(self, addr: tuple[str, int]) -> None:
+    def forget_addr(self, addr: Key) -> None:
         self.ice.tuples.pop(addr, None)
         if self.addr == addr:
             self.addr = None
@@ -341,7 +342,7 @@ class Transport:
 
     def send_raw(self, data: bytes) -> None:
         if self.addr is not None:
-            self.mux.sendto(data, self.addr)
+            self.mux.send(self.addr, data)
 
     def on_srtp(self, data: bytes) -> None:
         rx = self.rx
@@ -444,12 +445,12 @@ class Transport:
         blocks = [(ssrc, p.stats) for ssrc, p in self.producers.items() if p.stats.started]
         if blocks:
             pkt = rtcp.receiver_report(self.rtcp_ssrc, blocks, now, self.cname)
-            self.mux.sendto(tx.protect_rtcp(pkt), self.addr)
+            self.mux.send(self.addr, tx.protect_rtcp(pkt))
             sent += 1
         for c in self.consumers:
             if c.stream.packets:
                 pkt = rtcp.sender_report(c.stream, now, c.producer.spec.cname)
-                self.mux.sendto(tx.protect_rtcp(pkt), self.addr)
+                self.mux.send(self.addr, tx.protect_rtcp(pkt))
                 sent += 1
         return sent
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from hubbub.wire.webrtc import stun
 
 
-__all__ = ["Addr", "IceDisconnected", "IceEvent", "IceLite", "IceSelected", "IceState",
+__all__ = ["Addr", "IceDisconnected", "Key", "IceEvent", "IceLite", "IceSelected", "IceState",
            "TupleAdded", "TupleRemoved"]
 
 Addr = tuple[str, int]
+Key = tuple[Any, ...]
+"""A remote tuple: ``(ip, port)`` for UDP, ``("tcp", ip, port)`` for an ICE-TCP connection."""
 
 
 class IceState(enum.IntEnum):
@@ -33,7 +36,7 @@ class IceState(enum.IntEnum):
 class IceSelected:
     """The client nominated ``addr``: media goes there from now on."""
 
-    addr: Addr
+    addr: Key
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +48,12 @@ class IceDisconnected:
 class TupleAdded:
     """A new authenticated remote address; the mux may route it to this transport."""
 
-    addr: Addr
+    addr: Key
 
 
 @dataclass(frozen=True, slots=True)
 class TupleRemoved:
-    addr: Addr
+    addr: Key
 
 
 IceEvent = IceSelected | IceDisconnected | TupleAdded | TupleRemoved
@@ -73,8 +76,8 @@ class IceLite:
         self.consent_timeout = consent_timeout
         self.max_tuples = max_tuples
         self.state = IceState.NEW
-        self.selected: Addr | None = None
-        self.tuples: dict[Addr, float] = {}
+        self.selected: Key | None = None
+        self.tuples: dict[Key, float] = {}
         self._events: list[IceEvent] = []
         self._last_valid = 0.0
         self.rejected = 0
@@ -83,8 +86,16 @@ class IceLite:
         events, self._events = self._events, []
         return events
 
-    def receive_stun(self, data: bytes, addr: Addr, now: float) -> bytes | None:
-        """Handle one STUN datagram from ``addr``; returns the response to send there, if any."""
+    def receive_stun(self, data: bytes, addr: Addr, now: float,
+                     key: Key | None = None) -> bytes | None:
+        """Handle one STUN message from ``addr``; returns the response to send back, if any.
+
+        Args:
+            data: the STUN message.
+            addr: the sender's address (echoed in XOR-MAPPED-ADDRESS).
+            now: current time.
+            key: the tuple this arrived on, when not plain UDP from ``addr``.
+        """
         if self.state is IceState.CLOSED:
             return None
         try:
@@ -102,21 +113,22 @@ class IceLite:
             self.rejected += 1
             return None
         self._last_valid = now
-        if addr in self.tuples:
-            del self.tuples[addr]  # re-inserted below: the dict stays in recency order
+        tup = addr if key is None else key
+        if tup in self.tuples:
+            del self.tuples[tup]  # re-inserted below: the dict stays in recency order
         else:
             if len(self.tuples) >= self.max_tuples:
                 oldest = next((a for a in self.tuples if a != self.selected), None)
                 if oldest is not None:
                     del self.tuples[oldest]
                     self._events.append(TupleRemoved(oldest))
-            self._events.append(TupleAdded(addr))
-        self.tuples[addr] = now
+            self._events.append(TupleAdded(tup))
+        self.tuples[tup] = now
         nominated = stun.ATTR_USE_CANDIDATE in msg.attrs
-        if self.selected is None or (nominated and addr != self.selected):
-            self.selected = addr
+        if self.selected is None or (nominated and tup != self.selected):
+            self.selected = tup
             self.state = IceState.CONNECTED
-            self._events.append(IceSelected(addr))
+            self._events.append(IceSelected(tup))
         elif self.state is IceState.DISCONNECTED:
             self.state = IceState.CONNECTED
             self._events.append(IceSelected(self.selected))
