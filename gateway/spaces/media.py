@@ -95,6 +95,9 @@ class MediaRelay:
         async with self.registry.guard("spaces_place"):
             raw = await self.registry.redis.get(key)
         current = raw.decode() if isinstance(raw, bytes) else None
+        if current is not None and current not in self.shards:
+            # Maybe a shard newer than our view: look again before moving the space away.
+            self.update_shards(await self.registry.processes("shard"))
         usable = self.usable()
         if current is not None and any(r.id == current for r in usable):
             return current

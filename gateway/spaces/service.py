@@ -145,6 +145,10 @@ class SpacesService:
                     await task
         await self.hub.close()
         await self.media.close()
+        if not self._unfinished and not any(c.spaces for c in self.clients.values()):
+            with contextlib.suppress(RegistryUnavailable, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.store.retire()
 
     def healthy(self) -> bool:
         return self._serving and self._server is not None

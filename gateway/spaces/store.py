@@ -213,6 +213,15 @@ class SpaceStore:
                 _, listed = await p.execute()
         return bool(listed)
 
+    async def retire(self) -> None:
+        """A gateway leaving cleanly (its players are gone): drop its lease and listing."""
+        gw = self.registry.id
+        async with self.guard("spaces_alive"):
+            async with self.registry.redis.pipeline(transaction=False) as p:
+                p.delete(self.alive_key(gw))
+                p.srem(self.gateways_key, gw)
+                await p.execute()
+
     async def dead_gateways(self) -> list[str]:
         """Gateways listed as holding members whose membership lease has expired."""
         async with self.guard("spaces_gateways"):
