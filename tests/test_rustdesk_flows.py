@@ -241,3 +241,19 @@ def test_deferred_offer_keeps_talkative_clients_plain() -> None:
     talkative.offer()
     assert talkative.data_to_send() == b"" and talkative.state is KxState.PLAIN
     assert talkative.receive_data(encode_frame(req)[1:]) == [req]
+
+
+def test_split_host_port() -> None:
+    from gateway.rendezvous.logic import split_host_port
+
+    assert split_host_port("relay.example", 21117) == ("relay.example", 21117)
+    assert split_host_port("relay.example:30000", 21117) == ("relay.example", 30000)
+    assert split_host_port("[2001:db8::1]:30000", 21117) == ("2001:db8::1", 30000)
+    assert split_host_port("2001:db8::1", 21117) == ("2001:db8::1", 21117)
+
+
+def test_service_mixins_resolve_to_implementations() -> None:
+    from gateway.rendezvous.service import RendezvousService
+
+    for name in ("relay_server", "resolve", "_load_admin", "_send_udp", "_udp_target"):
+        assert "NotImplementedError" not in getattr(RendezvousService, name).__code__.co_names

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.rendezvous import metrics
 from hubbub.errors import RemoteProtocolError
+from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.stream import KxState, RendezvousStream
 
 
-__all__ = ["Closed", "Conn", "TcpConn", "WsConn"]
+__all__ = ["Acceptor", "Closed", "Conn", "Host", "TcpConn", "WsConn"]
 
 KX_DELAY = 0.1
 """Wait this long for a client to speak before offering the secure-TCP handshake: clients that
@@ -196,3 +198,58 @@ class WsConn(Conn):
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close()
+
+
+class Host(Protocol):
+    """What an ``Acceptor`` needs from the service."""
+
+    def admit(self, ip: str) -> bool: ...
+
+    def new_stream(self, main: bool) -> RendezvousStream: ...
+
+    def release(self, conn: Conn) -> None: ...
+
+    def accepted(self, conn: TcpConn, main: bool) -> None: ...
+
+
+class Acceptor(asyncio.Protocol):
+    """Accepts one TCP connection, then hands it to a ``TcpConn`` served by a task."""
+
+    def __init__(self, svc: Host, main: bool) -> None:
+        self.svc = svc
+        self.main = main
+        self.conn: TcpConn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if not peer:
+            transport.close()
+            return
+        ip, port = addrmangle.normalize(peer)
+        svc = self.svc
+        if not svc.admit(ip):
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        name = "tcp" if self.main else "nat"
+        conn = TcpConn((ip, port), svc.new_stream(self.main), name, svc.release)
+        self.conn = conn
+        conn.connection_made(transport)
+        svc.accepted(conn, self.main)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            return self.conn.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.connection_lost(exc)

@@ -15,6 +15,7 @@ __all__ = [
     "online_bitmap",
     "parse_mask",
     "plan_punch",
+    "split_host_port",
     "valid_custom_id",
     "valid_register_id",
 ]
@@ -92,6 +93,19 @@ def plan_punch(a_ip: str, b_ip: str, *, websocket: bool, always_relay: bool,
     same_intranet = (not websocket and not always_relay
                      and ((a_lan and b_lan) or (a_ip == b_ip and _family(a_ip) == _family(b_ip))))
     return PunchPlan(same_intranet, force and not same_intranet, relay)
+
+
+def split_host_port(server: str, default_port: int) -> tuple[str, int]:
+    """``host[:port]`` / ``[v6]:port`` / bare IPv6 -> ``(host, port)``."""
+    text = server.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    return host, int(port) if port.isdigit() else default_port
 
 
 def choose_relay_host(shards: Iterable[dict[str, Any]], default_port: int = 21117) -> str:

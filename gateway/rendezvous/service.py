@@ -23,15 +23,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.rendezvous import metrics
-from gateway.rendezvous.conns import Closed, Conn, TcpConn, WsConn
+from gateway.rendezvous.conns import Acceptor, Closed, Conn, TcpConn, WsConn
 from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
 from gateway.rendezvous.logic import (
-    choose_relay_host,
     online_bitmap,
     parse_mask,
     valid_custom_id,
@@ -39,6 +38,7 @@ from gateway.rendezvous.logic import (
 )
 from gateway.rendezvous.net import ProxyList, listen_socket
 from gateway.rendezvous.punch import PunchFlows
+from gateway.rendezvous.relays import Directory
 from gateway.rendezvous.store import (
     CHANGE_EXISTS,
     CHANGE_NOT_OWNER,
@@ -131,7 +131,7 @@ class _Udp(asyncio.DatagramProtocol):
         metrics.DROPPED.labels("udp_error").inc()
 
 
-class RendezvousService(PunchFlows):
+class RendezvousService(Directory, PunchFlows):
     """hbbs on every gateway: ports ``-p`` (UDP+TCP), ``-p - 1`` (TCP), ``-p + 2`` (WS)."""
 
     name = "rendezvous"
@@ -165,6 +165,7 @@ class RendezvousService(PunchFlows):
         self.relay_servers: tuple[str, ...] = tuple(self.cfg.relay_servers)
         self.always_relay = self.cfg.always_use_relay
         self.auto_relay = ""
+        self.relays_down: set[str] = set()
         self._rr = 0
         self.udp: asyncio.DatagramTransport | None = None
         self.udp_port = self.cfg.rendezvous_port
@@ -212,7 +213,8 @@ class RendezvousService(PunchFlows):
             await self._load_admin()
         self._bg = [asyncio.create_task(self._flush_loop(), name="rd-flush"),
                     asyncio.create_task(self._relay_loop(), name="rd-relay"),
-                    asyncio.create_task(self._sweep_loop(), name="rd-sweep")]
+                    asyncio.create_task(self._sweep_loop(), name="rd-sweep"),
+                    asyncio.create_task(self._probe_loop(), name="rd-probe")]
         self._up = True
         log.info("rendezvous on udp/tcp %d, tcp %d, ws %d; licence key %s", cfg.rendezvous_port,
                  cfg.nat_port, cfg.ws_port, "required" if self.key.licence else "not required")
@@ -449,48 +451,14 @@ class RendezvousService(PunchFlows):
             metrics.ONLINE_PEERS.set(sum(1 for _, p in self.peers.items()
                                          if now - p.seen < ONLINE_WINDOW))
 
-    # ----------------------------------------------------------------- relay
-    async def resolve(self, token: str) -> ProcessRecord | None:
-        """The live gateway whose id ends in ``token`` (directory refreshed on a miss)."""
-        rec = self.gateways.get(token)
-        if rec is None and time.monotonic() - self._gateways_at > 0.2:
-            with contextlib.suppress(RegistryError):
-                await self._refresh_gateways(await self.registry.processes())
-            rec = self.gateways.get(token)
-        return rec
-
-    async def _refresh_gateways(self, procs: list[ProcessRecord]) -> None:
-        self.gateways = {p.id.rsplit(":", 1)[-1]: p for p in procs if p.role == "gateway"}
-        self._gateways_at = time.monotonic()
-
-    async def _relay_loop(self) -> None:
-        ticks = 0
-        while True:
-            try:
-                procs = await self.registry.processes()
-                await self._refresh_gateways(procs)
-                shards = [p for p in procs if p.role == "shard"]
-                self.auto_relay = choose_relay_host(
-                    [rec.info | {"public_ip": rec.public_ip, "host": rec.host,
-                                 "state": rec.state} for rec in shards],
-                    self.cfg.relay_port if self.cfg.relay_port else 21117)
-            except RegistryError:
-                pass
-            await asyncio.sleep(2.0)
-            ticks += 1
-            if ticks % 3 == 0:
-                with contextlib.suppress(RegistryError):
-                    await self._load_admin()
-
-    def relay_server(self) -> str:
-        if self.relay_servers:
-            self._rr = (self._rr + 1) % len(self.relay_servers)
-            return self.relay_servers[self._rr]
-        return self.auto_relay
-
     # ----------------------------------------------------------- TCP and WS
     def _tcp_protocol(self, main: bool) -> asyncio.Protocol:
-        return _Acceptor(self, main)
+        return Acceptor(self, main)
+
+    def accepted(self, conn: TcpConn, main: bool) -> None:
+        self.conns.add(conn)
+        metrics.CONNECTIONS.labels(conn.transport_name).inc()
+        self._spawn(self.serve(conn, main))
 
     def admit(self, ip: str) -> bool:
         if self._draining or len(self.conns) >= MAX_CONNECTIONS:
@@ -503,7 +471,7 @@ class RendezvousService(PunchFlows):
         self.conns_per_ip[ip] = n + 1
         return True
 
-    def _release(self, conn: Conn) -> None:
+    def release(self, conn: Conn) -> None:
         if conn not in self.conns:
             return
         self.conns.discard(conn)
@@ -555,7 +523,7 @@ class RendezvousService(PunchFlows):
         try:
             await self.serve(conn, main=True)
         finally:
-            self._release(conn)
+            self.release(conn)
 
     async def serve(self, conn: Conn, main: bool) -> None:
         """Read and handle messages until the connection closes or idles out."""
@@ -569,7 +537,7 @@ class RendezvousService(PunchFlows):
                     limit = conn.keep_alive * 1.5
                     if now >= next_beat:
                         await conn.send_heartbeat()
-                        next_beat = now + conn.keep_alive / 3
+                        next_beat = now + conn.keep_alive / 4
                     wait = max(0.05, min(next_beat, last + limit) - now)
                 else:
                     limit = idle
@@ -580,6 +548,8 @@ class RendezvousService(PunchFlows):
                         break
                     continue
                 last = time.monotonic()
+                if conn.registered_id is not None:
+                    self._stream_alive(conn)
                 if not payload:
                     continue
                 keep = await self.handle(conn, payload, main)
@@ -590,6 +560,20 @@ class RendezvousService(PunchFlows):
         finally:
             self._forget(conn)
             conn.close()
+
+    def _stream_alive(self, conn: Conn) -> None:
+        """Any frame on a registration stream (heartbeat echoes included) is liveness."""
+        peer_id = conn.registered_id
+        if peer_id is None or self.streams.get(peer_id) is not conn:
+            return
+        now = time.time()
+        peer = self.peers.get(peer_id, now)
+        if peer is None:
+            peer = LocalPeer(conn.addr[0], conn.addr[1], now, 0.0, MODE_STREAM, conn.addr[0])
+            self.peers.put(peer_id, peer, now)
+        else:
+            self.peers.touch(peer_id, now)
+        self._heard(peer_id, peer, conn.addr[0], conn.addr[1], MODE_STREAM, now)
 
     def _forget(self, conn: Conn) -> None:
         if conn.sink and self.sinks.get(conn.addr_key) is conn:
@@ -747,48 +731,3 @@ class RendezvousService(PunchFlows):
             return {"ok": False, "text": "bad request"}
         return local_command(self, str(payload.get("cmd", "")),
                              [str(a) for a in payload.get("args") or []])
-
-
-class _Acceptor(asyncio.Protocol):
-    """Accepts one TCP connection, then hands it to a ``TcpConn`` served by a task."""
-
-    def __init__(self, svc: RendezvousService, main: bool) -> None:
-        self.svc = svc
-        self.main = main
-        self.conn: TcpConn | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if not peer:
-            transport.close()
-            return
-        ip, port = addrmangle.normalize(peer)
-        svc = self.svc
-        if not svc.admit(ip):
-            transport.abort()
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        name = "tcp" if self.main else "nat"
-        conn = TcpConn((ip, port), svc.new_stream(self.main), name, svc._release)
-        self.conn = conn
-        svc.conns.add(conn)
-        metrics.CONNECTIONS.labels(name).inc()
-        conn.connection_made(transport)
-        svc._spawn(svc.serve(conn, self.main))
-
-    def data_received(self, data: bytes) -> None:
-        if self.conn is not None:
-            self.conn.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        if self.conn is not None:
-            return self.conn.eof_received()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.conn is not None:
-            self.conn.connection_lost(exc)
