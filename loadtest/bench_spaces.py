@@ -1,8 +1,9 @@
-"""Spaces benchmark: one space of 256 players spread over two gateway processes.
+"""Spaces benchmark: one space of 256 players on one gateway process and spread over two.
 
-Run ``python -m loadtest.bench_spaces [--quick]``. It starts its own Redis and two gateways on
-free loopback ports (they share the spaces port with SO_REUSEPORT, so the kernel spreads the
-players over both), then measures in one run:
+Run ``python -m loadtest.bench_spaces [--quick]``. It starts its own Redis and one gateway, then
+a fresh Redis and two gateways (sharing the spaces port with SO_REUSEPORT, so the kernel spreads
+the players over both), all on free loopback ports, and measures each set-up in the same run
+(the table shows both and their ratio):
 
 * **join storm**: all players connect and join at once; time until the last ``join_success``;
 * **chat fan-out**: every player sends one chat at the same moment; ``player_chat`` frames
@@ -133,9 +134,9 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 async def _bench(url: str, players: int, seconds: float,
-                 gateway_pids: list[int]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    # join storm ------------------------------------------------------------------------------
+                 gateway_pids: list[int]) -> dict[str, float]:
+    """One set-up's figures: join storm, chat fan-out, batched positions."""
+    fig: dict[str, float] = {}
     t0 = time.perf_counter()
 
     async def one(i: int) -> Player:
@@ -147,11 +148,9 @@ async def _bench(url: str, players: int, seconds: float,
         return p
 
     crowd = await asyncio.gather(*(one(i) for i in range(players)))
-    join_s = time.perf_counter() - t0
-    rows.append({"metric": f"join storm, {players} players", "value": round(join_s, 3),
-                 "unit": "s", "note": f"{players / join_s:.0f} joins/s"})
+    fig["join_s"] = time.perf_counter() - t0
     try:
-        # chat fan-out ------------------------------------------------------------------------
+        # chat fan-out: everybody chats at once, everybody receives everything
         await asyncio.sleep(0.5)
         for p in crowd:
             p.chats = 0
@@ -160,54 +159,39 @@ async def _bench(url: str, players: int, seconds: float,
         frame = orjson.dumps({"subject": "chat", "data": "hello"}).decode()
         await asyncio.gather(*(p.ws.send(frame) for p in crowd))
         done = await asyncio.wait_for(asyncio.gather(*(p.chats_done for p in crowd)), 60)
-        chat_s = max(done) - t0
-        rows.append({"metric": f"chat fan-out, {players}x{players} deliveries",
-                     "value": round(players * players / chat_s), "unit": "msgs/s",
-                     "note": f"all delivered in {chat_s * 1000:.0f} ms"})
+        fig["chat_s"] = max(done) - t0
+        fig["chat_rate"] = players * players / fig["chat_s"]
 
-        # batched positions -------------------------------------------------------------------
+        # batched positions at 15 Hz
         await asyncio.gather(*(p.ws.send(orjson.dumps(
             {"subject": "subscribe_positions", "data": True}).decode()) for p in crowd))
         until = time.time() + seconds
         cpu0, mine0 = _cpu_seconds(gateway_pids), time.process_time()
         await asyncio.gather(*(_move(p, until) for p in crowd))
-        gw_cpu = (_cpu_seconds(gateway_pids) - cpu0) / seconds
-        bench_cpu = (time.process_time() - mine0) / seconds
+        fig["gw_cpu"] = (_cpu_seconds(gateway_pids) - cpu0) / seconds * 100
+        fig["bench_cpu"] = (time.process_time() - mine0) / seconds * 100
         await asyncio.sleep(0.3)
         delays = [d for p in crowd for d in p.tick_delays]
         lat = [d for p in crowd for d in p.latencies]
         batches = sum(p.batches for p in crowd)
-        records = sum(p.records for p in crowd)
-        p50, p99 = _pct(delays, 0.5) * 1000, _pct(delays, 0.99) * 1000
-        rows.append({"metric": f"position tick delay p50, {players} players @15 Hz",
-                     "value": round(p50, 1), "unit": "ms"})
-        rows.append({"metric": f"position tick delay p99, {players} players @15 Hz",
-                     "value": round(p99, 1), "unit": "ms",
-                     "note": "bar <= 50 ms: " + ("met" if p99 <= 50 else "MISSED")})
-        rows.append({"metric": "position record latency p50 / p99 (send -> receive)",
-                     "value": round(_pct(lat, 0.5) * 1000, 1), "unit": "ms",
-                     "note": f"p99 {_pct(lat, 0.99) * 1000:.1f} ms"})
-        rows.append({"metric": "position batches delivered", "value": round(batches / seconds),
-                     "unit": "msgs/s",
-                     "note": f"{records / max(1, batches):.0f} records per batch; "
-                             f"{len(delays)} samples; mean delay "
-                             f"{statistics.fmean(delays) * 1000 if delays else 0:.1f} ms"})
-        rows.append({"metric": "CPU during positions: 2 gateways / bench clients",
-                     "value": round(gw_cpu * 100), "unit": "% of a core",
-                     "note": f"clients {bench_cpu * 100:.0f} % of a core"})
+        fig["tick_p50"] = _pct(delays, 0.5) * 1000
+        fig["tick_p99"] = _pct(delays, 0.99) * 1000
+        fig["lat_p50"] = _pct(lat, 0.5) * 1000
+        fig["lat_p99"] = _pct(lat, 0.99) * 1000
+        fig["batches_s"] = batches / seconds
+        fig["per_batch"] = sum(p.records for p in crowd) / max(1, batches)
+        fig["samples"] = len(delays)
+        fig["tick_mean"] = statistics.fmean(delays) * 1000 if delays else float("nan")
     finally:
         await asyncio.gather(*(p.ws.close() for p in crowd), return_exceptions=True)
         for p in crowd:
             p.reader.cancel()
-    return rows
+    return fig
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Start a 2-gateway cluster, run the spaces benchmark, return the table rows."""
-    players = 128 if quick else 256
-    seconds = 3.0 if quick else 8.0
+def _setup(gateways: int, players: int, seconds: float) -> dict[str, float]:
     env = {"SPACES_SOCKETS_PER_IP": "100000", "LOG_LEVEL": "warning"}
-    with LocalCluster(gateways=2, shards=0, env=env) as cluster:
+    with LocalCluster(gateways=gateways, shards=0, env=env) as cluster:
         url = f"ws://{cluster.target.host}:{cluster.target.spaces_port}/"
         try:
             import uvloop
@@ -224,10 +208,45 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 raise
 
 
+_ROWS = (
+    # key, label, unit, digits
+    ("join_s", "join storm: all players connect and join", "s", 3),
+    ("chat_rate", "chat fan-out: every player chats once (N² deliveries)", "msgs/s", 0),
+    ("tick_p50", "position tick delay p50", "ms", 1),
+    ("tick_p99", "position tick delay p99 (bar: <= 50 ms)", "ms", 1),
+    ("lat_p50", "position record latency p50 (send -> receive)", "ms", 1),
+    ("lat_p99", "position record latency p99", "ms", 1),
+    ("batches_s", "position batches delivered", "msgs/s", 0),
+    ("per_batch", "records per batch", "records", 0),
+    ("gw_cpu", "gateway CPU during positions (all gateways)", "% of a core", 0),
+    ("bench_cpu", "benchmark clients' CPU during positions", "% of a core", 0),
+)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """One space on 1 and on 2 gateway processes, measured in one run; the table rows."""
+    players = 128 if quick else 256
+    seconds = 3.0 if quick else 8.0
+    one = _setup(1, players, seconds)
+    two = _setup(2, players, seconds)
+    rows: list[dict[str, Any]] = []
+    for key, label, unit, digits in _ROWS:
+        a, b = one.get(key, float("nan")), two.get(key, float("nan"))
+        rows.append({"metric": f"{label}, {players} players", "unit": unit,
+                     "1 gateway": round(a, digits) if digits else round(a),
+                     "2 gateways": round(b, digits) if digits else round(b),
+                     "ratio": round(b / a, 2) if a else float("nan")})
+    verdict = "met" if two.get("tick_p99", 1e9) <= 50 else "MISSED"
+    rows.append({"metric": f"bar: p99 tick delay <= 50 ms at {players} players, 2 gateways",
+                 "unit": "", "1 gateway": "", "2 gateways": verdict, "ratio": ""})
+    return rows
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| metric | value | unit | note |", "|---|---:|---|---|"]
+    out = ["| metric | 1 gateway | 2 gateways | ratio (2/1) | unit |", "|---|---:|---:|---:|---|"]
     for r in rows:
-        out.append(f"| {r['metric']} | {r['value']} | {r['unit']} | {r.get('note', '')} |")
+        out.append(f"| {r['metric']} | {r['1 gateway']} | {r['2 gateways']} | {r['ratio']} "
+                   f"| {r['unit']} |")
     return "\n".join(out)
 
 
