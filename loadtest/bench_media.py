@@ -197,6 +197,7 @@ async def _case(shard: Shard, cert: RTCCertificate, pubs: int, subs: int, second
         b = shard.rpc("stats")
         idle_cpu, _, idle_wall = _delta(a, b)
         await _pump(publishers, 1.0, 0)  # warm-up
+        await asyncio.sleep(0.2)  # let the warm-up drain before counting
         for s in subscribers:
             s.rtp_received = 0
         a = shard.rpc("stats")
