@@ -408,3 +408,44 @@ def test_keygen_cli(env: Env, tmp_path: Path) -> None:
     assert f"Public Key:  {pub}" in res.stdout and "/" not in pub
     again = env.cluster.hubbub("keygen", "--data-dir", str(tmp_path))
     assert again.stdout == res.stdout
+
+
+def test_mask_local_ip_and_config_update(env: Env) -> None:
+    """hbbs's LAN logic (--mask, LOCAL_IP) and the legacy ConfigUpdate by serial."""
+    port = free_port_block(4) + 1
+    gw = _gateway(env.cluster, port, "--mask", "127.0.0.2/32", "--local-ip", "10.9.8.7",
+                  "-s", "5", "-R", "rs1.example,rs2.example")
+    try:
+        b = Peer("127.0.0.1", port, _id(), src_ip="127.0.0.2")  # inside the mask
+        b.register()
+        cu = b.recv_udp(("configure_update",), timeout=1)
+        assert cu is not None and cu.configure_update.serial == 5
+        assert list(cu.configure_update.rendezvous_servers) == ["rs1.example", "rs2.example"]
+        a = TcpClient("127.0.0.1", port)  # outside the mask: exactly one side is LAN
+        a.send(msg(punch_hole_request=pb.PunchHoleRequest(id=b.id, nat_type=pb.ASYMMETRIC)))
+        ph = b.recv_udp(("punch_hole",))
+        assert ph is not None and ph.punch_hole.nat_type == pb.SYMMETRIC
+        assert ph.punch_hole.relay_server == "10.9.8.7"
+        c = TcpClient("127.0.0.1", port)
+        c.send(msg(test_nat_request=pb.TestNatRequest(serial=1)))
+        r = c.recv()
+        assert r is not None and r.test_nat_response.cu.serial == 5
+    finally:
+        gw.kill()
+
+
+@pytest.mark.slow
+def test_stream_registration_stays_online(env: Env) -> None:
+    """A TCP-registered device answering server heartbeats stays online past 30 s."""
+    peer = Peer("127.0.0.1", env.p1, _id())
+    s = TcpClient("127.0.0.1", env.p1, src_ip="127.0.0.2")
+    s.send(msg(register_pk=pb.RegisterPk(id=peer.id, uuid=peer.uuid, pk=peer.pk)))
+    r = s.recv()
+    assert r is not None and r.register_pk_response.result == OK
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        s.recv(timeout=1.0)  # echoes the server's empty frames
+    q = TcpClient("127.0.0.1", env.p2 - 1)
+    q.send(msg(online_request=pb.OnlineRequest(id="me", peers=[peer.id])))
+    r = q.recv()
+    assert r is not None and r.online_response.states == b"\x80"
