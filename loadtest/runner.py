@@ -44,9 +44,9 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 
 # Options forwarded to the locust users (see loadtest/users.py) when given.
 _FORWARD = ("licence_key", "heartbeat", "online_every", "list_open", "online_peers",
-            "relay_ratio", "relay_only_ratio", "payload", "connect_every", "relay_chunk",
-            "space_size", "move_hz", "chat_every", "max_fail_ratio", "max_p95_ms", "max_avg_ms",
-            "min_requests")
+            "relay_ratio", "relay_only_ratio", "lan_ratio", "payload", "connect_every",
+            "relay_chunk", "space_size", "move_hz", "chat_every", "max_fail_ratio", "max_p95_ms",
+            "max_avg_ms", "min_requests")
 
 
 def parse_duration(text: str) -> float:
@@ -76,6 +76,8 @@ def locust_command(target: Target, users_classes: Sequence[str], args: argparse.
         cmd += ["--headless", "--only-summary"]
     if args.processes:
         cmd += ["--processes", str(args.processes)]
+    if args.one_ip:
+        cmd += ["--one-ip"]
     if csv_prefix:
         cmd += ["--csv", csv_prefix, "--csv-full-history"]
     for name in _FORWARD:
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --web: seconds the UI stays up after the run")
     p.add_argument("--csv", metavar="PREFIX", help="write locust CSV files with this prefix")
     p.add_argument("--loglevel", default="WARNING", help="locust log level")
+    p.add_argument("--one-ip", action="store_true",
+                   help="all clients from 127.0.0.1 (default: one 127/8 address per client)")
     cl = p.add_argument_group("cluster (ignored with --target)")
     cl.add_argument("--target", metavar="HOST",
                     help="load a running deployment at HOST (loopback only), start none")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import time
 import uuid as uuidlib
@@ -68,6 +69,10 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _wildcard(family: socket.AddressFamily) -> str:
+    return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
 def _reuse_socket(family: socket.AddressFamily) -> socket.socket:
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -100,15 +105,16 @@ class FramedConn:
 
     @classmethod
     def connect(cls, addr: tuple[str, int], timeout: float = CONNECT_TIMEOUT,
-                source_port: int | None = None) -> FramedConn:
-        if source_port is None:
+                source_port: int | None = None, source_ip: str = "") -> FramedConn:
+        """Connect, from ``source_ip:source_port`` when given (port reuse as the client does)."""
+        if source_port is None and not source_ip:
             sock = socket.create_connection(addr, timeout=timeout)
         else:
-            sock = _reuse_socket(_family(addr[0]))
+            family = _family(addr[0])
+            sock = _reuse_socket(family)
             try:
                 sock.settimeout(timeout)
-                sock.bind(("::" if _family(addr[0]) == socket.AF_INET6 else "0.0.0.0",
-                           source_port))
+                sock.bind((source_ip or _wildcard(family), source_port or 0))
                 sock.connect(addr)
             except OSError:
                 sock.close()
@@ -161,13 +167,14 @@ def _msg(**member: object) -> pb.RendezvousMessage:
     return msg
 
 
-def online_query(target: Target, my_id: str, peers: list[str]) -> bytes:
+def online_query(target: Target, my_id: str, peers: list[str], source_ip: str = "") -> bytes:
     """One online query on a new TCP connection to port P-1; returns the state bitmap.
 
     Raises:
         LoadTestError: no answer in 3 s, a wrong message, or a bitmap shorter than the list.
     """
-    conn = FramedConn.connect((target.host, target.nat_port), timeout=ONLINE_TIMEOUT)
+    conn = FramedConn.connect((target.host, target.nat_port), timeout=ONLINE_TIMEOUT,
+                              source_ip=source_ip)
     try:
         conn.send(_msg(online_request=pb.OnlineRequest(id=my_id, peers=peers)))
         reply = conn.recv(ONLINE_TIMEOUT)
@@ -220,15 +227,18 @@ class Device:
         self.record = record
         self.relay_only = relay_only
         self.reg_interval = reg_interval
+        self.ip = target.client_ip()
+        """This device's own address (every push answer and relay half comes from it)."""
         self.uuid = str(uuidlib.uuid4()).encode()
         self.pk = os.urandom(32)
         self.confirmed = False
         self.registered_at: float | None = None
+        self.retry_at = 0.0
         self.last_answer = 0.0
         self.answered = {"direct": 0, "local": 0, "relay": 0}
         family = _family(target.host)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.sock.bind((self.ip or _wildcard(family), 0))
         # (answer kind awaited, its result): a late answer to an earlier try is ignored
         self._waiter: tuple[str, AsyncResult] | None = None
         self._recent: dict[bytes, float] = {}
@@ -253,8 +263,9 @@ class Device:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-    def _udp_request(self, msg: pb.RendezvousMessage, name: str,
-                     expect: str) -> pb.RendezvousMessage:
+    def _udp_request(self, msg: pb.RendezvousMessage, name: str, expect: str,
+                     check: Callable[[pb.RendezvousMessage], None]) -> pb.RendezvousMessage:
+        """Send one datagram, wait 3 s for the ``expect`` answer; ``check`` raises on a bad one."""
         with measure(self.record, RT, name) as m:
             waiter = AsyncResult()
             self._waiter = (expect, waiter)
@@ -267,21 +278,27 @@ class Device:
             finally:
                 self._waiter = None
             m.length = len(data)
-        self.last_answer = time.monotonic()
+            self.last_answer = time.monotonic()
+            check(reply)
         return reply
 
     def register(self) -> None:
         """``RegisterPk`` until the server answers OK (what the client does for a new key)."""
-        reply = self._udp_request(
+        def check(reply: pb.RendezvousMessage) -> None:
+            result = reply.register_pk_response.result
+            if result != pb.RegisterPkResponse.OK:
+                self.confirmed = False
+                if result == pb.RegisterPkResponse.UUID_MISMATCH:
+                    # The client renumbers itself: a new random 10-digit ID, registered at once.
+                    self.id = str(random.randint(1_000_000_000, 1_999_999_999))
+                else:  # TOO_FREQUENT and the rest: the client tries again in 15 s
+                    self.retry_at = time.monotonic() + self.reg_interval
+                raise LoadTestError(
+                    f"RegisterPk refused: {pb.RegisterPkResponse.Result.Name(result)}")
+
+        self._udp_request(
             _msg(register_pk=pb.RegisterPk(id=self.id, uuid=self.uuid, pk=self.pk)),
-            "UDP RegisterPk", "register_pk_response")
-        if kind(reply) != "register_pk_response":
-            raise LoadTestError(f"RegisterPk answered with {kind(reply) or 'nothing'}")
-        result = reply.register_pk_response.result
-        if result != pb.RegisterPkResponse.OK:
-            self.confirmed = False
-            raise LoadTestError(
-                f"RegisterPk refused: {pb.RegisterPkResponse.Result.Name(result)}")
+            "UDP RegisterPk", "register_pk_response", check)
         self.confirmed = True
         if self.registered_at is None:
             self.registered_at = time.monotonic()
@@ -289,9 +306,7 @@ class Device:
     def heartbeat(self) -> None:
         """``RegisterPeer``; the server may ask for the key again (``request_pk``)."""
         reply = self._udp_request(_msg(register_peer=pb.RegisterPeer(id=self.id, serial=0)),
-                                  "UDP RegisterPeer", "register_peer_response")
-        if kind(reply) != "register_peer_response":
-            raise LoadTestError(f"RegisterPeer answered with {kind(reply) or 'nothing'}")
+                                  "UDP RegisterPeer", "register_peer_response", lambda r: None)
         if reply.register_peer_response.request_pk:
             self.confirmed = False
             self.register()
@@ -299,7 +314,8 @@ class Device:
     def tick(self) -> None:
         """The client's 1 s timer: register, or heartbeat when the last answer is 15 s old."""
         if not self.confirmed:
-            self.register()
+            if time.monotonic() >= self.retry_at:
+                self.register()
         elif time.monotonic() - self.last_answer >= self.reg_interval:
             self.heartbeat()
 
@@ -350,11 +366,12 @@ class Device:
         family = _family(self.target.host)
         listener = _reuse_socket(family)
         try:
-            listener.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            listener.bind((self.ip or _wildcard(family), 0))
             listener.listen(4)
             port = listener.getsockname()[1]
             with measure(self.record, RT, name):
-                conn = FramedConn.connect(self.target.rendezvous, source_port=port)
+                conn = FramedConn.connect(self.target.rendezvous, source_port=port,
+                                          source_ip=self.ip)
                 try:
                     conn.send(reply(port))
                 finally:
@@ -388,9 +405,7 @@ class Device:
             self._b_relay(bytes(fl.socket_addr), fl.relay_server,
                           "device: FetchLocalAddr → RelayResponse")
             return
-        host = "::1" if _family(self.target.host) == socket.AF_INET6 else "127.0.0.1"
-        if not self.target.host.startswith(("127.", "::1", "localhost")):
-            host = self.target.host
+        host = self.ip or ("::1" if _family(self.target.host) == socket.AF_INET6 else "127.0.0.1")
 
         def answer(port: int) -> pb.RendezvousMessage:
             return _msg(local_addr=pb.LocalAddr(
@@ -403,7 +418,7 @@ class Device:
         """B-initiated relay: RelayResponse with a fresh uuid, then RequestRelay at the relay."""
         uid = str(uuidlib.uuid4())
         with measure(self.record, RT, name):
-            conn = FramedConn.connect(self.target.rendezvous)
+            conn = FramedConn.connect(self.target.rendezvous, source_ip=self.ip)
             try:
                 conn.send(_msg(relay_response=pb.RelayResponse(
                     socket_addr=a_addr, uuid=uid, relay_server=relay_server, id=self.id,
@@ -416,7 +431,7 @@ class Device:
     def _on_request_relay(self, rr: pb.RequestRelay) -> None:
         """A-initiated relay: answer through the ID server, then join the relay with A's uuid."""
         with measure(self.record, RT, "device: RequestRelay → RelayResponse"):
-            conn = FramedConn.connect(self.target.rendezvous)
+            conn = FramedConn.connect(self.target.rendezvous, source_ip=self.ip)
             try:
                 conn.send(_msg(relay_response=pb.RelayResponse(
                     socket_addr=rr.socket_addr, version=CLIENT_VERSION)))
@@ -426,7 +441,7 @@ class Device:
         self._join_relay(rr.relay_server, rr.uuid)
 
     def _join_relay(self, relay_server: str, uid: str) -> None:
-        conn = FramedConn.connect(self.target.relay_addr(relay_server))
+        conn = FramedConn.connect(self.target.relay_addr(relay_server), source_ip=self.ip)
         try:
             conn.send(_msg(request_relay=pb.RequestRelay(
                 licence_key=self.target.licence_key, uuid=uid)))
@@ -450,18 +465,24 @@ class Controller:
         self.target = target
         self.id = my_id
         self.record = record
+        self.ip = target.client_ip()
         self.outcomes = {"direct": 0, "relay": 0, "failed": 0}
 
-    def connect(self, peer_id: str, *, force_relay: bool = False, payload: int = 4096) -> str:
+    def connect(self, peer_id: str, *, force_relay: bool = False, payload: int = 4096,
+                source_ip: str | None = None) -> str:
         """Open a session to ``peer_id`` and exchange ``payload`` bytes; returns the outcome.
+
+        ``source_ip`` overrides the controller's own address for this connection (the device's
+        address puts both "behind one public IP", the LAN case).
 
         Raises:
             LoadTestError: the server refused (offline, unknown ID, key mismatch) or a step timed
                 out; already reported as a failure.
         """
         start = time.perf_counter()
+        ip = self.ip if source_ip is None else source_ip
         try:
-            outcome = self._connect(peer_id, force_relay, payload)
+            outcome = self._connect(peer_id, force_relay, payload, ip)
         except Exception:
             self.outcomes["failed"] += 1
             raise
@@ -470,8 +491,8 @@ class Controller:
                     payload, None)
         return outcome
 
-    def _connect(self, peer_id: str, force_relay: bool, payload: int) -> str:
-        conn = FramedConn.connect(self.target.rendezvous)
+    def _connect(self, peer_id: str, force_relay: bool, payload: int, ip: str) -> str:
+        conn = FramedConn.connect(self.target.rendezvous, source_ip=ip)
         try:
             request = _msg(punch_hole_request=pb.PunchHoleRequest(
                 id=peer_id, nat_type=pb.SYMMETRIC if force_relay else pb.ASYMMETRIC,
@@ -486,18 +507,19 @@ class Controller:
             rr = reply.relay_response
             if rr.refuse_reason:
                 raise LoadTestError(f"relay refused: {rr.refuse_reason}")
-            self._relay_session(peer_id, rr.relay_server, rr.uuid, payload)
+            self._relay_session(peer_id, rr.relay_server, rr.uuid, payload, ip)
             return "relay"
         ph = reply.punch_hole_response
         host, port = mangle.decode(bytes(ph.socket_addr))
         if not force_relay and port:
             try:
                 self._direct_session((host, port), payload,
-                                     1.0 if ph.is_local or ph.nat_type == pb.SYMMETRIC else 3.0)
+                                     1.0 if ph.is_local or ph.nat_type == pb.SYMMETRIC else 3.0,
+                                     ip)
                 return "direct"
             except (OSError, LoadTestError):
                 pass  # as the client: fall back to an A-initiated relay
-        self._a_relay(peer_id, ph.relay_server, payload)
+        self._a_relay(peer_id, ph.relay_server, payload, ip)
         return "relay"
 
     def _punch(self, conn: FramedConn, request: pb.RendezvousMessage) -> pb.RendezvousMessage:
@@ -521,9 +543,11 @@ class Controller:
             raise LoadTestError(f"unexpected {k or 'empty message'} after PunchHoleRequest")
         raise LoadTestError("Failed to connect via rendezvous server (no answer in 18s)")
 
-    def _direct_session(self, addr: tuple[str, int], payload: int, timeout: float) -> None:
+    def _direct_session(self, addr: tuple[str, int], payload: int, timeout: float,
+                        ip: str) -> None:
         with measure(self.record, RT, "direct session echo") as m:
-            sock = socket.create_connection(addr, timeout=timeout)
+            sock = socket.create_connection(addr, timeout=timeout,
+                                            source_address=(ip, 0) if ip else None)
             with sock:
                 data = os.urandom(payload)
                 sock.sendall(data)
@@ -531,10 +555,10 @@ class Controller:
                     raise LoadTestError("direct session echoed different bytes")
             m.length = 2 * payload
 
-    def _a_relay(self, peer_id: str, relay_server: str, payload: int) -> None:
+    def _a_relay(self, peer_id: str, relay_server: str, payload: int, ip: str) -> None:
         """A-initiated relay: RequestRelay via the ID server on a new connection."""
         uid = str(uuidlib.uuid4())
-        conn = FramedConn.connect(self.target.rendezvous)
+        conn = FramedConn.connect(self.target.rendezvous, source_ip=ip)
         try:
             with measure(self.record, RT, "RequestRelay (via ID server)"):
                 conn.send(_msg(request_relay=pb.RequestRelay(
@@ -549,11 +573,12 @@ class Controller:
                 raise LoadTestError(f"relay refused: {rr.refuse_reason}")
         finally:
             conn.close()
-        self._relay_session(peer_id, rr.relay_server or relay_server, uid, payload)
+        self._relay_session(peer_id, rr.relay_server or relay_server, uid, payload, ip)
 
-    def _relay_session(self, peer_id: str, relay_server: str, uid: str, payload: int) -> None:
+    def _relay_session(self, peer_id: str, relay_server: str, uid: str, payload: int,
+                       ip: str) -> None:
         with measure(self.record, RT, "relay session echo") as m:
-            conn = FramedConn.connect(self.target.relay_addr(relay_server))
+            conn = FramedConn.connect(self.target.relay_addr(relay_server), source_ip=ip)
             try:
                 conn.send(_msg(request_relay=pb.RequestRelay(
                     licence_key=self.target.licence_key, id=peer_id, uuid=uid,
@@ -586,7 +611,8 @@ class RelayPair:
             halves: list[socket.socket] = []
             try:
                 for _ in range(2):
-                    conn = FramedConn.connect(self.target.relay)
+                    conn = FramedConn.connect(self.target.relay,
+                                              source_ip=self.target.client_ip())
                     halves.append(conn.sock)
                     conn.send(_msg(request_relay=pb.RequestRelay(
                         licence_key=self.target.licence_key, uuid=self.uuid)))

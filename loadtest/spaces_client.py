@@ -14,11 +14,12 @@ same machine read it back. The host treats bytes 1..20 as opaque, so this change
 from __future__ import annotations
 
 import contextlib
+import http.client
 import math
+import socket
 import struct
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,8 @@ class Player:
         self.target = target
         self.record = record
         self.name = name
+        self.ip = target.client_ip()
+        """This player's machine (its own 127/8 address against a loopback target)."""
         self.ws: websocket.WebSocket | None = None
         self.player_id: int | None = None
         self.space: str | None = None
@@ -71,8 +74,17 @@ class Player:
     # --- connection ---------------------------------------------------------------------
     def connect(self) -> None:
         with measure(self.record, WS, "connect"):
-            ws = websocket.create_connection(self.target.spaces_url, timeout=ANSWER_TIMEOUT,
-                                             enable_multithread=True)
+            sock = None
+            if self.ip:
+                sock = socket.create_connection((self.target.host, self.target.spaces_port),
+                                                ANSWER_TIMEOUT, source_address=(self.ip, 0))
+            try:
+                ws = websocket.create_connection(self.target.spaces_url, timeout=ANSWER_TIMEOUT,
+                                                 enable_multithread=True, socket=sock)
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
         ws.settimeout(None)
         self.ws = ws
         self._rx = gevent.spawn(self._receive_loop, ws)
@@ -213,14 +225,20 @@ class Player:
 
     def player_count(self, uri: str) -> int:
         """``GET /player-count/<uri>`` as the Wired web app fetches it."""
-        scheme = "https" if self.target.spaces_tls else "http"
-        host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
-        url = f"{scheme}://{host}:{self.target.spaces_port}/player-count/" + urllib.parse.quote(
-            uri, safe=":/")
+        path = "/player-count/" + urllib.parse.quote(uri, safe=":/")
+        cls = http.client.HTTPSConnection if self.target.spaces_tls else http.client.HTTPConnection
         with measure(self.record, "HTTP", "GET /player-count") as m:
-            with urllib.request.urlopen(url, timeout=ANSWER_TIMEOUT) as resp:
+            conn = cls(self.target.host, self.target.spaces_port, timeout=ANSWER_TIMEOUT,
+                       source_address=(self.ip, 0) if self.ip else None)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
                 body = resp.read(64)
+            finally:
+                conn.close()
             m.length = len(body)
+            if resp.status != 200:
+                raise LoadTestError(f"GET /player-count answered {resp.status}")
             try:
                 return int(body.decode().strip() or "0")
             except ValueError:

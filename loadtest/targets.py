@@ -6,6 +6,7 @@ code runs inside a locust user (where the recorder fires locust ``request`` even
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ class Target:
     licence_key: str = ""
     """What clients send as ``licence_key`` (the server's public key, or empty)."""
     spaces_tls: bool = False
+    spread_ips: bool = True
+    """Give every simulated machine its own 127/8 source address (IPv4 loopback targets)."""
 
     @property
     def nat_port(self) -> int:
@@ -45,6 +48,18 @@ class Target:
         scheme = "wss" if self.spaces_tls else "ws"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.spaces_port}/"
+
+    def client_ip(self) -> str:
+        """A source address for one simulated machine, or ``""`` to let the OS choose.
+
+        Linux delivers all of 127.0.0.0/8 to the loopback interface, so against an IPv4 loopback
+        target every client can come from its own address: per-IP limits, "same public IP" LAN
+        decisions and address bookkeeping then see many machines, as in production.
+        """
+        if self.spread_ips and self.host.startswith("127."):
+            return (f"127.{random.randint(1, 254)}.{random.randint(0, 255)}."
+                    f"{random.randint(1, 254)}")
+        return ""
 
     def relay_addr(self, relay_server: str) -> tuple[str, int]:
         """Where a ``relay_server`` string from the server points (``host[:port]``).

@@ -28,7 +28,7 @@ import gevent
 import websocket
 from locust import User, constant, events, task
 from locust.env import Environment
-from locust.runners import WorkerRunner
+from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, WorkerRunner
 
 from hubbub.errors import LoadTestError
 from loadtest.rustdesk_client import Controller, Device, RelayPair, online_bit, online_query
@@ -53,6 +53,7 @@ log = logging.getLogger("hubbub.loadtest")
 ONLINE: dict[str, Device] = {}
 _IDS = itertools.count(random.randrange(100_000_000, 900_000_000, 1000))
 _PLAYERS = itertools.count()
+_STOPPING = (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP)
 SETTLE = 2.0
 """Seconds after its first registration before a device expects to be reported online."""
 NEVER_REGISTERED = "999999999999"
@@ -77,6 +78,11 @@ def _options(parser: Any) -> None:
                    help="share of controller connections that force the relay (0..1)")
     g.add_argument("--relay-only-ratio", type=float, default=0.2,
                    help="share of controllers' devices that can only relay (0..1)")
+    g.add_argument("--lan-ratio", type=float, default=0.2,
+                   help="share of controller connections made from the device's own address "
+                        "(same public IP: the LAN path)")
+    g.add_argument("--one-ip", action="store_true",
+                   help="all clients from 127.0.0.1 instead of one 127/8 address each")
     g.add_argument("--payload", type=int, default=4096,
                    help="bytes each controller session sends and gets echoed")
     g.add_argument("--connect-every", type=float, default=3.0,
@@ -124,7 +130,8 @@ def _target(env: Environment, host: str | None) -> Target:
                   rendezvous_port=int(getattr(opts, "rendezvous_port", 21116)),
                   relay_port=int(getattr(opts, "relay_port", 21117)),
                   spaces_port=int(getattr(opts, "spaces_port", 4000)),
-                  licence_key=str(getattr(opts, "licence_key", "") or ""))
+                  licence_key=str(getattr(opts, "licence_key", "") or ""),
+                  spread_ips=not getattr(opts, "one_ip", False))
 
 
 def _opt(env: Environment, name: str, default: Any) -> Any:
@@ -142,6 +149,9 @@ class _HubbubUser(User):
 
     def record(self, request_type: str, name: str, response_time: float,
                response_length: int, exception: BaseException | None) -> None:
+        runner = self.environment.runner
+        if exception is not None and runner is not None and runner.state in _STOPPING:
+            return  # the load generator tearing its own clients down, not the server failing
         self.environment.events.request.fire(
             request_type=request_type, name=name, response_time=response_time,
             response_length=response_length, exception=exception, context={})
@@ -189,7 +199,7 @@ class DeviceUser(_HubbubUser):
         start = time.perf_counter()
         exc: Exception | None = None
         try:
-            states = online_query(self.target, self.device.id, peers)
+            states = online_query(self.target, self.device.id, peers, self.device.ip)
             # Other gateways learn a registration within their flush interval (about 1 s).
             settled = self.device.registered_at is not None and (
                 time.monotonic() - self.device.registered_at >= SETTLE)
@@ -220,6 +230,7 @@ class _ControllerBase(_HubbubUser):
                              reg_interval=float(_opt(env, "heartbeat", 15.0)))
         self.device.start()
         self.relay_ratio = float(_opt(env, "relay_ratio", 0.3))
+        self.lan_ratio = float(_opt(env, "lan_ratio", 0.2))
         self.payload = int(_opt(env, "payload", 4096))
         self._heart = gevent.spawn(self._device_timer)
 
@@ -252,9 +263,12 @@ class ControllerUser(_ControllerBase):
         if not peers:
             return
         peer = random.choice(peers)
+        device = ONLINE.get(peer)
+        lan = device is not None and random.random() < self.lan_ratio
         try:
             self.controller.connect(peer, force_relay=random.random() < self.relay_ratio,
-                                    payload=self.payload)
+                                    payload=self.payload,
+                                    source_ip=device.ip if lan and device else None)
         except (OSError, LoadTestError) as exc:
             self.record("rustdesk", "connect → failed", 0.0, 0, exc)
 
