@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -208,3 +209,19 @@ async def test_bindings_survive_redis_restart(tmp_path: Path) -> None:
         assert ttl == -2 or 0 < ttl <= 30_000  # liveness is volatile
         assert await store2.register_pk("durable1", b"other", b"k" * 32, "1.2.3.4", live) == 2
         await reg2.redis.aclose()
+
+
+def test_udp_nat_probes_are_rate_limited(one: One) -> None:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.10", 0))
+    u.settimeout(0.5)
+    probe = pb.RendezvousMessage(test_nat_request=pb.TestNatRequest()).SerializeToString()
+    for _ in range(100):
+        u.sendto(probe, ("127.0.0.1", one.port))
+    answers = 0
+    with contextlib.suppress(TimeoutError):
+        while True:
+            u.recv(64)
+            answers += 1
+    u.close()
+    assert 10 <= answers <= 40

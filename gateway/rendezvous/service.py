@@ -83,6 +83,9 @@ NAT_TIMEOUT = 10.0
 KEEP_ALIVE = 60
 """Seconds announced to TCP/WS-registered clients; they give up after 1.5x without traffic."""
 MAX_ONLINE_QUERY = 4096
+NAT_PROBE_WINDOW = 10.0
+NAT_PROBES_PER_WINDOW = 40
+"""UDP NAT probes answered per source IP per window (a client bursts ~10 at start-up)."""
 PUNCH_LOG = 1000
 RESP_KNOWN = pb.RendezvousMessage(
     register_peer_response=pb.RegisterPeerResponse(request_pk=False)).SerializeToString()
@@ -176,13 +179,22 @@ class RendezvousService(Directory, PunchFlows):
         self._draining = False
         self._up = False
         self._flush_soon = asyncio.Event()
+        self._udp_v6 = False
+        self.nat_probes: BoundedMap[str, list[float]] = BoundedMap(100_000, NAT_PROBE_WINDOW)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         host = cfg.bind_host
-        usock = listen_socket(host, cfg.rendezvous_port, socket.SOCK_DGRAM, cfg.rmem)
+        try:
+            usock = listen_socket(host, cfg.rendezvous_port, socket.SOCK_DGRAM, cfg.rmem)
+        except OSError:
+            if host != "::":
+                raise
+            host = "0.0.0.0"  # no IPv6 on this host: IPv4 only, as hbbs falls back
+            usock = listen_socket(host, cfg.rendezvous_port, socket.SOCK_DGRAM, cfg.rmem)
+        self._udp_v6 = usock.family == socket.AF_INET6
         self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=usock)
         main = await loop.create_server(lambda: self._tcp_protocol(True),
                                         sock=listen_socket(host, cfg.rendezvous_port,
@@ -283,6 +295,16 @@ class RendezvousService(Directory, PunchFlows):
                 return
             self._spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
         elif kind == "test_nat_request":
+            # Answered to the datagram's own source; rate-limited per IP so spoofed sources
+            # cannot turn the server into a steady reflector.
+            probes = self.nat_probes.get(ip, now)
+            if probes is None:
+                self.nat_probes.put(ip, [1.0], now)
+            elif probes[0] >= NAT_PROBES_PER_WINDOW:
+                metrics.DROPPED.labels("nat_probe_rate").inc()
+                return
+            else:
+                probes[0] += 1
             self._send_udp(_msg(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
         else:
             # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
@@ -294,7 +316,7 @@ class RendezvousService(Directory, PunchFlows):
 
     def _udp_target(self, ip: str, port: int) -> tuple[Any, ...]:
         """A sendto address for our socket's family (IPv4 peers are mapped on ``::``)."""
-        if ":" in self.cfg.bind_host and ":" not in ip:
+        if self._udp_v6 and ":" not in ip:
             return (f"::ffff:{ip}", port, 0, 0)
         return (ip, port)
 
@@ -444,6 +466,7 @@ class RendezvousService(Directory, PunchFlows):
             self.peers.sweep(now)
             self.signed.sweep(now)
             self.sink_hints.sweep(now)
+            self.nat_probes.sweep(now)
             self.punch_seen.sweep(now)
             self.ip_limiter.map.sweep(now)
             self.id_limiter.map.sweep(now)
