@@ -38,6 +38,8 @@ async def router() -> AsyncIterator[MediaRouter]:
     yield r
     for sid in list(r.sessions):
         r.close_session(sid)
+    # nothing routable is left behind
+    assert not mux.by_ufrag and not mux.by_addr and not r.transports and not r.spaces
     assert mux.sock is not None
     mux.sock.close()
     tcp.close()
@@ -256,3 +258,21 @@ async def test_unauthenticated_ice_tcp_is_closed(router: MediaRouter) -> None:
         pass  # closed with our junk still unread
     assert await wait_for(lambda: not router.mux.tcp)
     writer.close()
+
+
+async def test_flooding_publisher_is_rate_limited(router: MediaRouter) -> None:
+    sp = {"s": 1}
+    send = await publisher(router, "P", sp)
+    call(router, "P", "produce", opus_rtp_parameters(9), sp)
+    recv, _ = await subscriber(router, "S", {"s": 2})
+    call(router, "S", "resume_audio", None, {"s": 2})
+    recv.keep = False
+    for seq in range(2000):  # 2000 packets at once: far above any Opus rate
+        send.send_rtp(9, 111, seq, seq * 960, b"x" * 20)
+        if seq % 100 == 0:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.3)
+    assert 300 <= recv.rtp_received <= 500
+    assert router.counts.drop_rate >= 1400
+    await send.close()
+    await recv.close()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import urllib.request
 from collections.abc import AsyncIterator
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcsctptransport import RTCSctpTransport
-from support import Cluster, HubbubProcess, free_port_block
+from support import Cluster, HubbubProcess, free_port_block, http_get
 
 from hubbub.errors import RemoteError
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
@@ -131,6 +134,15 @@ async def test_shard_presence_and_full_flow(shard: tuple[HubbubProcess, Gateway,
                           and _metric(proc, "hubbub_media_rtp_forwarded_total") >= 55, 5)
     [rec] = await gw.registry.processes("shard")
     assert rec.info["load"]["media_sessions"] == 4 and rec.info["load"]["media_spaces"] == 1
+    # The admin view lists sessions (token required).
+    token = (Path(proc.env["HUBBUB_DATA"]) / "admin_token").read_text().strip()
+    url = f"http://127.0.0.1:{proc.ops_port}/media"
+    assert http_get(url)[0] == 401
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        view = json.loads(resp.read())
+    assert view["sessions"] == 4 and view["listed"]["s/2"]["consumers"] == 2
+    assert view["listed"]["s/1"]["send"] == "connected" and view["listed"]["s/1"]["producer"]
     # SIGTERM: every session's gateway hears media.lost; presence drops the media entry.
     proc.proc.send_signal(signal.SIGTERM)
     assert await wait_for(lambda: len(gw.lost) >= 4, timeout=8)

@@ -15,9 +15,11 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from hubbub.errors import HubbubError, RegistryError, ServiceError
+from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from shards.media import metrics
 from shards.media.metrics import Counts
@@ -71,6 +73,7 @@ class MediaService:
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
                                   tcp_port)
         self.ctx.registry.on("media.call", self._on_call)
+        self.ctx.ops.route("/media", self._admin, admin=True)
         self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port})
         self._tasks = [asyncio.ensure_future(self._tick_loop()),
                        asyncio.ensure_future(self._push_loop())]
@@ -120,6 +123,24 @@ class MediaService:
         if self.mux.sock is not None:
             self.mux.sock.close()
         await asyncio.sleep(0)
+
+    async def _admin(self, request: OpsRequest) -> OpsResponse:
+        """Admin view (ops port): this shard's media sessions (at most 1000 listed)."""
+        router = self.router
+        sessions: dict[str, Any] = {}
+        for s in list(router.sessions.values())[:1000] if router else []:
+            sessions[s.id] = {
+                "gateway": s.gateway, "spaces": s.spaces,
+                "send": s.send.state if s.send else None,
+                "recv": s.recv.state if s.recv else None,
+                "producer": s.producer is not None, "data_producers": len(s.data_producers),
+                "consumers": len(s.consumers), "data_consumers": len(s.data_consumers)}
+        body = orjson.dumps({"shard": self.ctx.registry.id, "udp": self.mux.port,
+                             "tcp": router.tcp_port if router else 0,
+                             "sessions": len(router.sessions) if router else 0,
+                             "spaces": len(router.spaces) if router else 0,
+                             "listed": sessions})
+        return OpsResponse(200, body, "application/json")
 
     # ----------------------------------------------------------------- calls
     def _on_call(self, payload: Any, sender: str) -> list[Any]:

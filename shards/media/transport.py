@@ -61,7 +61,33 @@ DTLS_QUEUE = 64
 """DTLS records buffered before the handshake task reads them (the handshake needs ~5)."""
 SCTP_QUEUE = 256
 """Unsent SCTP chunks per subscriber transport before relayed messages are dropped."""
+RTP_RATE, RTP_BURST = 200.0, 400.0
+"""Packets/s a producer may send (Opus sends 50, or 100 with 10 ms frames); more is dropped
+before fan-out so one client cannot multiply its traffic by the number of listeners."""
+DC_RATE, DC_BURST = 60.0, 120.0
+"""Messages/s a data producer may send (Wired sends 15 location records per second)."""
 _SSRC = struct.Struct("!I")
+
+
+class Bucket:
+    """Token bucket: ``take(now)`` is True while the rate is respected."""
+
+    __slots__ = ("rate", "burst", "tokens", "last")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = 0.0
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 class _IceLink:
@@ -148,8 +174,12 @@ class Producer:
     consumers: list[Consumer] = field(default_factory=list)
     stats: rtcp.ReceiveStats = field(default_factory=rtcp.ReceiveStats)
     ssrc: int | None = None
+    bucket: Bucket = field(default_factory=lambda: Bucket(RTP_RATE, RTP_BURST))
 
     def forward(self, plain: bytes, now: float) -> None:
+        if not self.bucket.take(now):
+            self.counts.drop_rate += 1
+            return
         try:
             info = read_rtp(plain, self.spec.audio_level_id)
         except RtpError:
@@ -200,6 +230,7 @@ class DataProducer:
     transport: Transport
     spec: DataProducerSpec
     consumers: list[DataConsumer] = field(default_factory=list)
+    bucket: Bucket = field(default_factory=lambda: Bucket(DC_RATE, DC_BURST))
 
     def close(self) -> None:
         for c in list(self.consumers):
@@ -415,6 +446,9 @@ class Transport:
         if dp is None or pp_id == 50:  # unknown stream or DCEP: negotiated channels only
             return
         self.counts.dc_in += 1
+        if not dp.bucket.take(time.monotonic()):
+            self.counts.dc_dropped += 1
+            return
         for dc in list(dp.consumers):
             await dc.transport.send_data(dc.stream_id, pp_id, data, dp.spec)
 
