@@ -30,7 +30,7 @@ from locust import User, constant, events, task
 from locust.env import Environment
 from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, WorkerRunner
 
-from hubbub.errors import LoadTestError
+from hubbub.errors import HubbubError, LoadTestError
 from loadtest.rustdesk_client import Controller, Device, RelayPair, online_bit, online_query
 from loadtest.rustdesk_web import WebController
 from loadtest.spaces_client import Player
@@ -180,10 +180,11 @@ class DeviceUser(_HubbubUser):
 
     @task
     def tick(self) -> None:
+        known = self.device.id
         try:
             self.device.tick()
-        except LoadTestError:
-            ONLINE.pop(self.device.id, None)
+        except (OSError, HubbubError):
+            ONLINE.pop(known, None)
             return  # already reported
         if self.device.confirmed:
             ONLINE[self.device.id] = self.device
@@ -207,7 +208,7 @@ class DeviceUser(_HubbubUser):
                 raise LoadTestError("own ID reported offline")
             if online_bit(states, 1):
                 raise LoadTestError("an unknown ID reported online")
-        except (OSError, LoadTestError) as e:
+        except (OSError, HubbubError) as e:
             exc = e
         self.record("rustdesk", "TCP OnlineRequest", (time.perf_counter() - start) * 1000.0,
                     len(peers), exc)
@@ -236,12 +237,13 @@ class _ControllerBase(_HubbubUser):
 
     def _device_timer(self) -> None:
         while True:
+            known = self.device.id
             try:
                 self.device.tick()
                 if self.device.confirmed:
                     ONLINE[self.device.id] = self.device
-            except LoadTestError:
-                ONLINE.pop(self.device.id, None)
+            except (OSError, HubbubError):
+                ONLINE.pop(known, None)
             gevent.sleep(1.0)
 
     def on_stop(self) -> None:
@@ -269,7 +271,7 @@ class ControllerUser(_ControllerBase):
             self.controller.connect(peer, force_relay=random.random() < self.relay_ratio,
                                     payload=self.payload,
                                     source_ip=device.ip if lan and device else None)
-        except (OSError, LoadTestError) as exc:
+        except (OSError, HubbubError) as exc:
             self.record("rustdesk", "connect → failed", 0.0, 0, exc)
 
 
@@ -289,7 +291,7 @@ class WebControllerUser(_ControllerBase):
             return
         try:
             self.web.connect(random.choice(peers), payload=self.payload)
-        except (OSError, LoadTestError, websocket.WebSocketException) as exc:
+        except (OSError, HubbubError, websocket.WebSocketException) as exc:
             self.record("rustdesk", "web connect → failed", 0.0, 0, exc)
 
 
@@ -315,7 +317,7 @@ class RelayPairUser(_HubbubUser):
                 pair.open()
                 self.pair = pair
             self.pair.transfer(self.chunk)
-        except (OSError, LoadTestError, gevent.Timeout):
+        except (OSError, HubbubError, gevent.Timeout):
             if self.pair is not None:
                 self.pair.close()
             self.pair = None
@@ -386,7 +388,7 @@ class PlayerUser(_HubbubUser):
     def _safe(self, action: Any) -> None:
         try:
             action()
-        except (OSError, LoadTestError):
+        except (OSError, HubbubError):
             pass  # reported by the client already
         except Exception:
             self.player.close()
