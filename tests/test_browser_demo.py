@@ -85,5 +85,9 @@ def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, 
             wait(a, "demo.consumers.size >= 1")
             assert b.evaluate("demo.errors") == [] and a.evaluate("demo.errors") == []
             assert b.evaluate("demo.players.size") == 2
+            # A leaves: B drops A from the list and stops playing A's track.
+            a.click("#leave")
+            wait(b, "demo.players.size === 1 && demo.consumers.size === 0"
+                    " && !document.querySelector('audio')")
         finally:
             browser.close()
