@@ -86,3 +86,26 @@ def test_errors_count_by_code() -> None:
     client.send_error("space_full", "full", "join")
     after = REGISTRY.get_sample_value("hubbub_spaces_errors_total", {"code": "space_full"})
     assert after == before + 1
+
+
+class _Req:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+class _Conn:
+    def __init__(self, peer: str, headers: dict[str, str]) -> None:
+        self.remote_address = (peer, 5555)
+        self.request = _Req(headers)
+
+
+def test_client_ip_honours_only_trusted_proxies() -> None:
+    from gateway.spaces.service import SpacesService, _networks
+
+    svc: Any = SpacesService.__new__(SpacesService)
+    svc._proxies = _networks(("10.0.0.0/8", "not-an-address", "::1"))
+    fwd = {"X-Forwarded-For": "203.0.113.7, 10.1.1.1"}
+    assert svc._client_ip(_Conn("10.2.3.4", fwd)) == "203.0.113.7"
+    assert svc._client_ip(_Conn("::1", {"X-Real-IP": "198.51.100.2"})) == "198.51.100.2"
+    assert svc._client_ip(_Conn("::ffff:192.0.2.1", fwd)) == "192.0.2.1"  # untrusted peer
+    assert svc._client_ip(_Conn("10.2.3.4", {})) == "10.2.3.4"
