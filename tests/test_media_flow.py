@@ -149,7 +149,7 @@ async def test_voice_and_location_records_flow(router: MediaRouter, tcp_pub: boo
 
     # Location records go through the data channel untouched.
     ch = send.data_channel(0)
-    recv.data_channel(sctp["streamId"])
+    rch = recv.data_channel(sctp["streamId"])
     record = bytes([7]) + bytes(range(20))
     for _ in range(5):
         ch.send(record)
@@ -167,6 +167,8 @@ async def test_voice_and_location_records_flow(router: MediaRouter, tcp_pub: boo
     assert router.sessions["B"].consumers == {} and router.sessions["B"].data_consumers == {}
     assert router.sessions["A"].producer is not None
     assert router.sessions["A"].producer.consumers == []
+    # ... and resets the data consumer's SCTP stream, which closes the client's channel.
+    assert await wait_for(lambda: rch.readyState == "closed")
     await send.close()
     await recv.close()
 

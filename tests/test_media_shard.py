@@ -35,11 +35,11 @@ def test_pinned_aiortc_internals_still_exist() -> None:
     src = RTCDtlsTransport.__init__.__code__.co_names
     assert "_rx_srtp" in src and "_tx_srtp" in src and "_data_receiver" in src
     assert dtls is not None
-    for name in ("_receive", "_send", "_set_state", "start", "stop"):
+    for name in ("_receive", "_send", "_set_state", "_transmit_reconfig", "start", "stop"):
         assert callable(getattr(RTCSctpTransport, name))
     init = RTCSctpTransport.__init__.__code__.co_names
     for attr in ("_outbound_queue", "_association_state", "_outbound_streams_count",
-                 "_inbound_streams_max"):
+                 "_inbound_streams_max", "_reconfig_queue"):
         assert attr in init, attr
     assert RTCSctpTransport.State.ESTABLISHED
     assert RTCSctpTransport._send.__code__.co_varnames[:7] == (

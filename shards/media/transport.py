@@ -143,6 +143,12 @@ class _Sctp(RTCSctpTransport):
     def established(self) -> bool:
         return bool(self._association_state == self.State.ESTABLISHED)
 
+    def reset_stream(self, stream_id: int) -> None:
+        """Reset our outgoing stream (RFC 6525), as closing a data channel does."""
+        if self.established and stream_id not in self._reconfig_queue:
+            self._reconfig_queue.append(stream_id)
+            asyncio.ensure_future(self._transmit_reconfig())
+
 
 @dataclass(eq=False)
 class Consumer:
@@ -220,7 +226,7 @@ class DataConsumer:
             self.data_producer.consumers.remove(self)
         with contextlib.suppress(ValueError):
             self.transport.data_consumers.remove(self)
-        self.transport.data_streams.discard(self.stream_id)
+        self.transport.release_stream(self.stream_id)
 
 
 @dataclass(eq=False)
@@ -273,6 +279,7 @@ class Transport:
         self.data_producers: dict[int, DataProducer] = {}
         self.data_consumers: list[DataConsumer] = []
         self.data_streams: set[int] = set()
+        self._next_stream = 0
         self.next_mid = 0
         self.rtcp_ssrc = int.from_bytes(random_token(4).encode()[:4], "big")
         self.cname = random_token(16)
@@ -434,11 +441,19 @@ class Transport:
         return mid
 
     def allocate_stream(self) -> int | None:
-        for sid in range(SCTP_STREAMS):
+        # Round robin: a just-released stream id is reused last, after its reset completed.
+        for i in range(SCTP_STREAMS):
+            sid = (self._next_stream + i) % SCTP_STREAMS
             if sid not in self.data_streams:
                 self.data_streams.add(sid)
+                self._next_stream = sid + 1
                 return sid
         return None
+
+    def release_stream(self, stream_id: int) -> None:
+        self.data_streams.discard(stream_id)
+        if self.sctp is not None and not self.closed:
+            self.sctp.reset_stream(stream_id)
 
     # -------------------------------------------------------- data channels
     async def on_sctp_message(self, stream_id: int, pp_id: int, data: bytes) -> None:
