@@ -217,23 +217,26 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _plot_value(row: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The figure to plot for a row: its ratio when it has one, else ``value`` (with unit)."""
+def _plot_value(row: Mapping[str, Any]) -> tuple[bool, str, float] | None:
+    """What to plot for a row: ``(is_ratio, key or unit, number)``; a ratio when it has one."""
     for key in row:
         if _is_ratio_key(key) and (num := _number(row[key])) is not None:
-            return key, num
+            return True, key, num
     if (num := _number(row.get("value"))) is not None:
-        return str(row.get("unit") or "value"), num
+        return False, str(row.get("unit") or "value"), num
     return None
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> bool:
-    """One bar chart per bench module (each with its own scale); False if nothing to plot."""
-    groups: dict[str, list[tuple[str, str, float]]] = {}
+    """A bar chart per bench module's ratios and per module and unit of its plain values (each
+    with its own scale); False if nothing to plot."""
+    groups: dict[str, list[tuple[str, str, float, bool]]] = {}
     for r in rows:
         pv = _plot_value(r)
         if pv is not None:
-            groups.setdefault(str(r["bench"]), []).append((_label(r), pv[0], pv[1]))
+            is_ratio, key, num = pv
+            group = str(r["bench"]) if is_ratio else f"{r['bench']} ({key})"
+            groups.setdefault(group, []).append((_label(r), key, num, is_ratio))
     if not groups:
         return False
     try:
@@ -247,10 +250,12 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> bool:
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights) + 0.6), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, (bench, points) in zip(axes[:, 0], groups.items(), strict=True):
-        ratio = [_is_ratio_key(p[1]) for p in points]
+        ratio = [p[3] for p in points]
         ax.barh(range(len(points)), [p[2] for p in points],
                 color=["#4c72b0" if r else "#999999" for r in ratio])
-        ax.set_yticks(range(len(points)), [f"{p[0][:60]} [{p[1]}]" for p in points], fontsize=8)
+        ax.set_yticks(range(len(points)),
+                      [f"{p[0][:60]} [{p[1]}]" if p[3] else p[0][:70] for p in points],
+                      fontsize=8)
         ax.invert_yaxis()
         if any(ratio):
             ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
