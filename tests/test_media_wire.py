@@ -115,7 +115,9 @@ def test_ice_lite_selects_nominated_address_and_expires() -> None:
     assert agent.state is ice.IceState.CONNECTED
     agent.handle_timer(34.0)
     assert agent.state is ice.IceState.DISCONNECTED
-    assert agent.events_received() == [ice.IceDisconnected()]
+    # c (last heard at 4.0) expired; the selected tuple b stays
+    assert agent.events_received() == [ice.TupleRemoved(c), ice.IceDisconnected()]
+    assert list(agent.tuples) == [b]
     agent.receive_stun(stun.binding_request(TXID, "srv:x", "pw"), b, 40.0)
     assert agent.state is ice.IceState.CONNECTED
     agent.close()

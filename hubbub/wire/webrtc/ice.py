@@ -140,6 +140,11 @@ class IceLite:
         return self._last_valid + self.consent_timeout
 
     def handle_timer(self, now: float) -> None:
+        """Expire tuples unheard for ``consent_timeout``; disconnect when the path is silent."""
+        for tup, seen in list(self.tuples.items()):
+            if tup != self.selected and now - seen >= self.consent_timeout:
+                del self.tuples[tup]
+                self._events.append(TupleRemoved(tup))
         deadline = self.get_timer()
         if deadline is not None and now >= deadline:
             self.state = IceState.DISCONNECTED
