@@ -152,7 +152,8 @@ class Player:
             return
         subject: str = obj["subject"]
         payload = obj.get("data")
-        self.received[subject] = self.received.get(subject, 0) + 1
+        if subject in self.received or len(self.received) < 64:  # a host may invent subjects
+            self.received[subject] = self.received.get(subject, 0) + 1
         if subject == "error" and isinstance(payload, dict):
             if payload.get("subject") == "subscribe_positions":
                 self.positions_supported = False
@@ -213,6 +214,16 @@ class Player:
         mine = self.player_id
         self._request("set_grounded", "set_grounded", grounded, "player_grounded",
                       lambda d: d.get("playerId") == mine and d.get("grounded") == grounded)
+
+    def set_avatar(self, avatar: str | None) -> None:
+        mine = self.player_id
+        self._request("set_avatar", "set_avatar", avatar, "player_avatar",
+                      lambda d: d.get("playerId") == mine and d.get("avatar") == avatar)
+
+    def set_address(self, address: str | None) -> None:
+        mine = self.player_id
+        self._request("set_address", "set_address", address, "player_address",
+                      lambda d: d.get("playerId") == mine and d.get("address") == address)
 
     def leave(self) -> None:
         """``leave``: the host answers nothing to the leaver, so only the send is timed."""

@@ -376,6 +376,17 @@ class PlayerUser(_HubbubUser):
             self._safe(lambda: self.player.set_grounded(random.random() < 0.8))
 
     @task(1)
+    def profile(self) -> None:
+        """Avatar or wallet address changes, as the app sends them on sign-in or a new VRM."""
+        if self._ready():
+            n = random.randrange(1000)
+            if random.random() < 0.5:
+                self._safe(lambda: self.player.set_avatar(
+                    f"https://loadtest.hubbub.invalid/avatars/{n}.vrm"))
+            else:
+                self._safe(lambda: self.player.set_address(f"0x{n:040x}"))
+
+    @task(1)
     def player_count(self) -> None:
         self._safe(lambda: self.player.player_count(self.uri))
 
