@@ -500,6 +500,33 @@ async def test_media_relay_contract(cluster: Cluster, redis_url: str, prefix: st
     assert gw.proc.poll() is None
 
 
+async def test_resume_audio_bursts_are_coalesced(cluster: Cluster, redis_url: str,
+                                                 prefix: str) -> None:
+    # The reference client sends one resume_audio per consumer: hundreds when joining a full
+    # space. They must neither trip the rate limit nor reach the shard one by one.
+    _, port = start_gateway(cluster, SPACES_RATE="5", SPACES_BURST="5")
+    shard = FakeShard(redis_url, prefix)
+    shard.on_call = lambda payload, sender: shard.calls.append(payload) or []  # type: ignore
+    shard.reg.on("media.call", shard.on_call)
+    await shard.reg.start()
+    assert await shard.reg.wait_ready(5)
+    try:
+        await asyncio.sleep(1.0)
+        a = await connect(port)
+        await a.join(URI)
+        await a.send("create_transport", {"type": "consumer"})
+        await asyncio.sleep(0.3)
+        for _ in range(300):
+            await a.send("resume_audio")
+        await asyncio.sleep(0.5)
+        resumes = [c for c in shard.calls if c["op"] == "resume_audio"]
+        assert 2 <= len(resumes) <= 20
+        assert "error" not in a.subjects() and not a.closed.done()
+        await a.close()
+    finally:
+        await shard.reg.close()
+
+
 async def test_session_closed_when_shard_dies(cluster: Cluster, redis_url: str,
                                               prefix: str) -> None:
     _, port = start_gateway(cluster)

@@ -54,6 +54,8 @@ class Client:
         self.bucket = TokenBucket(rate, float(burst))
         self.strikes = Strikes(STRIKE_LIMIT)
         self.closing = False
+        self.last_resume = -1e9
+        self.resume_task: asyncio.Task[None] | None = None
         self._queue: deque[tuple[bytes, bool]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()

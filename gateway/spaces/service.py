@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import time
@@ -44,6 +45,9 @@ log = logging.getLogger("hubbub.spaces")
 
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
+RESUME_GAP = 0.1
+"""Seconds between two resume_audio calls to the shard for one socket."""
+_RESUME = re.compile(r'\s*\{\s*"subject"\s*:\s*"resume_audio"\s*(,\s*"data"\s*:\s*null\s*)?\}\s*')
 MAX_UNFINISHED = 100_000
 """Leaves that failed while Redis was unreachable, kept for a retry."""
 MAX_ALIVE_TTL = 3.0
@@ -221,12 +225,20 @@ class SpacesService:
         for uri in list(client.spaces):
             with contextlib.suppress(RegistryUnavailable):
                 await self._leave(client, uri, notify_media=False)
+        if client.resume_task is not None:
+            client.resume_task.cancel()
         self.media.detach(client)
         await client.flush()
         await client.stop()
 
     async def _on_message(self, client: Client, message: str | bytes) -> None:
         now = time.monotonic()
+        if isinstance(message, str) and len(message) <= 64 and _RESUME.fullmatch(message):
+            # The reference client sends one resume_audio per consumer it gets (hundreds on
+            # joining a full space); they are idempotent, so coalesce instead of rate-limiting.
+            metrics.MESSAGES_IN.labels("resume_audio").inc()
+            await self._resume(client, now)
+            return
         if not client.bucket.allow(now):
             metrics.MESSAGES_IN.labels("rate_limited").inc()
             if client.strikes.hit(now):
@@ -255,6 +267,23 @@ class SpacesService:
             # A bug must cost one message, not the connection or the gateway.
             log.exception("%s from %s failed", subject, client.session)
             client.send_error("internal", "internal error", subject)
+
+    async def _resume(self, client: Client, now: float) -> None:
+        """``resume_audio`` at most once per RESUME_GAP, the last one never lost."""
+        if client.resume_task is not None and not client.resume_task.done():
+            return
+        wait = client.last_resume + RESUME_GAP - now
+        if wait <= 0:
+            client.last_resume = now
+            await self.media.handle(client, "resume_audio", None)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(wait)
+            client.last_resume = time.monotonic()
+            await self.media.handle(client, "resume_audio", None)
+
+        client.resume_task = asyncio.ensure_future(later())
 
     def _reject(self, client: Client, code: str, message: str, subject: str | None,
                 now: float) -> None:
@@ -286,6 +315,8 @@ class SpacesService:
             await self._profile(client, field, data, builder)
         elif subject == "subscribe_positions":
             client.positions = data
+        elif subject == "resume_audio":
+            await self._resume(client, now)
         elif subject in MEDIA_SUBJECTS:
             await self.media.handle(client, subject, data)
 
