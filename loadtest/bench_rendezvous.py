@@ -20,13 +20,13 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import selectors
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from loadtest.cluster import LocalCluster, free_port, free_port_block
 __all__ = ["main", "markdown", "run"]
 
 HOST = "127.0.0.1"
-WINDOW = 256
+OFFERED = 250_000.0
+"""Heartbeats/s the generator offers: more than two gateways on this machine can answer."""
 """Heartbeats in flight per generator (like many clients whose 15 s timers overlap)."""
 
 
@@ -61,71 +62,57 @@ def _seed_peers(redis_url: str, prefix: str, ids: list[str]) -> None:
     r.close()
 
 
-def _generator(port: int, ids: list[str], seconds: float, out: Any) -> None:
-    """One load process: ``len(ids) / 16`` sockets, a bounded window of heartbeats in flight."""
-    per = 16
+def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any) -> None:
+    """Open-loop load: every ID from its own fixed socket, paced to ``rate`` datagrams/s.
+
+    Answers are not read (the kernel drops them once the buffers fill): the gateways' own
+    counters say how many heartbeats they handled and answered, and the generator stays cheap
+    enough to leave the cores to the gateways.
+    """
+    per = max(1, len(ids) // 256)
     socks = []
-    sel = selectors.DefaultSelector()
-    payloads: list[list[bytes]] = []
+    payloads: list[bytes] = []
+    owners: list[socket.socket] = []
     for i in range(0, len(ids), per):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
-        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect((HOST, port))
+        s.setblocking(False)
         socks.append(s)
-        payloads.append([_hb(x) for x in ids[i:i + per]])
-        sel.register(s, selectors.EVENT_READ)
-    # Warm-up: every ID once, until each gateway has looked it up in Redis.
+        for x in ids[i:i + per]:
+            payloads.append(_hb(x))
+            owners.append(s)
+    # Warm-up: every ID a few times, so each gateway has looked its peers up in Redis.
     for _ in range(3):
-        for s, batch in zip(socks, payloads, strict=True):
-            for d in batch:
-                with contextlib.suppress(BlockingIOError):
-                    s.send(d)
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            for key, _ in sel.select(0.05):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                with contextlib.suppress(BlockingIOError):
-                    while True:
-                        sock.recv(64)
-    got = 0
-    inflight = 0
-    idx = 0
-    n = len(socks)
+        for sock, d in zip(owners, payloads, strict=True):
+            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                sock.send(d)
+        time.sleep(0.4)
+    out.put("warm")
+    n = len(payloads)
+    burst = 64
     start = time.monotonic()
     end = start + seconds
-    last_rx = start
+    sent = 0
+    idx = 0
     while True:
         now = time.monotonic()
         if now >= end:
             break
-        while inflight < WINDOW:
-            s = socks[idx % n]
-            batch = payloads[idx % n]
-            try:
-                s.send(batch[(idx // n) % len(batch)])
-            except BlockingIOError:
-                break
-            inflight += 1
+        due = (now - start) * rate - sent
+        if due < burst:
+            time.sleep(burst / rate)
+            continue
+        for _ in range(burst):
+            k = idx % n
+            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                owners[k].send(payloads[k])
             idx += 1
-        events = sel.select(0.002)
-        for key, _ in events:
-            sock = key.fileobj  # type: ignore[assignment]
-            try:
-                while True:
-                    sock.recv(64)
-                    got += 1
-                    inflight -= 1
-            except BlockingIOError:
-                pass
-        if events:
-            last_rx = now
-        elif now - last_rx > 0.02:
-            inflight = 0  # answers lost (socket buffers full): refill the window
-            last_rx = now
+        sent += burst
     for s in socks:
         s.close()
-    out.put(got)
+    out.put(sent)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -133,33 +120,43 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _handled(ops_ports: list[int]) -> float:
+    """Heartbeats the gateways have answered so far (their Prometheus counters)."""
+    total = 0.0
+    for port in ops_ports:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("hubbub_rendezvous_heartbeats_total "):
+                    total += float(line.split()[1])
+    return total
+
+
 def _heartbeats(gateways: int, n_ids: int, seconds: float) -> dict[str, Any]:
     with LocalCluster(gateways=gateways, shards=0) as cluster:
         port = cluster.target.rendezvous_port
         ids = [str(1_000_000_000 + i) for i in range(n_ids)]
         _seed_peers(cluster.base_env["REDIS_URL"], cluster.base_env["HUBBUB_PREFIX"], ids)
-        workers = gateways
         ctx = mp.get_context("fork")
         q: Any = ctx.Queue()
-        chunk = len(ids) // workers
         pids = [p.popen.pid for p in cluster.procs if p.role == "gateway"]
-        procs = [ctx.Process(target=_generator,
-                             args=(port, ids[i * chunk:(i + 1) * chunk], seconds, q))
-                 for i in range(workers)]
-        for p in procs:
-            p.start()
-        time.sleep(1.6)  # the generators' warm-up
-        cpu0 = sum(_cpu_seconds(pid) for pid in pids)
-        t0 = time.monotonic()
-        total = sum(q.get(timeout=seconds + 30) for _ in procs)
-        wall = time.monotonic() - t0
-        cpu = max(1e-6, sum(_cpu_seconds(pid) for pid in pids) - cpu0)
-        for p in procs:
-            p.join(5)
-    rate = total / seconds
+        ops = cluster.ops_ports("gateway")
+        gen = ctx.Process(target=_generator, args=(port, ids, seconds, OFFERED, q))
+        gen.start()
+        q.get(timeout=60)  # warmed up
+        h0, cpu0, t0 = _handled(ops), sum(_cpu_seconds(pid) for pid in pids), time.monotonic()
+        sent = q.get(timeout=seconds + 30)
+        h1, cpu1, t1 = _handled(ops), sum(_cpu_seconds(pid) for pid in pids), time.monotonic()
+        gen.join(5)
+    wall = max(1e-6, t1 - t0)
+    done = h1 - h0
+    cpu = max(1e-6, cpu1 - cpu0)
+    rate = done / wall
+    busy = cpu / wall / gateways
     return {"case": f"heartbeats, {gateways} gateway{'s' if gateways > 1 else ''}",
-            "value": round(rate), "unit": "heartbeats/s",
-            "per gateway CPU-s": round(total / cpu * min(1.0, seconds / max(wall, 1e-6))),
+            "value": round(rate), "unit": "heartbeats/s answered",
+            "per gateway CPU-s": round(done / cpu),
+            "note": f"offered {sent / seconds:,.0f}/s; each gateway {busy * 100:.0f} % of a "
+                    f"core; {os.cpu_count()} cores shared with the load generator",
             "bar": ">= 20000 per gateway" if gateways == 1 else "",
             "ok": rate >= 20_000 if gateways == 1 else None}
 
@@ -291,7 +288,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     one = _heartbeats(1, n_ids, seconds)
     two = _heartbeats(2, n_ids, seconds)
     ratio = two["value"] / max(1, one["value"])
-    two["note"] = f"{ratio:.2f}x one gateway"
+    eff = two["per gateway CPU-s"] / max(1, one["per gateway CPU-s"])
+    two["note"] = (f"{ratio:.2f}x one gateway (per-CPU efficiency {eff:.2f}x); "
+                   + str(two["note"]))
     two["bar"] = ">= 1.7x one"
     two["ok"] = ratio >= 1.7
     rows += [one, two]

@@ -320,7 +320,7 @@ def test_change_id(env: Env) -> None:
     assert b.register_pk() == OK
     thief = _b(env)
     assert change(thief.id, new, thief.uuid) == pb.RegisterPkResponse.ID_EXISTS
-    assert new in env.admin("ic")
+    assert new in env.admin("idc")
     b.close()
     thief.close()
 

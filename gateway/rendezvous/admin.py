@@ -34,12 +34,14 @@ HELP = """commands:
   always-use-relay, aur [Y|N|-]           show or set ALWAYS_USE_RELAY ('-': back to config)
   ip-blocker, ib [<ip> [-]]               tracked IPs per gateway; one IP's counters; '-' clears
   punch-requests, pr [<n>|-]              last n punch requests (default 20); '-' clears
-  id-changes, ic [<n>]                    last n ID changes
+  ip-changes, ic [<id>]                   IDs seen from several IPs in the last 6 minutes
+  id-changes, idc [<n>]                   last n ID changes (change ID)
   peer <id>                               registration and liveness of one ID
   help, h                                 this text"""
 
 _ALIASES = {"rs": "relay-servers", "aur": "always-use-relay", "ib": "ip-blocker",
-            "pr": "punch-requests", "ic": "id-changes", "h": "help"}
+            "pr": "punch-requests", "ic": "ip-changes", "idc": "id-changes",
+            "h": "help"}
 
 
 def local_command(svc: RendezvousService, cmd: str, args: list[str]) -> dict[str, Any]:
@@ -54,6 +56,13 @@ def local_command(svc: RendezvousService, cmd: str, args: list[str]) -> dict[str
             return {"ok": True, "lines": [f"{ip} cleared"]}
         text = svc.ip_limiter.describe(ip, now)
         return {"ok": True, "lines": [f"{ip} {text}"] if text else []}
+    if cmd == "ip-changes":
+        lines = []
+        for peer_id, seen in svc.ip_changes.items():
+            if len(seen) > 1 and (not args or args[0] == peer_id):
+                ips = ", ".join(f"{ip}: {n}" for ip, n in seen.items())
+                lines.append(f"{peer_id}: {{{ips}}}")
+        return {"ok": True, "lines": lines}
     if cmd == "punch-requests":
         if args and args[0] == "-":
             svc.punch_log.clear()
@@ -127,6 +136,10 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
         if args == ["-"]:
             return "cleared"
         return "\n".join(merged[-count:]) or "(none)"
+    if cmd == "ip-changes":
+        replies = await _gather(registry, cmd, args[:1])
+        merged = sorted({line for r in replies for line in r.get("lines", [])})
+        return "\n".join(merged) or "(none)"
     if cmd == "id-changes":
         count = 20
         if args:

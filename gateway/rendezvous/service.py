@@ -84,6 +84,7 @@ KEEP_ALIVE = 60
 """Seconds announced to TCP/WS-registered clients; they give up after 1.5x without traffic."""
 MAX_ONLINE_QUERY = 4096
 NAT_PROBE_WINDOW = 10.0
+IP_CHANGE_WINDOW = 360.0
 NAT_PROBES_PER_WINDOW = 40
 """UDP NAT probes answered per source IP per window (a client bursts ~10 at start-up)."""
 PUNCH_LOG = 1000
@@ -164,7 +165,6 @@ class RendezvousService(Directory, PunchFlows):
         self.gateways: dict[str, ProcessRecord] = {}
         self._gateways_at = 0.0
         self.lookups: set[str] = set()
-        self.registrations = 0
         self.relay_servers: tuple[str, ...] = tuple(self.cfg.relay_servers)
         self.always_relay = self.cfg.always_use_relay
         self.auto_relay = ""
@@ -181,6 +181,7 @@ class RendezvousService(Directory, PunchFlows):
         self._flush_soon = asyncio.Event()
         self._udp_v6 = False
         self.nat_probes: BoundedMap[str, list[float]] = BoundedMap(100_000, NAT_PROBE_WINDOW)
+        self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(10_000, IP_CHANGE_WINDOW)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -336,6 +337,7 @@ class RendezvousService(Directory, PunchFlows):
             self._spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr))
             return
         if peer.ip != ip and not _loopback(ip):
+            self._note_ip_change(peer_id, peer.ip, ip, now)
             self._send_udp(RESP_REQUEST_PK, raw_addr)
             return
         self.peers.touch(peer_id, now)
@@ -344,6 +346,15 @@ class RendezvousService(Directory, PunchFlows):
         self._send_udp(RESP_KNOWN, raw_addr)
         if self.cfg.serial > rp.serial:
             self._send_udp(self._config_update(), raw_addr)
+
+    def _note_ip_change(self, peer_id: str, old_ip: str, new_ip: str, now: float) -> None:
+        """Remember IDs seen from several IPs recently (``hubbub admin ic``; no enforcement)."""
+        seen = self.ip_changes.get(peer_id, now)
+        if seen is None:
+            seen = {old_ip: 1}
+        if new_ip in seen or len(seen) < 16:
+            seen[new_ip] = seen.get(new_ip, 0) + 1
+        self.ip_changes.put(peer_id, seen, now)
 
     def _heard(self, peer_id: str, peer: LocalPeer, ip: str, port: int, mode: int,
                now: float) -> None:
@@ -467,6 +478,7 @@ class RendezvousService(Directory, PunchFlows):
             self.signed.sweep(now)
             self.sink_hints.sweep(now)
             self.nat_probes.sweep(now)
+            self.ip_changes.sweep(now)
             self.punch_seen.sweep(now)
             self.ip_limiter.map.sweep(now)
             self.id_limiter.map.sweep(now)
