@@ -616,3 +616,60 @@ async def test_ipv6_loopback(cluster: Cluster) -> None:
     assert 0 <= await a.join(URI) <= 255
     assert http_get(f"http://[::1]:{port}/player-count/{URI}") == (200, b"1")
     await a.close()
+
+
+async def _churn(ports: list[int], rounds: int, width: int) -> None:
+    """Players join, chat, move and leave or drop on random gateways, concurrently."""
+    import random
+
+    async def player(i: int) -> None:
+        for r in range(rounds):
+            c = await connect(ports[(i + r) % len(ports)])
+            uri = f"churn-{(i + r) % 3}"
+            await c.join(uri)
+            await c.send("set_name", f"p{i}")
+            await c.send("chat", "x")
+            await c.send_raw(bytes(21))
+            await asyncio.sleep(random.uniform(0, 0.05))
+            if r % 2:
+                await c.send("leave", uri)
+            await c.close()
+
+    await asyncio.wait_for(asyncio.gather(*(player(i) for i in range(width))), 60)
+
+
+async def _assert_no_leftovers(redis_url: str, prefix: str, ports: list[int]) -> None:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            keys = sorted(k.decode() for k in await r.keys(f"{prefix}space:*")
+                          if not k.decode().endswith(":shard"))
+            counts = [count(p, f"churn-{i}") for p in ports for i in range(3)]
+            if not keys and not any(counts):
+                break
+            assert time.monotonic() < deadline, (keys, counts)
+            await asyncio.sleep(0.1)
+        gw = [k.decode() for k in await r.keys(f"{prefix}spaces:gw:*")]
+        for key in gw:
+            assert await r.hlen(key) == 0
+    finally:
+        await r.aclose()
+
+
+async def test_churn_leaves_no_state_behind(cluster: Cluster, redis_url: str,
+                                            prefix: str) -> None:
+    _, p1 = start_gateway(cluster)
+    _, p2 = start_gateway(cluster)
+    await _churn([p1, p2], rounds=4, width=12)
+    await _assert_no_leftovers(redis_url, prefix, [p1, p2])
+
+
+@pytest.mark.slow
+async def test_churn_soak(cluster: Cluster, redis_url: str, prefix: str) -> None:
+    ports = [start_gateway(cluster)[1] for _ in range(3)]
+    for _ in range(10):
+        await _churn(ports, rounds=10, width=40)
+    await _assert_no_leftovers(redis_url, prefix, ports)
