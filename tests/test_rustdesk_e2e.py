@@ -18,6 +18,7 @@ import pytest
 from rustdesk_sim import Peer, TcpClient, WsClient, close_all, mangled, msg, verify_signed
 from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
 
+from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb
 
 
@@ -237,10 +238,13 @@ def test_relay_a_initiated(env: Env) -> None:
     b = _b(env)
     a = TcpClient("127.0.0.1", env.p2)
     uuid = str(uuidlib.uuid4())
-    a.send(msg(request_relay=pb.RequestRelay(id=b.id, uuid=uuid, relay_server="r.example",
-                                             secure=True)))
+    # A newer client's unknown field (99) must survive the forwarding to B.
+    inner = pb.RequestRelay(id=b.id, uuid=uuid, relay_server="r.example",
+                            secure=True).SerializeToString() + bytes.fromhex("98062a")
+    a.send_raw(encode_frame(b"\x92\x01" + bytes((len(inner),)) + inner))
     rq = b.recv_udp(("request_relay",))
     assert rq is not None and rq.request_relay.uuid == uuid
+    assert bytes.fromhex("98062a") in rq.request_relay.SerializeToString()
     assert mangled(rq.request_relay.socket_addr) == a.local
     assert b.last_src == ("127.0.0.1", env.p1)
     t = TcpClient("127.0.0.1", env.p1, src_ip="127.0.0.2")
