@@ -190,8 +190,8 @@ SETTINGS: tuple[Setting, ...] = (
             "shard slots per host (0: one per CPU core)", _ALL),
     Setting("announced_ip", ("--announced-ip",), ("MEDIASOUP_ANNOUNCED_IP", "ANNOUNCED_IP"), "",
             _str, "address in WebRTC candidates (default: PUBLIC_IP)"),
-    Setting("listen_ip", ("--listen-ip",), ("MEDIASOUP_LISTEN_IP",), "0.0.0.0", _str,
-            "address the WebRTC sockets bind"),
+    Setting("listen_ip", ("--listen-ip",), ("MEDIASOUP_LISTEN_IP",), "", _str,
+            "address the WebRTC sockets bind (default: BIND if set, else 0.0.0.0)"),
 )
 
 
@@ -245,7 +245,7 @@ class Config:
     rtc_max_port: int = 20020
     shard_slots: int = 0
     announced_ip: str = ""
-    listen_ip: str = "0.0.0.0"
+    listen_ip: str = ""
 
     @property
     def nat_port(self) -> int:
@@ -275,6 +275,11 @@ class Config:
     @property
     def advertised_ip(self) -> str:
         return self.public_ip or "127.0.0.1"
+
+    @property
+    def rtc_listen_ip(self) -> str:
+        """Address of the shards' WebRTC sockets: MEDIASOUP_LISTEN_IP, else BIND, else 0.0.0.0."""
+        return self.listen_ip or self.bind or "0.0.0.0"
 
     @property
     def rtc_announced_ip(self) -> str:

@@ -61,7 +61,7 @@ class MediaService:
         for port in ports:
             try:
                 await loop.create_datagram_endpoint(lambda: self.mux,
-                                                    local_addr=(cfg.listen_ip, port))
+                                                    local_addr=(cfg.rtc_listen_ip, port))
                 break
             except OSError as exc:
                 last = exc
@@ -77,7 +77,7 @@ class MediaService:
         self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port})
         self._tasks = [asyncio.ensure_future(self._tick_loop()),
                        asyncio.ensure_future(self._push_loop())]
-        log.info("media: UDP %s:%d, TCP %d, announcing %s", cfg.listen_ip, self.mux.port,
+        log.info("media: UDP %s:%d, TCP %d, announcing %s", cfg.rtc_listen_ip, self.mux.port,
                  tcp_port, cfg.rtc_announced_ip)
 
     async def _listen_tcp(self, ports: range) -> int:
@@ -86,7 +86,7 @@ class MediaService:
         for port in [self.mux.port] + [p for p in ports if p != self.mux.port]:
             try:
                 self._tcp = await loop.create_server(self.mux.tcp_protocol,
-                                                     host=self.ctx.cfg.listen_ip, port=port)
+                                                     host=self.ctx.cfg.rtc_listen_ip, port=port)
                 return port
             except OSError:
                 continue
