@@ -225,3 +225,35 @@ def test_udp_nat_probes_are_rate_limited(one: One) -> None:
             answers += 1
     u.close()
     assert 10 <= answers <= 40
+
+
+def test_gateway_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """Bindings survive (AOF); liveness and punches work again once Redis is back."""
+    with redis_server(appendonly=True) as srv:
+        cluster = Cluster(srv.url, new_prefix(), tmp_path)
+        try:
+            port = free_port_block(4) + 1
+            cluster.start("gateway", "-p", str(port), "--spaces-port", str(free_port()))
+            b = Peer("127.0.0.1", port, "restart" + uuidlib.uuid4().hex[:6], src_ip="127.0.0.2")
+            b.register()
+            srv.stop()
+            srv.start()
+            intruder = Peer("127.0.0.1", port, b.id, src_ip="127.0.0.2")
+            deadline = time.monotonic() + 10
+            result = None
+            while time.monotonic() < deadline:
+                intruder.send_udp(msg(register_pk=pb.RegisterPk(id=b.id, uuid=intruder.uuid,
+                                                                pk=intruder.pk)))
+                r = intruder.recv_udp(("register_pk_response",), timeout=1)
+                if r is not None and r.register_pk_response.result != \
+                        pb.RegisterPkResponse.SERVER_ERROR:
+                    result = r.register_pk_response.result
+                    break
+                time.sleep(0.3)
+            assert result == pb.RegisterPkResponse.UUID_MISMATCH
+            assert b.heartbeat() is False
+            a = TcpClient("127.0.0.1", port)
+            a.send(msg(punch_hole_request=pb.PunchHoleRequest(id=b.id)))
+            assert b.recv_udp(("punch_hole",)) is not None
+        finally:
+            cluster.stop_all()

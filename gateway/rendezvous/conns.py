@@ -31,6 +31,10 @@ MAX_QUEUED = 16
 """Frames a client may have waiting for handling; more means it is flooding us."""
 
 
+_CLOSING: set[asyncio.Future[None]] = set()
+"""Close handshakes in progress (held so they are not collected half-way)."""
+
+
 class Closed(Exception):
     """The connection is gone."""
 
@@ -193,7 +197,9 @@ class WsConn(Conn):
         await self.send_message(b"")
 
     def close(self) -> None:
-        asyncio.ensure_future(self._close())
+        task = asyncio.ensure_future(self._close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
