@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from hubbub.wire.rustdesk.messages import pb, serialize
 
 __all__ = [
     "WsClient",
+    "main",
     "relay_connect",
     "request_relay",
     "request_relay_frame",
@@ -180,5 +180,275 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def main(argv: list[str] | None = None) -> int:  # replaced below once the bench is defined
-    return 0
+
+# ------------------------------------------------------------------ cluster under test
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_block(n: int) -> int:
+    for _ in range(200):
+        base = _free_port()
+        ok = True
+        for i in range(n):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    try:
+                        s.bind(("127.0.0.1", base + i))
+                    except OSError:
+                        ok = False
+        if ok and base + n < 65000:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status: int = resp.status
+            return status
+    except OSError:
+        return 0
+
+
+class _Cluster:
+    """A private Redis and ``shards`` relay shards on loopback (unlimited bandwidth)."""
+
+    def __init__(self, shards: int = 2) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hubbub-bench-relay-"))
+        self.relay_port = _free_block(3)
+        self.shards = shards
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ops: list[int] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Cluster:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        rport = _free_port()
+        self.redis = subprocess.Popen(
+            [exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rtc = _free_block(2 * self.shards)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "PORT"))}
+        env.update(REDIS_URL=f"redis://127.0.0.1:{rport}/0", HUBBUB_PREFIX="bench:",
+                   HUBBUB_DATA=str(self.dir / "data"), BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
+                   RELAY_PORT=str(self.relay_port), SHARD_SLOTS=str(self.shards),
+                   RTC_MIN_PORT=str(rtc), RTC_MAX_PORT=str(rtc + 2 * self.shards - 1),
+                   TOTAL_BANDWIDTH="0", SINGLE_BANDWIDTH="0", RELAY_TIMEOUT="300",
+                   PRESENCE_TTL="3", LOG_LEVEL="warning")
+        try:
+            for _ in range(self.shards):
+                ops = _free_port()
+                log = open(self.dir / f"shard-{len(self.procs)}.log", "wb")
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "hubbub", "shard", "--ops-port", str(ops)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir))
+                log.close()
+                self.ops.append(ops)
+                deadline = time.monotonic() + 30
+                while _get(f"http://127.0.0.1:{ops}/healthz") != 200:
+                    if time.monotonic() > deadline or self.procs[-1].poll() is not None:
+                        raise RuntimeError("shard did not become healthy: "
+                                           + (self.dir / f"shard-{len(self.procs) - 1}.log")
+                                           .read_text(errors="replace")[-2000:])
+                    time.sleep(0.1)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for p in self.procs:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for p in self.procs:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+
+# ------------------------------------------------------------------ measurements
+CHUNK = 1 << 20
+
+
+def _sender(sock: socket.socket, stop: threading.Event) -> None:
+    data = memoryview(os.urandom(CHUNK))
+    with contextlib.suppress(OSError):
+        while not stop.is_set():
+            sock.sendall(data)
+
+
+def _receiver(sock: socket.socket, counts: list[int], idx: int, stop: threading.Event) -> None:
+    buf = bytearray(CHUNK)
+    sock.settimeout(1.0)
+    with contextlib.suppress(OSError):
+        while not stop.is_set():
+            n = sock.recv_into(buf)
+            if not n:
+                return
+            counts[idx] += n
+
+
+def _stream(pairs: list[tuple[socket.socket, socket.socket]], seconds: float) -> float:
+    """Push bytes one way through every (sender, receiver) pair; returns total bytes/s."""
+    stop = threading.Event()
+    counts = [0] * len(pairs)
+    threads = []
+    for i, (src, dst) in enumerate(pairs):
+        threads.append(threading.Thread(target=_sender, args=(src, stop), daemon=True))
+        threads.append(threading.Thread(target=_receiver, args=(dst, counts, i, stop),
+                                        daemon=True))
+    for t in threads:
+        t.start()
+    time.sleep(min(0.5, seconds / 4))  # warm-up: fill buffers and pipes
+    start_bytes, start = sum(counts), time.monotonic()
+    time.sleep(seconds)
+    moved, elapsed = sum(counts) - start_bytes, time.monotonic() - start
+    stop.set()
+    for src, dst in pairs:
+        with contextlib.suppress(OSError):
+            src.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+    for t in threads:
+        t.join(5)
+    for src, dst in pairs:
+        src.close()
+        dst.close()
+    return moved / elapsed
+
+
+def _direct_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(n)
+        pairs = []
+        for _ in range(n):
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            pairs.append((c, s))
+    return pairs
+
+
+def _relay_pairs(port: int, n: int) -> list[tuple[socket.socket, socket.socket]]:
+    pairs = []
+    for _ in range(n):
+        uuid = secrets.token_hex(8)
+        a = relay_connect(port, uuid)
+        b = relay_connect(port, uuid)
+        a.sendall(b"!")
+        if recv_exact(b, 1) != b"!":
+            raise RuntimeError("relay pair did not form")
+        pairs.append((a, b))
+    return pairs
+
+
+def _throughput(cluster: _Cluster, n: int, seconds: float) -> dict[str, Any]:
+    direct = _stream(_direct_pairs(n), seconds)
+    pairs = _relay_pairs(cluster.relay_port, n)
+    cpu0 = cluster.cpu_seconds()
+    relayed = _stream(pairs, seconds)
+    cpu = cluster.cpu_seconds() - cpu0
+    # CPU was sampled over warm-up + window + shutdown; bytes cover the window only, so scale.
+    total_time = seconds + min(0.5, seconds / 4)
+    gb = relayed * total_time / 1e9
+    ratio = relayed / direct if direct else 0.0
+    return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way",
+            "direct MB/s": round(direct / 1e6), "relay MB/s": round(relayed / 1e6),
+            "relay/direct": round(ratio, 2),
+            "relay CPU s/GB": round(cpu / gb, 2) if gb else None,
+            "bar": "relay/direct >= 0.75" if n == 1 else "-",
+            "ok": ratio >= 0.75 if n == 1 else None}
+
+
+def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
+    time.sleep(1.0)
+    before = cluster.rss_bytes()
+    socks: list[socket.socket] = []
+    try:
+        pairs = []
+        for _ in range(n):
+            uuid = secrets.token_hex(8)
+            a = relay_connect(cluster.relay_port, uuid)
+            b = relay_connect(cluster.relay_port, uuid)
+            socks += [a, b]
+            pairs.append((a, b))
+        for a, _b in pairs:
+            a.sendall(b"?")
+        for _a, b in pairs:
+            if recv_exact(b, 1) != b"?":
+                raise RuntimeError("idle pair did not form")
+        time.sleep(3.0)  # let the shards free the pipes of now idle pairs
+        after = cluster.rss_bytes()
+    finally:
+        for s in socks:
+            s.close()
+    delta = (after - before) / 1e6
+    return {"case": f"{n} idle paired sessions", "shards RSS before MB": round(before / 1e6, 1),
+            "shards RSS after MB": round(after / 1e6, 1), "added MB": round(delta, 1),
+            "bar": "added <= 50 MB", "ok": delta <= 50}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure everything once; one dict per table row."""
+    seconds = 1.5 if quick else 4.0
+    rows = []
+    with _Cluster(shards=2) as cluster:
+        rows.append(_throughput(cluster, 1, seconds))
+        rows.append(_throughput(cluster, 8, seconds))
+        rows.append(_idle(cluster, 200 if quick else 1000))
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append("" if v is None else ("yes" if v is True else "NO" if v is False
+                                                else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_relay",
+                                     description="relay throughput, CPU and idle memory")
+    parser.add_argument("--quick", action="store_true", help="shorter windows, 200 idle pairs")
+    args = parser.parse_args(argv)
+    rows = run(args.quick)
+    print(markdown(rows))
+    return 0 if all(r.get("ok") is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,26 +69,31 @@ def decode_transfer(data: bytes) -> Transfer | None:
         return None
 
 
-async def hand_over(address: str, transfer: Transfer, fd: int, timeout: float = 2.0) -> bool:
-    """Send ``fd`` and ``transfer`` to the shard at ``address``; True once it took the half.
+async def hand_over(address: str, transfer: Transfer, fd: int, timeout: float = 2.0) -> str:
+    """Send ``fd`` and ``transfer`` to the shard at ``address``.
 
-    On False the caller still owns its socket (the receiver closes any fd it did not take).
+    Returns ``"taken"`` once the owner took the half, ``"gone"`` when nothing listens at
+    ``address`` (the owner process is dead), ``"failed"`` otherwise (busy, refused, timeout). In
+    the last two cases the caller still owns its socket (a receiver closes fds it does not take).
     """
     loop = asyncio.get_running_loop()
+    data = encode_transfer(transfer)
+    if len(data) > MAX_MESSAGE:
+        return "failed"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.setblocking(False)
     try:
         async with asyncio.timeout(timeout):
-            await loop.sock_connect(s, address)
+            try:
+                await loop.sock_connect(s, address)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return "gone"
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE * 2)
-            data = encode_transfer(transfer)
-            if len(data) > MAX_MESSAGE:
-                return False
             socket.send_fds(s, [data], [fd])
             ack = await loop.sock_recv(s, 1)
-        return ack == ACK
+        return "taken" if ack == ACK else "failed"
     except (OSError, TimeoutError):
-        return False
+        return "failed"
     finally:
         s.close()
 

@@ -3,9 +3,9 @@
 Every shard of a host binds ``RELAY_PORT`` (TCP) and ``RELAY_PORT + 2`` (WebSocket) with
 ``SO_REUSEPORT``, so the kernel spreads connections over the shards. The two halves of a relay
 meet in the shard that owns their uuid: the first half's shard claims the uuid in Redis
-(``SET NX GET``, one round trip per connection, never per packet); a half accepted elsewhere is
-handed to the owner with its fd and already-read bytes (``handoff``). If Redis cannot be reached,
-the owner is chosen by rendezvous hashing over this host's live shards instead.
+(``SET NX GET``, batched in pipelines, never per packet; see ``claims``); a half accepted
+elsewhere is handed to the owner with its fd and already-read bytes (``handoff``). If Redis cannot
+be reached, the owner is chosen by rendezvous hashing over this host's live shards instead.
 
 Once paired, TCP <-> TCP pairs are spliced (``splice``) and pairs with a WebSocket side are
 bridged message by message (``bridge``). A sweep once a second expires waiting halves, ends idle
@@ -30,6 +30,7 @@ from hubbub.keys import relay_licence
 from hubbub.runtime import Context
 from shards.relay import metrics, splice, store
 from shards.relay.bridge import BridgePair
+from shards.relay.claims import Claims
 from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
 from shards.relay.handshake import (
     Hello,
@@ -53,8 +54,9 @@ log = logging.getLogger("hubbub.relay")
 MAX_HANDSHAKES = 10_000
 """Connections still sending their first message, per shard; more are closed at once."""
 READ_CHUNK = 16 * 1024
+HANDOFF_ATTEMPTS = 4
 SWEEP_EVERY = 1.0
-LIST_RELOAD_EVERY = 15.0
+LIST_RELOAD_EVERY = 10.0
 
 
 @dataclass(eq=False)
@@ -120,6 +122,7 @@ class RelayService:
         self.lists = IpLists()
         self.total = Bucket(0.0, 0.0)
         self.host_shards: list[str] = [self.registry.id]
+        self.claims = Claims(self.registry, self.cfg.relay_timeout + 2.0)
         self.handoff = HandoffServer(handoff_address(self.cfg.prefix, self.registry.id),
                                      self._take_handed)
         self._listeners: list[tuple[socket.socket, str]] = []
@@ -150,9 +153,10 @@ class RelayService:
         self._listeners = [(tcp, "tcp"), (ws, "ws")]
         self.ports = {"relay": tcp.getsockname()[1], "relay_ws": ws.getsockname()[1]}
         self.handoff.start()
+        self.claims.start()
         self.lists = store.read_files(cfg.data_path)
         self.registry.on("relay.usage", self._usage)
-        await self.registry.subscribe(store.notice_channel(self.registry), self._on_notice)
+        self.registry.on(store.NOTICE, self._on_notice)
         self.registry.add_tick(self._tick)
         self._spawn(self._initial_lists())
         ports = dict(self.registry.presence_info().get("ports") or {})
@@ -188,6 +192,7 @@ class RelayService:
 
     async def close(self) -> None:
         self._stop_accepting()
+        await self.claims.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for half in self.table:
@@ -321,45 +326,30 @@ class RelayService:
         return ip
 
     # -------------------------------------------------------------- routing
-    def _claim_key(self, uuid: str) -> str:
-        return self.registry.key("relay", "uuid", self.registry.host, uuid)
-
     def _hash_owner(self, uuid: str) -> str:
         def score(pid: str) -> bytes:
             return hashlib.blake2b(f"{uuid}\0{pid}".encode(), digest_size=8).digest()
 
         return max(self.host_shards or [self.registry.id], key=score)
 
-    async def _claim(self, uuid: str) -> str:
-        """The process that owns ``uuid`` on this host (this one if it is the first half)."""
-        ttl_ms = int(self.cfg.relay_timeout * 1000) + 2000
-        try:
-            async with self.registry.guard("relay_claim"):
-                prev = await self.registry.redis.set(self._claim_key(uuid), self.registry.id,
-                                                     nx=True, get=True, px=ttl_ms)
-        except RegistryUnavailable:
-            return self._hash_owner(uuid)
-        if prev is None:
-            return self.registry.id
-        return prev.decode() if isinstance(prev, bytes) else str(prev)
-
     async def _route(self, half: Half) -> None:
-        owner = await self._claim(half.uuid)
+        owner = await self.claims.claim(half.uuid) or self._hash_owner(half.uuid)
         if owner != self.registry.id and self._accepting:
             transfer = Transfer(half.uuid, half.transport, half.peer_ip, half.peer_port,
                                 half.leftover, 0.0)
             address = handoff_address(self.cfg.prefix, owner)
-            if await hand_over(address, transfer, half.sock.fileno()):
-                metrics.HANDOFFS.labels("sent").inc()
-                half.sock.close()
-                return
+            for attempt in range(HANDOFF_ATTEMPTS):
+                outcome = await hand_over(address, transfer, half.sock.fileno())
+                if outcome == "taken":
+                    metrics.HANDOFFS.labels("sent").inc()
+                    half.sock.close()
+                    return
+                if outcome == "gone":
+                    break
+                await asyncio.sleep(0.05 * (attempt + 1))
             # The owner is gone (its waiting half went with it): this shard takes the uuid.
             metrics.HANDOFFS.labels("failed").inc()
-            with contextlib.suppress(RegistryUnavailable):
-                async with self.registry.guard("relay_claim"):
-                    await self.registry.redis.set(
-                        self._claim_key(half.uuid), self.registry.id,
-                        px=int(self.cfg.relay_timeout * 1000) + 2000)
+            await self.claims.claim(half.uuid, force=True)
         self._arrive(half)
 
     def _take_handed(self, sock: socket.socket, t: Transfer) -> bool:
@@ -382,13 +372,8 @@ class RelayService:
         metrics.WAITING.set(len(self.table))
         if partner is None:
             return
-        self._spawn(self._forget_claim(half.uuid))
+        self.claims.forget(half.uuid)
         self._pair(partner, half)
-
-    async def _forget_claim(self, uuid: str) -> None:
-        with contextlib.suppress(RegistryUnavailable):
-            async with self.registry.guard("relay_claim"):
-                await self.registry.redis.delete(self._claim_key(uuid))
 
     def _pair(self, a: Half, b: Half) -> None:
         assert self._loop is not None
@@ -480,8 +465,8 @@ class RelayService:
             await store.merge_files(self.registry, self.lists)
         await self._reload_lists()
 
-    def _on_notice(self, _data: bytes) -> Any:
-        return self._reload_lists()
+    async def _on_notice(self, _payload: Any, _sender: str) -> None:
+        await self._reload_lists()
 
     async def _reload_lists(self) -> None:
         try:

@@ -135,7 +135,7 @@ class SplicePair(Pair):
         try:
             n = os.splice(d.sfd, d.pw, want, flags=_FLAGS)
         except BlockingIOError:
-            if d.inpipe:
+            if d.inpipe:  # the pipe is full (or the socket empty): wait for the writer
                 self._stop_read(d)
                 self._want_write(d)
             return
@@ -152,7 +152,8 @@ class SplicePair(Pair):
             return
         d.inpipe += n
         self.account(n, now)
-        self._flush(d)
+        if not d.writing:
+            self._flush(d)
 
     def _flush(self, d: _Direction) -> bool:
         """Drain the pipe into the destination; False when it would block (or the pair ended)."""
@@ -160,7 +161,8 @@ class SplicePair(Pair):
             try:
                 m = os.splice(d.pr, d.dfd, d.inpipe, flags=_FLAGS)
             except BlockingIOError:
-                self._stop_read(d)
+                # Keep reading into the pipe meanwhile: it is the buffer. A full pipe makes the
+                # next read splice fail, and that stops reading (backpressure to the source).
                 self._want_write(d)
                 return False
             except OSError:

@@ -1,8 +1,9 @@
 """The relay lists in Redis (one set per list, cluster-wide) mirrored into data-dir files.
 
-Redis holds the truth while the cluster runs; a change bumps nothing but publishes a notice on
-``relay:lists`` and every shard reloads both sets, applies them to its running pairs and rewrites
+Redis holds the truth while the cluster runs; after a change every live shard gets a
+``relay.lists`` inbox message, reloads both sets, applies them to its running pairs and rewrites
 ``blacklist.txt`` / ``blocklist.txt`` in its data dir (atomically, only when the text differs).
+Shards also reload every few seconds, so a shard that missed the message catches up.
 At start a shard merges the entries of its files into Redis, so lists written by hand for hbbr
 keep working.
 """
@@ -19,7 +20,7 @@ from registry import Registry
 from shards.relay.lists import LIST_NAMES, MAX_ENTRIES, IpLists, format_list, parse_list
 
 
-__all__ = ["fetch", "list_key", "merge_files", "modify", "notice_channel", "read_files",
+__all__ = ["NOTICE", "fetch", "list_key", "merge_files", "modify", "notify_shards", "read_files",
            "write_files"]
 
 log = logging.getLogger("hubbub.relay.lists")
@@ -29,8 +30,8 @@ def list_key(registry: Registry, name: str) -> str:
     return registry.key("relay", "list", name)
 
 
-def notice_channel(registry: Registry) -> str:
-    return registry.key("relay", "lists")
+NOTICE = "relay.lists"
+"""Inbox message type that makes a shard reload the lists."""
 
 
 def _decode(members: Iterable[bytes | str]) -> frozenset[str]:
@@ -74,9 +75,22 @@ async def modify(registry: Registry, name: str, add: Iterable[str] = (),
             if remove:
                 p.srem(key, *remove)
             p.smembers(key)
-            p.publish(notice_channel(registry), name.encode())
             result = await p.execute()
-    return _decode(result[-2])
+    await notify_shards(registry, name)
+    return _decode(result[-1])
+
+
+async def notify_shards(registry: Registry, name: str) -> int:
+    """Tell every live shard to reload the lists; returns how many were told.
+
+    Raises:
+        RegistryUnavailable: Redis did not answer.
+    """
+    told = 0
+    for rec in await registry.processes("shard"):
+        if await registry.send(rec.id, NOTICE, name):
+            told += 1
+    return told
 
 
 def read_files(data_dir: Path) -> IpLists:
