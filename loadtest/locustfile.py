@@ -11,7 +11,9 @@ from loadtest.users import (
     PlayerUser,
     RelayPairUser,
     WebControllerUser,
+    WebDeviceUser,
 )
 
 
-__all__ = ["ControllerUser", "DeviceUser", "PlayerUser", "RelayPairUser", "WebControllerUser"]
+__all__ = ["ControllerUser", "DeviceUser", "PlayerUser", "RelayPairUser", "WebControllerUser",
+           "WebDeviceUser"]

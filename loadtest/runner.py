@@ -33,13 +33,15 @@ HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
-    "rustdesk": ("DeviceUser", "ControllerUser", "WebControllerUser"),
+    "rustdesk": ("DeviceUser", "WebDeviceUser", "ControllerUser", "WebControllerUser"),
     "devices": ("DeviceUser",),
+    "wsdevices": ("WebDeviceUser",),
     "controllers": ("ControllerUser",),
     "web": ("WebControllerUser",),
     "relay": ("RelayPairUser",),
     "spaces": ("PlayerUser",),
-    "all": ("DeviceUser", "ControllerUser", "WebControllerUser", "RelayPairUser", "PlayerUser"),
+    "all": ("DeviceUser", "WebDeviceUser", "ControllerUser", "WebControllerUser", "RelayPairUser",
+            "PlayerUser"),
 }
 
 # Options forwarded to the locust users (see loadtest/users.py) when given.

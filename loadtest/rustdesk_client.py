@@ -549,9 +549,9 @@ class Controller:
             sock = socket.create_connection(addr, timeout=timeout,
                                             source_address=(ip, 0) if ip else None)
             with sock:
-                data = os.urandom(payload)
+                data = encode_frame(os.urandom(payload))
                 sock.sendall(data)
-                if _recv_exact(sock, payload, 5.0) != data:
+                if _recv_exact(sock, len(data), 5.0) != data:
                     raise LoadTestError("direct session echoed different bytes")
             m.length = 2 * payload
 
@@ -583,9 +583,11 @@ class Controller:
                 conn.send(_msg(request_relay=pb.RequestRelay(
                     licence_key=self.target.licence_key, id=peer_id, uuid=uid,
                     conn_type=pb.DEFAULT_CONN)))
-                data = os.urandom(payload)
+                # Framed, as the peer-to-peer protocol is: a relay bridging this TCP half to a
+                # WebSocket device turns each frame into one message and back.
+                data = encode_frame(os.urandom(payload))
                 conn.sock.sendall(data)
-                if _recv_exact(conn.sock, payload, 30.0) != data:
+                if _recv_exact(conn.sock, len(data), 30.0) != data:
                     raise LoadTestError("relay echoed different bytes")
             finally:
                 conn.close()

@@ -7,6 +7,7 @@ classes it defines are:
                      online query every 6 s while "the peer list is open", answers to pushes;
 * ``ControllerUser`` a RustDesk controller: punch request, then a direct or relayed session that
                      carries bytes both ways (it brings its own device to connect to);
+* ``WebDeviceUser`` a device in WebSocket mode: registration and pushes on one WebSocket;
 * ``WebControllerUser`` the RustDesk web client: punch request and relay over WebSocket;
 * ``RelayPairUser``  two relay halves with the same uuid pushing bytes both ways (throughput);
 * ``PlayerUser``     a Wired spaces player: join, set_name, chat, 15 Hz movement, leave.
@@ -22,7 +23,7 @@ import itertools
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import websocket
@@ -32,7 +33,7 @@ from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, WorkerR
 
 from hubbub.errors import HubbubError, LoadTestError
 from loadtest.rustdesk_client import Controller, Device, RelayPair, online_bit, online_query
-from loadtest.rustdesk_web import WebController
+from loadtest.rustdesk_web import WebController, WsDevice
 from loadtest.spaces_client import Player
 from loadtest.targets import Target
 from loadtest.thresholds import check_thresholds
@@ -44,13 +45,19 @@ __all__ = [
     "PlayerUser",
     "RelayPairUser",
     "WebControllerUser",
+    "WebDeviceUser",
     "check_thresholds",
 ]
 
 log = logging.getLogger("hubbub.loadtest")
 
 # Devices of this load-generator process that are registered; controllers pick targets here.
-ONLINE: dict[str, Device] = {}
+class _Peer(Protocol):
+    id: str
+    ip: str
+
+
+ONLINE: dict[str, _Peer] = {}
 _IDS = itertools.count(random.randrange(100_000_000, 900_000_000, 1000))
 _PLAYERS = itertools.count()
 _STOPPING = (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP)
@@ -212,6 +219,31 @@ class DeviceUser(_HubbubUser):
             exc = e
         self.record("rustdesk", "TCP OnlineRequest", (time.perf_counter() - start) * 1000.0,
                     len(peers), exc)
+
+
+class WebDeviceUser(_HubbubUser):
+    """A controlled device in WebSocket mode: registered on one long-lived WebSocket."""
+
+    wait_time = constant(1)
+    weight = 1
+
+    def on_start(self) -> None:
+        self.device = WsDevice(self.target, str(next(_IDS)), self.record,
+                               reg_interval=float(_opt(self.environment, "heartbeat", 15.0)))
+
+    def on_stop(self) -> None:
+        ONLINE.pop(self.device.id, None)
+        self.device.stop()
+
+    @task
+    def tick(self) -> None:
+        try:
+            self.device.tick()
+        except (OSError, HubbubError, websocket.WebSocketException):
+            ONLINE.pop(self.device.id, None)
+            return  # reported by the client
+        if self.device.confirmed:
+            ONLINE[self.device.id] = self.device
 
 
 class _ControllerBase(_HubbubUser):

@@ -72,7 +72,7 @@ def test_locust_command_forwards_knobs_and_classes() -> None:
     args = _parser().parse_args(["rustdesk", "-u", "7", "-t", "5s", "--relay-ratio", "0.5",
                                  "--processes", "2"])
     cmd = locust_command(Target(rendezvous_port=1234), SCENARIOS["rustdesk"], args)
-    assert cmd[-3:] == ["DeviceUser", "ControllerUser", "WebControllerUser"]
+    assert cmd[-4:] == ["DeviceUser", "WebDeviceUser", "ControllerUser", "WebControllerUser"]
     assert "--headless" in cmd and "--processes" in cmd
     i = cmd.index("--relay-ratio")
     assert cmd[i + 1] == "0.5"

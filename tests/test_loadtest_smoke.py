@@ -48,7 +48,7 @@ def _locust(cluster: LocalCluster, *argv: str, timeout: float = 60) -> tuple[int
 
 def test_every_scenario_passes_its_thresholds(local_cluster: LocalCluster) -> None:
     rc, stats, log = _locust(
-        local_cluster, "all", "-u", "14", "-r", "14", "-t", "10s",
+        local_cluster, "all", "-u", "16", "-r", "16", "-t", "10s",
         "--heartbeat", "2", "--online-every", "2", "--list-open", "1",
         "--connect-every", "0.5", "--relay-ratio", "0.4", "--relay-only-ratio", "0.5",
         "--relay-chunk", "65536", "--chat-every", "1",
@@ -60,6 +60,7 @@ def test_every_scenario_passes_its_thresholds(local_cluster: LocalCluster) -> No
         "connect → direct", "connect → relay", "direct session echo", "relay session echo",
         "relay pairing", "relay A→B 64 KiB", "relay B→A 64 KiB",
         "WS PunchHoleRequest", "WS relay session echo", "web connect → relay",
+        "WS device connect", "WS RegisterPk",
         "connect", "join", "set_name", "chat", "position batch (oldest record age)",
     ]
     missing = [n for n in expected if not by_name.get(n, {}).get("num_requests")]
