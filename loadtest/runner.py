@@ -4,6 +4,7 @@
     hubbub loadtest rustdesk relay --gateways 2 --shards 2
     hubbub loadtest all --web                            # watch it in locust's web UI
     hubbub loadtest rustdesk --target 127.0.0.1          # a cluster already running (hubbub up)
+    hubbub loadtest relay -- --json-file out             # options after -- go to locust
 
 Scenarios map to locust user classes; locust runs as a subprocess (it monkey-patches the standard
 library with gevent), its exit code is the command's: 1 when a threshold failed. Every run is
@@ -133,7 +134,12 @@ _LOOPBACK = ("127.", "::1", "localhost")
 
 
 def main(argv: Sequence[str]) -> int:
-    args = _parser().parse_args(list(argv))
+    argv = list(argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after -- goes to locust unchanged
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = _parser().parse_args(argv)
     classes: list[str] = []
     for name in args.scenarios:
         if name not in SCENARIOS:
@@ -159,7 +165,7 @@ def main(argv: Sequence[str]) -> int:
             sys.stderr.write("hubbub loadtest: error: --target must be a loopback address\n")
             return 2
         target = Target(args.target, args.rendezvous_port, args.relay_port, args.spaces_port)
-        return _run(locust_command(target, classes, args, args.csv), limit)
+        return _run(locust_command(target, classes, args, args.csv) + extra, limit)
     try:
         with LocalCluster(gateways=args.gateways, shards=args.shards, env=env) as cluster:
             t = cluster.target
@@ -168,7 +174,7 @@ def main(argv: Sequence[str]) -> int:
                   f"spaces {t.spaces_port}", flush=True)
             if args.web:
                 print(f"hubbub loadtest: web UI on http://127.0.0.1:{args.web_port}/", flush=True)
-            return _run(locust_command(t, classes, args, args.csv), limit)
+            return _run(locust_command(t, classes, args, args.csv) + extra, limit)
     except LoadTestError as exc:
         sys.stderr.write(f"hubbub loadtest: error: {exc}\n")
         return 3
