@@ -82,7 +82,7 @@ def udp(svc: RendezvousService) -> FakeUdp:
     return svc.udp
 
 
-async def register(svc: RendezvousService, peer_id: str, src: tuple[str, int],
+async def register(svc: RendezvousService, peer_id: str, src: tuple[Any, ...],
                    uuid: bytes = b"machine-1", pk: bytes = b"p" * 32) -> int:
     svc.on_datagram(Msg(register_pk=pb.RegisterPk(id=peer_id, uuid=uuid, pk=pk))
                     .SerializeToString(), src)
@@ -224,3 +224,20 @@ async def test_change_id_flow(svc: RendezvousService) -> None:
     assert await change("333333333", "Bob_the_dev", b"dev-2") == R.ID_EXISTS
     rec = await svc.store.peer("Bob_the_dev")
     assert rec is not None and rec.uuid == b"dev-1" and await svc.store.peer("222222222") is None
+
+
+async def test_dual_stack_addresses(svc: RendezvousService) -> None:
+    svc._udp_v6 = True  # as on the default "::" socket
+    b4 = ("::ffff:203.0.113.40", 41000, 0, 0)
+    assert await register(svc, "444444444", b4) == R.OK
+    b6 = ("2001:db8::5", 42000, 0, 0)
+    assert await register(svc, "666666666", b6) == R.OK
+    a6 = FakeConn(("2001:db8::9", 50000))
+    for target, want in (("444444444", ("::ffff:203.0.113.40", 41000, 0, 0)),
+                         ("666666666", ("2001:db8::5", 42000))):
+        await svc.handle(a6, Msg(punch_hole_request=pb.PunchHoleRequest(
+            id=target, licence_key=svc.key.licence)).SerializeToString(), main=True)
+        ((m, to),) = udp(svc).take()
+        assert to == want
+        assert len(m.punch_hole.socket_addr) == 18  # A's IPv6 address
+        assert addrmangle.decode(m.punch_hole.socket_addr) == a6.addr
