@@ -57,11 +57,15 @@ def wait(page: Any, expr: str, timeout: float = 20.0) -> Any:
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
-def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, int]) -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, int],
+                                           proto: str) -> None:
+    """Over UDP, and over ICE-TCP only (the page drops the UDP candidate with ``?tcp=1``)."""
     from playwright.sync_api import sync_playwright
 
     _, port = hubbub_cluster
-    base = f"http://127.0.0.1:{port}/demo?autojoin=1&space=https://example.org/browser.glb"
+    base = (f"http://127.0.0.1:{port}/demo?autojoin=1&space=https://example.org/browser.glb"
+            + ("&tcp=1" if proto == "tcp" else ""))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
@@ -76,6 +80,7 @@ def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, 
             stats = wait(b, "(async () => { const s = await demo.audioStats();"
                             " return s.packetsReceived > 100 && s.totalAudioEnergy > 0 && s; })()")
             assert stats["packetsReceived"] > 100 and stats["totalAudioEnergy"] > 0
+            assert b.evaluate("demo.iceProtocol()") == proto
             # Location: A moves; B receives A's 21-byte records with A's player id.
             a.mouse.move(300, 200)
             wait(b, f"demo.positions.has({a_id}) && demo.recordsReceived > 10")
