@@ -177,14 +177,12 @@ class Player:
                         LoadTestError("undecodable position batch"))
             return
         now = _now_ms()
-        worst = 0
-        for rec in records:
-            if rec[0] == self.player_id:
-                continue
-            stamp = _RECORD.unpack(rec)[1]
-            worst = max(worst, (now - stamp) % _STAMP_MOD)
-        if worst < 60_000:  # records without a load-test stamp are not timed
-            self.record(WS, "position batch (oldest record age)", float(worst), len(frame), None)
+        ages = [(now - _RECORD.unpack(rec)[1]) % _STAMP_MOD for rec in records
+                if rec[0] != self.player_id]
+        ages = [a for a in ages if a < 60_000]  # records without a load-test stamp are not timed
+        if ages:
+            self.record(WS, "position batch (oldest record age)", float(max(ages)), len(frame),
+                        None)
 
     # --- the Wired flows ----------------------------------------------------------------
     def join(self, uri: str) -> int:

@@ -102,3 +102,41 @@ def test_framed_conn_times_out_on_silence() -> None:
             print(round(time.monotonic() - start, 1), exc)
     """)
     assert out.startswith(("0.3 ", "0.4 ")) and "no answer" in out, out
+
+
+def test_spaces_player_survives_hostile_host_frames() -> None:
+    out = _run("""
+        import gevent, orjson
+        from gevent.event import AsyncResult
+        from hubbub.wire.wired.positions import encode_batch
+        from loadtest.spaces_client import Player
+        from loadtest.targets import NullRecorder
+        rec = NullRecorder()
+        p = Player(Target(spread_ips=False), rec, name="x")
+        p.player_id = 7
+        frames = [b"not json", b"[1,2]", b'{"subject": 5}']
+        frames += [orjson.dumps({"subject": f"s{i}"}) for i in range(200)]
+        for frame in frames:
+            p._on_text(frame)
+        print("subjects", len(p.received) <= 64)
+        # An error naming the subject we sent fails exactly that waiter.
+        w1, w2 = AsyncResult(), AsyncResult()
+        p._waiters += [("chat", "player_chat", lambda d: True, w1),
+                       ("set_name", "player_name", lambda d: True, w2)]
+        p._on_text(orjson.dumps({"subject": "error", "data": {
+            "code": "too_large", "message": "chat: longer than 1000", "subject": "chat"}}))
+        print("chat failed", isinstance(w1.exception, LoadTestError), "name waits", not w2.ready())
+        # Batches: garbage is a failure; our own record is skipped; others are timed.
+        p._on_batch(b"\\x02garbage")
+        own = bytes([7]) + bytes(20)
+        p._on_batch(encode_batch([own]))
+        names = [c[1] for c in rec.calls]
+        print("bad batch", names.count("position batch") == 1,
+              "own only not timed", "position batch (oldest record age)" not in names)
+        print("invalid frames", sum(1 for c in rec.calls if c[1] == "host frame"))
+    """)
+    lines = out.splitlines()
+    assert lines[-4] == "subjects True", out
+    assert lines[-3] == "chat failed True name waits True", out
+    assert lines[-2] == "bad batch True own only not timed True", out
+    assert lines[-1] == "invalid frames 3", out
