@@ -86,8 +86,9 @@ class WsClient:
 
     @classmethod
     def connect(cls, port: int, host: str = "127.0.0.1", path: str = "/ws/relay",
-                headers: dict[str, str] | None = None, timeout: float = 10.0) -> WsClient:
-        s = socket.create_connection((host, port), timeout=timeout)
+                headers: dict[str, str] | None = None, timeout: float = 10.0,
+                source: tuple[str, int] | None = None) -> WsClient:
+        s = socket.create_connection((host, port), timeout=timeout, source_address=source)
         key = base64.b64encode(secrets.token_bytes(16)).decode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -163,9 +164,10 @@ class WsClient:
 
 
 def ws_relay_connect(port: int, uuid: str, key: str = "", host: str = "127.0.0.1",
-                     headers: dict[str, str] | None = None, timeout: float = 10.0) -> WsClient:
+                     headers: dict[str, str] | None = None, timeout: float = 10.0,
+                     source: tuple[str, int] | None = None) -> WsClient:
     """A WebSocket relay half that has sent its RequestRelay."""
-    c = WsClient.connect(port, host, headers=headers, timeout=timeout)
+    c = WsClient.connect(port, host, headers=headers, timeout=timeout, source=source)
     c.send(request_relay(uuid, key))
     return c
 

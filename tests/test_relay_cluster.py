@@ -15,12 +15,13 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import Cluster, HubbubProcess, RedisServer, free_port_block, new_prefix
+from support import Cluster, HubbubProcess, RedisServer, free_port_block, http_get, new_prefix
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from loadtest.bench_relay import (
@@ -34,6 +35,7 @@ from loadtest.bench_relay import (
 
 KEY = "relay-test-key"
 TIMEOUT = 2.0
+PROXY = "127.0.0.9"
 
 
 @dataclass
@@ -52,8 +54,10 @@ class Relay:
         self.opened.append(s)
         return s
 
-    def ws(self, uuid: str, key: str = KEY) -> WsClient:
-        c = ws_relay_connect(self.port + 2, uuid, key)
+    def ws(self, uuid: str, key: str = KEY, source_ip: str | None = None,
+           headers: dict[str, str] | None = None) -> WsClient:
+        src = (source_ip, 0) if source_ip else None
+        c = ws_relay_connect(self.port + 2, uuid, key, source=src, headers=headers)
         self.opened.append(c.sock)
         return c
 
@@ -80,7 +84,8 @@ class Relay:
 def _env(relay: int, rtc: int, **extra: str) -> dict[str, str]:
     env = {"RELAY_PORT": str(relay), "SHARD_SLOTS": "2", "RTC_MIN_PORT": str(rtc),
            "RTC_MAX_PORT": str(rtc + 3), "RELAY_TIMEOUT": str(TIMEOUT), "KEY": KEY,
-           "LIMIT_SPEED": "8", "SINGLE_BANDWIDTH": "0", "TOTAL_BANDWIDTH": "0"}
+           "LIMIT_SPEED": "8", "SINGLE_BANDWIDTH": "0", "TOTAL_BANDWIDTH": "0",
+           "TRUSTED_PROXIES": PROXY}
     env.update(extra)
     return env
 
@@ -312,6 +317,14 @@ def test_blocklist_refuses_new_and_closes_running_pairs(relay: Relay) -> None:
             data.exists() and data.read_text() == "127.0.0.4\n127.0.0.5\n"):
         time.sleep(0.05)
     assert data.read_text() == "127.0.0.4\n127.0.0.5\n"
+    # Behind a trusted proxy the forwarded address counts; from anyone else the header does not.
+    proxied = relay.ws(_uuid("proxied"), source_ip=PROXY, headers={"X-Real-IP": "127.0.0.4"})
+    assert _closed(proxied.sock, 1)
+    uuid = _uuid("spoof")
+    spoofed = relay.ws(uuid, source_ip="127.0.0.6", headers={"X-Forwarded-For": "127.0.0.4"})
+    partner = relay.connect(uuid)
+    spoofed.send(b"not blocked")
+    assert recv_exact(partner, len(encode_frame(b"not blocked"))) == encode_frame(b"not blocked")
     _admin(relay, "blocklist", "remove", "all")
     time.sleep(0.3)
     uuid = _uuid("unblocked")
@@ -405,6 +418,15 @@ def test_ports_load_and_usage(relay: Relay) -> None:
         assert "relay_bps" in p["load"]
     out = _admin(relay, "usage")
     assert " <-> " in out and "shard(s)" in out
+    token = (relay.workdir / "data" / "admin_token").read_text().strip()
+    rows = []
+    for p in relay.shards:
+        url = f"http://127.0.0.1:{p.ops_port}/relay/usage"
+        assert http_get(url)[0] == 401
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            rows += json.loads(resp.read())["pairs"]
+    assert any(r["total_mb"] > 0 for r in rows)
     a.close()
     b.close()
 
@@ -459,3 +481,56 @@ def _kill_scenario(relay: Relay, shards: list[HubbubProcess]) -> None:
 def test_request_relay_frame_helper_matches_spec_tag() -> None:
     frame = request_relay_frame("u")
     assert frame[1:3] == b"\x92\x01"  # oneof field 18
+
+
+def _rate(a: socket.socket, b: socket.socket, seconds: float) -> float:
+    """Bytes/s b receives while a sends as fast as it can (after a short warm-up)."""
+    stop = threading.Event()
+
+    def send() -> None:
+        block = b"r" * 65536
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                a.sendall(block)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    b.settimeout(5)
+    recv_exact(b, 128 * 1024)
+    start = time.monotonic()
+    got = 0
+    while time.monotonic() - start < seconds:
+        got += len(b.recv(1 << 20))
+    rate = got / (time.monotonic() - start)
+    stop.set()
+    a.close()
+    sender.join(5)
+    return rate
+
+
+def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
+    port = free_port_block(3)
+    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
+    shards = [cluster.start("shard", env=env) for _ in range(2)]
+    relay = Relay(cluster, port, shards, cluster.workdir)
+    per_host = 16 * 1024 * 1024 / 8  # 2 MiB/s for the host, 1 MiB/s for each of 2 shards
+    try:
+        time.sleep(1.0)  # both shards have seen each other (presence ticks every 0.5 s)
+        uuid = _uuid("total")
+        a = relay.connect(uuid)
+        b = relay.connect(uuid)
+        a.sendall(b"1")
+        recv_exact(b, 1)
+        owner = next(i for i, p in enumerate(shards)
+                     if re.search(r"^hubbub_relay_pairs 1\.0$", p.metrics(), re.M))
+        rate = _rate(a, b, 1.5)
+        assert 0.8 * per_host / 2 <= rate <= 1.2 * per_host / 2, rate / (per_host / 2)
+        shards[1 - owner].kill(signal.SIGKILL)
+        time.sleep(2.5)  # the dead shard's presence expires; the survivor takes the whole host
+        uuid = _uuid("total2")
+        a = relay.connect(uuid)
+        b = relay.connect(uuid)
+        rate = _rate(a, b, 1.5)
+        assert 0.8 * per_host <= rate <= 1.2 * per_host, rate / per_host
+    finally:
+        relay.close_all()

@@ -237,3 +237,14 @@ def test_transfer_roundtrip_and_garbage() -> None:
     assert decode_transfer(b"\x93\x02\x01\x02") is None
     assert handoff_address("p:", "shard:h:1:ab").startswith("\0hubbub-relay:")
     assert len(handoff_address("p" * 200, "x").encode()) < 108
+
+
+def test_trickled_first_frame_is_read_incrementally() -> None:
+    # A peer may send its first frame one byte per packet; the reader only looks at new bytes.
+    payload = request_relay("t" * 200) + b"\x0a\x00" * 20_000  # padding: repeated empty ids
+    data = encode_frame(payload) + b"after"
+    reader = TcpFirstMessage()
+    got = [reader.feed(data[i:i + 1]) for i in range(len(data) - 5)]
+    assert got[-1] is not None and got[-1].uuid == "t" * 200
+    assert all(h is None for h in got[:-1])
+    assert reader._all.buffered() == 0

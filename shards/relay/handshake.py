@@ -77,11 +77,21 @@ def check_hello(hello: Hello, key: str | None) -> None:
 
 
 class TcpFirstMessage:
-    """Collect bytes until the first BytesCodec frame is complete."""
+    """Collect bytes until the first BytesCodec frame is complete.
+
+    Work per call is proportional to the new bytes only, so a peer trickling a large first frame
+    byte by byte costs no more than sending it at once.
+    """
 
     def __init__(self, cap: int = FIRST_MESSAGE_CAP) -> None:
         self._cap = cap
-        self._acc = bytearray()
+        self._total = 0
+        # The uncapped decoder never raises and never pre-allocates (it holds only bytes we
+        # read); it also splits whatever follows the first frame, which the peers may already
+        # have sent and which may be far larger than the cap. The capped one, fed the same
+        # bytes while no frame is complete, refuses a forged first header at once.
+        self._all = FrameDecoder(MAX_PAYLOAD)
+        self._capped: FrameDecoder | None = FrameDecoder(cap)
 
     def feed(self, data: bytes) -> Hello | None:
         """None until the first frame is complete.
@@ -89,26 +99,22 @@ class TcpFirstMessage:
         Raises:
             Refused: ``too_large``, ``garbage`` or ``wrong_message``.
         """
-        self._acc += data
-        acc = bytes(self._acc)
-        # An uncapped decoder never raises and never pre-allocates; it only sees bytes we read.
-        # It also splits what follows the first frame, which a capped decoder would refuse if
-        # the peers already sent a large message.
-        frames = FrameDecoder(MAX_PAYLOAD).feed(acc) if acc else []
+        self._total += len(data)
+        frames = self._all.feed(data)
         if not frames:
-            try:
-                FrameDecoder(self._cap).feed(acc)
-            except FrameTooLarge:
-                raise Refused("too_large", "first frame above the cap") from None
-            if len(acc) > self._cap + 4:
+            if self._capped is not None:
+                try:
+                    self._capped.feed(data)
+                except FrameTooLarge:
+                    raise Refused("too_large", "first frame above the cap") from None
+            if self._total > self._cap + 4:
                 raise Refused("too_large", "first frame above the cap")
             return None
+        self._capped = None
         first = frames[0]
         if len(first) > self._cap:
             raise Refused("too_large", "first frame above the cap")
-        rest = FrameDecoder(MAX_PAYLOAD)
-        rest_frames = rest.feed(acc)
-        leftover = b"".join(encode_frame(f) for f in rest_frames[1:]) + rest.pending()
+        leftover = b"".join(encode_frame(f) for f in frames[1:]) + self._all.pending()
         return parse_hello(first, leftover)
 
 

@@ -24,9 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, RemoteProtocolError
 from hubbub.keys import relay_licence
+from hubbub.ops import Request, Response
 from hubbub.runtime import Context
 from shards.relay import metrics, splice, store
 from shards.relay.bridge import BridgePair
@@ -156,6 +159,7 @@ class RelayService:
         self.claims.start()
         self.lists = store.read_files(cfg.data_path)
         self.registry.on("relay.usage", self._usage)
+        self.ctx.ops.route("/relay/usage", self._ops_usage, admin=True)
         self.registry.on(store.NOTICE, self._on_notice)
         self.registry.add_tick(self._tick)
         self._spawn(self._initial_lists())
@@ -516,3 +520,7 @@ class RelayService:
 
     def _usage(self, _payload: Any, _sender: str) -> dict[str, Any]:
         return {"shard": self.registry.id, "pairs": self.usage(), "waiting": len(self.table)}
+
+    async def _ops_usage(self, _req: Request) -> Response:
+        body = orjson.dumps(self._usage(None, ""), option=orjson.OPT_INDENT_2)
+        return Response(200, body + b"\n", "application/json")

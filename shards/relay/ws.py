@@ -103,8 +103,9 @@ class Handshake:
         Raises:
             HandshakeError: malformed, oversized or non-WebSocket request.
         """
+        start = max(0, len(self._buf) - 3)
         self._buf += data
-        end = self._buf.find(b"\r\n\r\n")
+        end = self._buf.find(b"\r\n\r\n", start)
         if end < 0:
             if len(self._buf) > self._max:
                 raise HandshakeError("request head too large")
