@@ -184,9 +184,28 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             w.writerow({c: row.get(c, "") for c in cols})
 
 
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every row's headline figure (its ratio, else its value) in one table; failures too."""
+    lines = ["| bench | figure | ratio / value |", "|---|---|---|"]
+    for r in rows:
+        if r.get("status") == "FAILED":
+            lines.append(f"| {r['bench']} | FAILED: {_fmt(r.get('error'))} | |")
+            continue
+        pv = _plot_value(r)
+        if pv is None:
+            continue
+        is_ratio, key, num = pv
+        shown = f"{_fmt(num)} ({key})" if is_ratio else f"{_fmt(num)} {key}"
+        lines.append(f"| {r['bench']} | {_fmt(_label(r))} | {shown} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def markdown_report(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One table per bench module, each with only the columns its rows use."""
+    """The summary table, then one table per bench module with only the columns it uses."""
     parts: list[str] = []
+    summary = summary_table(rows)
+    if summary:
+        parts.append(summary)
     for bench in dict.fromkeys(str(r["bench"]) for r in rows):
         mine = [{k: v for k, v in r.items() if k != "bench"} for r in rows
                 if r["bench"] == bench]

@@ -113,3 +113,12 @@ def test_bench_command_lists_modules() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert proc.stdout.split() == bench.discover() or proc.stdout.strip() == "(no bench modules)"
+
+
+def test_summary_table_has_each_headline_figure() -> None:
+    summary = bench.summary_table(ROWS)
+    assert "| relay | throughput, 8 pairs | 0.49 (ratio) |" in summary
+    assert "| spaces | joins/s, 2 gateways vs 1 | 1.8 (ratio) |" in summary
+    assert "| media | FAILED: boom | |" in summary
+    assert bench.summary_table([{"bench": "x", "metric": "words"}]) == ""
+    assert bench.markdown_report(ROWS).startswith("| bench | figure | ratio / value |")
