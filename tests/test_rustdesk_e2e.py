@@ -369,6 +369,7 @@ def test_admin_punch_log_and_ops_route(env: Env) -> None:
     assert b.recv_udp(("punch_hole",)) is not None
     assert f"-> {b.id}@127.0.0.2" in env.admin("pr", "50")
     assert "tracked IPs" in env.admin("ib")
+    assert "peers heard" in env.admin("stats")
     import urllib.request
 
     token = (env.workdir / "data" / "admin_token").read_text().strip()

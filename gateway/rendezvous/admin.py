@@ -37,6 +37,7 @@ HELP = """commands:
   ip-changes, ic [<id>]                   IDs seen from several IPs in the last 6 minutes
   id-changes, idc [<n>]                   last n ID changes (change ID)
   peer <id>                               registration and liveness of one ID
+  stats                                   peers, connections and streams per gateway
   help, h                                 this text"""
 
 _ALIASES = {"rs": "relay-servers", "aur": "always-use-relay", "ib": "ip-blocker",
@@ -153,6 +154,14 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(parts[2])))
                 out.append(f"{stamp} {parts[0]} -> {parts[1]}")
         return "\n".join(out) or "(none)"
+    if cmd == "stats":
+        lines = []
+        for proc in await registry.processes("gateway"):
+            load = proc.info.get("load") or {}
+            lines.append(f"{proc.id} ({proc.state}): {load.get('rd_peers', 0)} peers heard, "
+                         f"{load.get('rd_conns', 0)} connections, "
+                         f"{load.get('rd_streams', 0)} TCP/WS registrations")
+        return "\n".join(lines) or "(no gateways)"
     if cmd == "peer":
         if not args:
             return "usage: peer <id>"

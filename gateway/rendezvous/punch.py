@@ -175,6 +175,12 @@ class PunchFlows:
             return await self._push_local(peer_id, live.mode, live.ip, live.port, data)
         rec = await self.resolve(live.owner)
         if rec is None:
+            # The owner is gone (B moves to a live gateway with its next heartbeat). A sibling
+            # on the same port usually shares its address, and a datagram from anywhere else
+            # is merely dropped by B's NAT, so try rather than fail.
+            if live.mode == MODE_UDP and live.local_port == self.udp_port:
+                metrics.ROUTED.labels("orphan_push").inc()
+                return await self._push_local(peer_id, live.mode, live.ip, live.port, data)
             return False
         if (live.mode == MODE_UDP and rec.host == self.registry.host
                 and live.local_port == self.udp_port):
