@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.rendezvous.conns import Conn
 from gateway.rendezvous.service import RendezvousService
+from gateway.rendezvous.store import MODE_UDP, Live
 from hubbub.config import Config
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk import addr as addrmangle
@@ -241,3 +243,22 @@ async def test_dual_stack_addresses(svc: RendezvousService) -> None:
         assert to == want
         assert len(m.punch_hole.socket_addr) == 18  # A's IPv6 address
         assert addrmangle.decode(m.punch_hole.socket_addr) == a6.addr
+
+
+async def test_push_for_a_vanished_owner_uses_the_shared_port(svc: RendezvousService) -> None:
+    b_src = ("203.0.113.60", 41000)
+    assert await register(svc, "121212121", b_src) == R.OK
+    svc.peers.clear()  # as if another gateway, now dead, had heard B last
+    live = Live("", 41000, time.time(), "dead00", svc.udp_port, MODE_UDP)
+    await svc.store.flush_live([("121212121", live)], time.time())
+    a = FakeConn(("198.51.100.61", 5))
+    await svc.handle(a, Msg(punch_hole_request=pb.PunchHoleRequest(
+        id="121212121", licence_key=svc.key.licence)).SerializeToString(), main=True)
+    ((m, to),) = udp(svc).take()
+    assert to == b_src and m.WhichOneof("union") == "punch_hole"
+    live2 = Live("", 41000, time.time(), "dead00", svc.udp_port + 1, MODE_UDP)
+    await svc.store.flush_live([("121212121", live2)], time.time())
+    await svc.handle(a, Msg(punch_hole_request=pb.PunchHoleRequest(
+        id="121212121", licence_key=svc.key.licence)).SerializeToString(), main=True)
+    assert udp(svc).take() == [] and a.out[-1].punch_hole_response.failure == \
+        pb.PunchHoleResponse.OFFLINE
