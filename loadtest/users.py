@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 from typing import Any, Protocol
@@ -58,8 +59,16 @@ class _Peer(Protocol):
 
 
 ONLINE: dict[str, _Peer] = {}
-_IDS = itertools.count(random.randrange(100_000_000, 900_000_000, 1000))
 _PLAYERS = itertools.count()
+_ids: tuple[int, itertools.count[int]] = (0, itertools.count())
+
+
+def _new_id() -> str:
+    """A fresh 9-digit device ID, distinct per load-generator process (``--processes`` forks)."""
+    global _ids
+    if _ids[0] != os.getpid():
+        _ids = (os.getpid(), itertools.count(random.randrange(100_000_000, 900_000_000, 1000)))
+    return str(next(_ids[1]))
 _STOPPING = (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP)
 SETTLE = 2.0
 """Seconds after its first registration before a device expects to be reported online."""
@@ -172,7 +181,7 @@ class DeviceUser(_HubbubUser):
 
     def on_start(self) -> None:
         env = self.environment
-        self.device = Device(self.target, str(next(_IDS)), self.record,
+        self.device = Device(self.target, _new_id(), self.record,
                              reg_interval=float(_opt(env, "heartbeat", 15.0)))
         self.device.start()
         self.list_open = random.random() < float(_opt(env, "list_open", 0.5))
@@ -228,7 +237,7 @@ class WebDeviceUser(_HubbubUser):
     weight = 1
 
     def on_start(self) -> None:
-        self.device = WsDevice(self.target, str(next(_IDS)), self.record,
+        self.device = WsDevice(self.target, _new_id(), self.record,
                                reg_interval=float(_opt(self.environment, "heartbeat", 15.0)))
 
     def on_stop(self) -> None:
@@ -257,9 +266,9 @@ class _ControllerBase(_HubbubUser):
 
     def on_start(self) -> None:
         env = self.environment
-        self.controller = Controller(self.target, str(next(_IDS)), self.record)
+        self.controller = Controller(self.target, _new_id(), self.record)
         relay_only = random.random() < float(_opt(env, "relay_only_ratio", 0.2))
-        self.device = Device(self.target, str(next(_IDS)), self.record, relay_only=relay_only,
+        self.device = Device(self.target, _new_id(), self.record, relay_only=relay_only,
                              reg_interval=float(_opt(env, "heartbeat", 15.0)))
         self.device.start()
         self.relay_ratio = float(_opt(env, "relay_ratio", 0.3))
