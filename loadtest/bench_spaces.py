@@ -140,8 +140,8 @@ async def _bench(url: str, players: int, seconds: float,
     t0 = time.perf_counter()
 
     async def one(i: int) -> Player:
-        ws = await connect(url, max_size=2**22, open_timeout=30, ping_interval=None,
-                           compression=None)
+        # permessage-deflate on, as browsers negotiate it
+        ws = await connect(url, max_size=2**22, open_timeout=30, ping_interval=None)
         p = Player(ws, observer=i < OBSERVERS)
         await ws.send(orjson.dumps({"subject": "join", "data": URI}).decode())
         await asyncio.wait_for(asyncio.shield(p.joined), 30)

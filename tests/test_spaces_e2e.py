@@ -241,6 +241,9 @@ async def test_limits(cluster: Cluster) -> None:
     await a.send_raw("z" * 30000)
     assert (await a.wait_closed())[0] == 1009
     await a.close()
+    deadline = time.monotonic() + 5
+    while count(port, "s1") and time.monotonic() < deadline:  # the server has let it go
+        await asyncio.sleep(0.05)
 
     # sockets per IP
     others = [await connect(port) for _ in range(3)]

@@ -109,3 +109,24 @@ def test_client_ip_honours_only_trusted_proxies() -> None:
     assert svc._client_ip(_Conn("::1", {"X-Real-IP": "198.51.100.2"})) == "198.51.100.2"
     assert svc._client_ip(_Conn("::ffff:192.0.2.1", fwd)) == "192.0.2.1"  # untrusted peer
     assert svc._client_ip(_Conn("10.2.3.4", {})) == "10.2.3.4"
+
+
+def test_deflate_leaves_binary_frames_alone() -> None:
+    from websockets.frames import Frame, Opcode
+
+    from gateway.spaces.deflate import TextOnlyDeflate
+
+    ext = TextOnlyDeflate(False, False, 12, 12, {"memLevel": 5})
+    batch = Frame(Opcode.BINARY, b"\x01" + bytes(210))
+    assert ext.encode(batch) is batch and not batch.rsv1
+    text = ext.encode(Frame(Opcode.TEXT, b'{"subject":"player_chat","data":{"playerId":1}}' * 3))
+    assert text.rsv1 and len(text.data) < 100
+    first = ext.encode(Frame(Opcode.BINARY, b"ab", fin=False))
+    cont = ext.encode(Frame(Opcode.CONT, b"cd"))
+    assert (first.data, cont.data, first.rsv1, cont.rsv1) == (b"ab", b"cd", False, False)
+    # a compressed message after raw ones still decodes on the other side
+    peer = TextOnlyDeflate(False, False, 12, 12)
+    assert peer.decode(text).data.startswith(b'{"subject":"player_chat"')
+    assert peer.decode(batch) is batch
+    again = ext.encode(Frame(Opcode.TEXT, b'{"subject":"player_chat","data":{"playerId":2}}'))
+    assert peer.decode(again).data == b'{"subject":"player_chat","data":{"playerId":2}}'

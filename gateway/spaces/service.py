@@ -23,7 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.spaces import channel, metrics
+from gateway.spaces import channel, deflate, metrics
 from gateway.spaces.channel import ChannelMessage
 from gateway.spaces.client import Client
 from gateway.spaces.http import HttpRoutes
@@ -117,7 +117,8 @@ class SpacesService:
         self._server = await serve(
             self._serve, sock=sock, ssl=tls, process_request=self._process_request,
             max_size=cfg.spaces_max_frame, ping_interval=ping, ping_timeout=ping,
-            close_timeout=2, max_queue=32, server_header="hubbub")
+            close_timeout=2, max_queue=32, server_header="hubbub",
+            compression=None, extensions=deflate.extensions())
         self._alive_ttl = min(cfg.presence_ttl, MAX_ALIVE_TTL)
         # The lease must exist before the first member does, or another gateway reaps us.
         await self.store.keep_alive(self._alive_ttl)
