@@ -105,7 +105,9 @@ def _options(parser: Any) -> None:
                    help="mean seconds between a controller's connections")
     g.add_argument("--relay-chunk", type=int, default=1 << 20,
                    help="bytes per direction per relay-pair transfer")
-    g.add_argument("--space-size", type=int, default=10, help="players per space")
+    g.add_argument("--space-size", type=int, default=10,
+                   help="players per space (per locust process: with --processes N, workers "
+                        "share the spaces, so a space holds up to N times this)")
     g.add_argument("--move-hz", type=float, default=15.0, help="location records per second")
     g.add_argument("--chat-every", type=float, default=5.0,
                    help="mean seconds between a player's actions (chat, name, grounded)")
