@@ -7,6 +7,7 @@ to the gateway holding A's connection (``rd.deliver``, found through ``rd:sink:<
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.rendezvous import metrics
 from gateway.rendezvous.conns import Conn
 from gateway.rendezvous.limits import BoundedMap
-from gateway.rendezvous.logic import Network, is_lan, plan_punch
+from gateway.rendezvous.logic import Network, is_lan, plan_punch, valid_register_id
 from gateway.rendezvous.store import MODE_UDP, Live, Store
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable
@@ -98,6 +99,10 @@ class PunchFlows:
             await conn.send_message(_punch_failure(pb.PunchHoleResponse.LICENSE_MISMATCH))
             return
         peer_id = req.id
+        if not valid_register_id(peer_id):
+            metrics.PUNCH_REQUESTS.labels("id_not_exist").inc()
+            await conn.send_message(_punch_failure(pb.PunchHoleResponse.ID_NOT_EXIST))
+            return
         try:
             exists, live = await self._target(peer_id, conn.addr_key if first else None)
         except RegistryUnavailable:
@@ -149,10 +154,10 @@ class PunchFlows:
     async def request_relay(self, conn: Conn, msg: pb.RendezvousMessage) -> None:
         first = self._add_sink(conn)
         rr = msg.request_relay
-        try:
-            _exists, live = await self._target(rr.id, conn.addr_key if first else None)
-        except RegistryUnavailable:
-            live = None
+        live = None
+        if valid_register_id(rr.id):
+            with contextlib.suppress(RegistryUnavailable):
+                _exists, live = await self._target(rr.id, conn.addr_key if first else None)
         now = time.time()
         if live is None or not live.online(now):
             metrics.PUNCH_REQUESTS.labels("relay_offline").inc()

@@ -678,7 +678,7 @@ class RendezvousService(Directory, PunchFlows):
     # ----------------------------------------------------------- online etc.
     async def online_response(self, req: pb.OnlineRequest) -> bytes:
         ids = list(req.peers)
-        asked = ids[:MAX_ONLINE_QUERY]
+        asked = [i if valid_register_id(i) else "" for i in ids[:MAX_ONLINE_QUERY]]
         now = time.time()
         try:
             lives = await self.store.lives(asked)
