@@ -426,6 +426,8 @@ class FakeShard:
             return [["transport_created", {"type": data["type"], "options": {"id": "t1"}}]]
         if op == "produce":
             return [["producer_id", "prod-1"]]
+        if op == "produce_data":
+            return [["data_producer_id", f"data-{data['streamId']}"]]
         if op == "resume_audio":
             raise RemoteError("no_consumers", "nothing to resume")
         return []
@@ -445,6 +447,11 @@ async def test_media_relay_contract(cluster: Cluster, redis_url: str, prefix: st
         pid = await a.join(URI)
         await a.send("create_transport", {"type": "producer"})
         assert (await a.wait_for("transport_created"))["options"]["id"] == "t1"
+        dtls = {"role": "client", "fingerprints": [{"algorithm": "sha-256", "value": "AA"}]}
+        await a.send("connect_transport", {"type": "producer", "dtlsParameters": dtls})
+        await a.send("set_rtp_capabilities", {"codecs": [], "headerExtensions": []})
+        await a.send("produce_data", {"streamId": 3, "ordered": False, "maxRetransmits": 0})
+        assert await a.wait_for("data_producer_id") == "data-3"
         await a.send("produce", {"codecs": []})
         assert await a.wait_for("producer_id") == "prod-1"
         await a.send("resume_audio")
@@ -456,8 +463,9 @@ async def test_media_relay_contract(cluster: Cluster, redis_url: str, prefix: st
         await a.wait_for("router_rtp_capabilities")
 
         ops = [c["op"] for c in shard.calls]
-        assert ops == ["get_router_rtp_capabilities", "create_transport", "produce",
-                       "resume_audio"]
+        assert ops == ["get_router_rtp_capabilities", "create_transport", "connect_transport",
+                       "set_rtp_capabilities", "produce_data", "produce", "resume_audio"]
+        assert shard.calls[2]["data"] == {"type": "producer", "dtlsParameters": dtls}
         call = shard.calls[1]
         assert call["spaces"] == {URI: pid} and call["data"] == {"type": "producer"}
         session, gateway = call["session"], call["gateway"]
