@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 
+__all__ = ["CLOSED", "ERRORS", "MEDIA_CALLS", "MESSAGES_IN", "MESSAGES_OUT", "PLAYERS",
+           "POSITION_RECORDS", "POSITION_TICKS", "REAPED", "SOCKETS", "SPACES", "TICK_LAG"]
+
 SOCKETS = Gauge("hubbub_spaces_sockets", "spaces WebSocket connections on this gateway")
 SPACES = Gauge("hubbub_spaces_spaces", "spaces with at least one member on this gateway")
 PLAYERS = Gauge("hubbub_spaces_players", "space memberships held by this gateway")
