@@ -6,6 +6,7 @@ on free loopback ports, then measures
 * bulk throughput of 1 and 8 concurrent relayed pairs against a direct loopback TCP pipe (the
   same sender and receiver code without the relay), in MB/s, and the relay's CPU seconds per GB
   (from the shards' ``/proc`` counters);
+* the same for one WebSocket -> TCP pair (message re-framing instead of splice);
 * the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS).
 
 It prints a Markdown table; ``run(quick)`` returns the rows for ``hubbub bench``. Everything is
@@ -388,6 +389,48 @@ def _throughput(cluster: _Cluster, n: int, seconds: float) -> dict[str, Any]:
             "ok": ratio >= 0.75 if n == 1 else None}
 
 
+def _ws_bridge(cluster: _Cluster, seconds: float) -> dict[str, Any]:
+    """One WebSocket -> TCP pair: every 64 KiB binary message re-framed for the TCP side."""
+    uuid = secrets.token_hex(8)
+    w = ws_relay_connect(cluster.relay_port + 2, uuid)
+    t = relay_connect(cluster.relay_port, uuid)
+    w.send(b"!")
+    recv_exact(t, 2)
+    # A zero masking key is valid and keeps the client's cost out of the measurement.
+    payload = os.urandom(65536)
+    frame = bytes([0x82, 0x80 | 127]) + len(payload).to_bytes(8, "big") + b"\0\0\0\0" + payload
+
+    stop = threading.Event()
+    block = frame * 16
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                w.sock.sendall(block)
+
+    counts = [0]
+    threads = [threading.Thread(target=send, daemon=True),
+               threading.Thread(target=_receiver, args=(t, counts, 0, stop), daemon=True)]
+    for th in threads:
+        th.start()
+    time.sleep(min(0.5, seconds / 4))
+    cpu0, n0, start = cluster.cpu_seconds(), counts[0], time.monotonic()
+    time.sleep(seconds)
+    moved, elapsed, cpu = counts[0] - n0, time.monotonic() - start, cluster.cpu_seconds() - cpu0
+    stop.set()
+    for s in (w.sock, t):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+    for th in threads:
+        th.join(5)
+    w.close()
+    t.close()
+    rate = moved / elapsed
+    return {"case": "1 pair, WebSocket -> TCP (message bridge)", "relay MB/s": round(rate / 1e6),
+            "relay CPU s/GB": round(cpu / (moved / 1e9), 2) if moved else None, "bar": "-",
+            "ok": None}
+
+
 def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
     time.sleep(1.0)
     before = cluster.rss_bytes()
@@ -423,6 +466,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with _Cluster(shards=2) as cluster:
         rows.append(_throughput(cluster, 1, seconds))
         rows.append(_throughput(cluster, 8, seconds))
+        rows.append(_ws_bridge(cluster, seconds))
         rows.append(_idle(cluster, 200 if quick else 1000))
     return rows
 

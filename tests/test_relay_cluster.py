@@ -534,3 +534,39 @@ def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
         assert 0.8 * per_host <= rate <= 1.2 * per_host, rate / per_host
     finally:
         relay.close_all()
+
+
+def test_fast_pair_is_downgraded_to_limit_speed(cluster: Cluster) -> None:
+    port = free_port_block(3)
+    # SINGLE 8 Mb/s = 1 MiB/s; after 1 s a pair averaging above half of it drops to 2 Mb/s.
+    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5", SINGLE_BANDWIDTH="8",
+               DOWNGRADE_START_CHECK="1", DOWNGRADE_THRESHOLD="0.5", LIMIT_SPEED="2")
+    shards = [cluster.start("shard", env=env)]
+    relay = Relay(cluster, port, shards, cluster.workdir)
+    try:
+        uuid = _uuid("down")
+        a = relay.connect(uuid)
+        b = relay.connect(uuid)
+        stop = threading.Event()
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    a.sendall(b"d" * 65536)
+
+        threading.Thread(target=send, daemon=True).start()
+        b.settimeout(5)
+        start = time.monotonic()
+        got = 0
+        while time.monotonic() - start < 2.5:  # downgraded within ~2 s (1 s + the 1 s sweep)
+            got += len(b.recv(1 << 20))
+        start, got = time.monotonic(), 0
+        while time.monotonic() - start < 1.5:
+            got += len(b.recv(1 << 20))
+        rate = got / (time.monotonic() - start)
+        stop.set()
+        limit = 2 * 1024 * 1024 / 8
+        assert 0.7 * limit <= rate <= 1.3 * limit, rate / limit
+        assert relay.metric('hubbub_relay_throttled_total{bucket="downgrade"}') == 1
+    finally:
+        relay.close_all()
