@@ -278,3 +278,43 @@ async def test_flooding_publisher_is_rate_limited(router: MediaRouter) -> None:
     assert router.counts.drop_rate >= 1400
     await send.close()
     await recv.close()
+
+
+async def test_fuzzed_calls_only_raise_protocol_errors(router: MediaRouter) -> None:
+    import random
+
+    from hubbub.errors import HubbubError
+
+    rng = random.Random(11)
+    ops = sorted(["get_router_rtp_capabilities", "create_transport", "connect_transport",
+                  "set_rtp_capabilities", "produce", "produce_data", "resume_audio", "join",
+                  "leave", "close", "bogus"])
+
+    def junk(depth: int = 0) -> Any:
+        kind = rng.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return rng.choice([True, False])
+        if kind == 2:
+            return rng.choice([0, -1, 1, 5, 127, 128, 2**32, 2**70, 3.5])
+        if kind == 3:
+            return rng.choice(["", "producer", "consumer", "audio/opus", "x" * 300, "client"])
+        if kind == 4:
+            return [junk(depth + 1) for _ in range(rng.randrange(3))]
+        if kind == 5:
+            return b"\x00\xff"
+        keys = ["type", "dtlsParameters", "codecs", "encodings", "headerExtensions", "streamId",
+                "maxRetransmits", "ordered", "uri", "playerId", "fingerprints", "role",
+                "mimeType", "payloadType", "ssrc", "rtpParameters", "clockRate"]
+        return {rng.choice(keys): junk(depth + 1) for _ in range(rng.randrange(5))}
+
+    for i in range(3000):
+        payload = {"session": f"f{i % 7}", "gateway": "g", "op": rng.choice(ops),
+                   "data": junk(), "spaces": rng.choice([{}, {"s": 1}, junk()])}
+        try:
+            router.call(payload)
+        except HubbubError:
+            pass
+    router.take_pushes()
+    assert len(router.sessions) <= 7 and len(router.transports) <= 14
