@@ -479,7 +479,9 @@ class Transport:
         try:
             await sctp._send(stream_id, pp_id, data, expiry=expiry,
                              max_retransmits=spec.max_retransmits, ordered=spec.ordered)
-        except (ConnectionError, ValueError):
+        except Exception:
+            # Whatever a subscriber's association does must not fail the publisher's receive
+            # path, which awaits this.
             self.counts.dc_dropped += 1
             return
         self.counts.dc_out += 1
