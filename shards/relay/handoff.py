@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,6 +100,16 @@ async def hand_over(address: str, transfer: Transfer, fd: int, timeout: float = 
         s.close()
 
 
+def _same_user(conn: socket.socket) -> bool:
+    """Abstract sockets have no file permissions: only accept halves from our own user."""
+    try:
+        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _pid, uid, _gid = struct.unpack("3i", cred)
+    return bool(uid == os.getuid())
+
+
 TakeHalf = Callable[[socket.socket, Transfer], bool]
 """Called with the received socket; returns whether the half was taken (else it is closed)."""
 
@@ -146,7 +158,7 @@ class HandoffServer:
             except OSError as exc:
                 log.warning("handoff accept failed: %s", exc)
                 return
-            if len(self._conns) >= self._max:
+            if len(self._conns) >= self._max or not _same_user(conn):
                 conn.close()
                 continue
             conn.setblocking(False)
