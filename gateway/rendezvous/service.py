@@ -180,6 +180,7 @@ class RendezvousService(Directory, PunchFlows):
         self._up = False
         self._flush_soon = asyncio.Event()
         self._udp_v6 = False
+        self._registering = 0
         self.nat_probes: BoundedMap[str, list[float]] = BoundedMap(100_000, NAT_PROBE_WINDOW)
         self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(10_000, IP_CHANGE_WINDOW)
 
@@ -291,9 +292,10 @@ class RendezvousService(Directory, PunchFlows):
         if kind == "register_peer":
             self._register_peer(msg.register_peer, ip, port, raw_addr, now)
         elif kind == "register_pk":
-            if len(self._tasks) >= MAX_REGISTRATIONS:
+            if self._registering >= MAX_REGISTRATIONS:
                 metrics.DROPPED.labels("busy").inc()
                 return
+            self._registering += 1
             self._spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
         elif kind == "test_nat_request":
             # Answered to the datagram's own source; rate-limited per IP so spoofed sources
@@ -393,7 +395,10 @@ class RendezvousService(Directory, PunchFlows):
 
     async def _udp_register_pk(self, rpk: pb.RegisterPk, ip: str, port: int,
                                raw_addr: tuple[Any, ...]) -> None:
-        result = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
+        try:
+            result = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
+        finally:
+            self._registering -= 1
         if result is not None:
             self._send_udp(_reg_response(result), raw_addr)
 
