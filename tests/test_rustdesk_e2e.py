@@ -341,7 +341,7 @@ def _hbbs_db(path: Path, rows: list[tuple[str, bytes, bytes]]) -> None:
     """)
     for peer_id, uuid, pk in rows:
         db.execute("insert into peer (guid, id, uuid, pk, info) values (?, ?, ?, ?, ?)",
-                   (uuidlib.uuid4().bytes, peer_id, uuid, pk, '{"ip":"127.0.0.2"}'))
+                   (uuidlib.uuid4().bytes, peer_id, uuid, pk, '{"ip":"::ffff:127.0.0.2"}'))
     db.commit()
     db.close()
 

@@ -20,6 +20,7 @@ from gateway.rendezvous.store import Store
 from hubbub.config import add_setting_flags, load_config, new_parser
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.runtime import host_name
+from hubbub.wire.rustdesk.addr import normalize_host
 from registry import Registry
 
 
@@ -50,7 +51,8 @@ def read_peers(path: Path) -> list[tuple[str, bytes, bytes, str]]:
         try:
             data = json.loads(info or "{}")
             if isinstance(data, dict):
-                ip = str(data.get("ip", ""))
+                # hbbs on a dual-stack socket may have stored "::ffff:a.b.c.d".
+                ip = normalize_host(str(data.get("ip", "")))
         except ValueError:
             pass
         out.append((str(peer_id), _blob(uuid), _blob(pk), ip))
