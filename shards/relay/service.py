@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import resource
 import socket
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,18 @@ def _listener(host: str, port: int) -> socket.socket:
     return s
 
 
+def _raise_nofile() -> int:
+    """Raise the soft descriptor limit to the hard one (a relay pair costs up to 6 fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def _trusted(ip: str, proxies: tuple[str, ...]) -> bool:
     if not proxies:
         return False
@@ -132,6 +145,7 @@ class RelayService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes = 0
         self._accepting = False
+        self._accept_paused = False
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bps = 0.0
@@ -146,6 +160,9 @@ class RelayService:
         cfg = self.cfg
         self._loop = asyncio.get_running_loop()
         self.key = relay_licence(cfg.key, cfg.data_path)
+        nofile = _raise_nofile()
+        # Every waiting half holds a descriptor; keep room for pairs, pipes and handshakes.
+        self.table.max_waiting = max(64, min(self.table.max_waiting, nofile // 4))
         self.total = Bucket(self._total_share(), self._loop.time())
         tcp = _listener(cfg.bind_host, cfg.relay_port)
         try:
@@ -176,13 +193,27 @@ class RelayService:
                  "required" if self.key else "not checked",
                  "splice" if splice.AVAILABLE else "no splice")
 
+    def _pause_accepting(self, seconds: float) -> None:
+        assert self._loop is not None
+        self._accept_paused = True
+        for sock, _ in self._listeners:
+            self._loop.remove_reader(sock.fileno())
+        self._loop.call_later(seconds, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = False
+        if self._accepting and self._loop is not None:
+            for sock, transport in self._listeners:
+                self._loop.add_reader(sock.fileno(), self._on_accept, sock, transport)
+
     def _stop_accepting(self) -> None:
         if not self._accepting:
             return
         self._accepting = False
         assert self._loop is not None
         for sock, _ in self._listeners:
-            self._loop.remove_reader(sock.fileno())
+            if not self._accept_paused:
+                self._loop.remove_reader(sock.fileno())
             sock.close()
         self.handoff.close()
 
@@ -243,7 +274,12 @@ class RelayService:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("relay accept failed: %s", exc)
+                # Out of descriptors (or similar): the listener stays readable, so back off
+                # instead of spinning, and let the backlog wait.
+                metrics.REFUSED.labels("accept_error").inc()
+                if not self._accept_paused:
+                    log.warning("relay accept failed: %s; pausing accepts for 1s", exc)
+                    self._pause_accepting(1.0)
                 return
             metrics.ACCEPTED.labels(transport).inc()
             if self._handshakes >= MAX_HANDSHAKES:
