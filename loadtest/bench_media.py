@@ -1,4 +1,5 @@
-"""Media plane benchmark: forwarded Opus packets per shard core, set-ups per second, idle cost.
+"""Media plane benchmark: forwarded Opus packets per shard core, set-ups per second, idle cost,
+and data-channel (location record) fan-out.
 
 The SFU (``MediaRouter`` on its UDP mux, uvloop, exactly the shard's code path) runs in a child
 process pinned to one core; the load generator (``loadtest.media_peer`` peers: real ICE, DTLS,
@@ -72,13 +73,16 @@ async def _shard(conn: Connection) -> None:
             cmd, arg = conn.recv()
             if cmd == "call":
                 try:
-                    conn.send(("ok", router.call(arg)))
+                    reply = router.call(arg)
+                    router.take_pushes()  # no gateway here: other sockets' messages are moot
+                    conn.send(("ok", reply))
                 except Exception as exc:
                     conn.send(("error", str(exc)))
             elif cmd == "stats":
                 ru = resource.getrusage(resource.RUSAGE_SELF)
                 conn.send(("ok", {"cpu": ru.ru_utime + ru.ru_stime, "rtp_out": counts.rtp_out,
-                                  "rtp_in": counts.rtp_in, "time": time.monotonic()}))
+                                  "rtp_in": counts.rtp_in, "dc_out": counts.dc_out,
+                                  "dc_dropped": counts.dc_dropped, "time": time.monotonic()}))
             elif cmd == "stop":
                 done.set()
                 conn.send(("ok", None))
@@ -226,8 +230,54 @@ async def _case(shard: Shard, cert: RTCCertificate, pubs: int, subs: int, second
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
 
 
-async def _bench(cases: list[tuple[int, int]], seconds: float, core: int | None) -> list[
-        dict[str, Any]]:
+async def _data_case(shard: Shard, cert: RTCCertificate, players: int, seconds: float,
+                     index: int) -> list[dict[str, Any]]:
+    """Every player sends 21-byte location records at 15 Hz; every other player gets them."""
+    space = f"dc-{index}"
+    peers: list[MediaPeer] = []
+    senders = []
+    try:
+        for i in range(players):
+            sid, spaces = f"{space}/{i}", {space: i % 256}
+            send = await _peer(shard, cert, sid, "producer", spaces)
+            recv = await _peer(shard, cert, sid, "consumer", spaces)
+            peers += [send, recv]
+            await shard.call(sid, "set_rtp_capabilities", CAPS, spaces)
+            await shard.call(sid, "produce_data",
+                             {"streamId": 0, "ordered": False, "maxRetransmits": 0}, spaces)
+            senders.append(send.data_channel(0))
+        await asyncio.sleep(0.5)
+        loop = asyncio.get_running_loop()
+        record = bytes(21)
+        a = shard.rpc("stats")
+        start = loop.time()
+        ticks = int(seconds * 15)
+        for k in range(ticks):
+            for ch in senders:
+                ch.send(record)
+            await asyncio.sleep(max(0.0, start + (k + 1) / 15 - loop.time()))
+        await asyncio.sleep(0.3)
+        b = shard.rpc("stats")
+        cpu, wall = b["cpu"] - a["cpu"], b["time"] - a["time"]
+        out = b["dc_out"] - a["dc_out"]
+        expected = ticks * players * (players - 1)
+        return [{
+            "case": f"{players} players × 15 Hz location records (data channels)",
+            "forwarded_msgs_s": round(out / wall),
+            "loss_pct": round(100 * (1 - out / max(1, expected)), 2),
+            "shard_cpu_pct": round(100 * cpu / wall, 1),
+            "fwd_msgs_per_core_s": round(out / cpu) if cpu > 0 else 0,
+            "us_cpu_per_msg": round(1e6 * cpu / max(1, out), 1),
+        }]
+    finally:
+        for i in range(players):
+            with contextlib.suppress(Exception):
+                await shard.call(f"{space}/{i}", "close", None, {})
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+
+
+async def _bench(cases: list[tuple[int, int]], data_cases: list[int], seconds: float,
+                 core: int | None) -> list[dict[str, Any]]:
     shard = Shard(core)
     try:
         await asyncio.get_running_loop().run_in_executor(None, shard.rpc, "stats")
@@ -235,6 +285,8 @@ async def _bench(cases: list[tuple[int, int]], seconds: float, core: int | None)
         rows: list[dict[str, Any]] = []
         for i, (pubs, subs) in enumerate(cases):
             rows += await _case(shard, cert, pubs, subs, seconds, i)
+        for i, players in enumerate(data_cases):
+            rows += await _data_case(shard, cert, players, seconds, i)
         return rows
     finally:
         shard.stop()
@@ -248,6 +300,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         # The load generator keeps off the shard's core.
         os.sched_setaffinity(0, set(cores[1:]))
     cases = [(10, 20), (20, 40)] if quick else [(10, 20), (20, 40), (40, 40), (20, 80)]
+    data_cases = [10] if quick else [10, 20]
     seconds = 3.0 if quick else 6.0
     try:
         import uvloop
@@ -256,15 +309,21 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
     with runner:
-        return runner.run(asyncio.wait_for(_bench(cases, seconds, shard_core), 300))
+        return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core), 300))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    """One table per row shape (RTP forwarding, data channels)."""
+    tables: list[str] = []
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    return "\n".join(out)
+        groups.setdefault(tuple(r), []).append(r)
+    for cols, group in groups.items():
+        out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in group:
+            out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+        tables.append("\n".join(out))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
