@@ -9,6 +9,7 @@ from gateway.spaces import channel
 from gateway.spaces.channel import ChannelMessage
 from gateway.spaces.client import MAX_QUEUED_BYTES, Client
 from gateway.spaces.hub import Membership
+from hubbub.wire.wired.inbound import Limits
 
 
 class StuckSocket:
@@ -66,7 +67,7 @@ def test_membership_buffer_is_bounded() -> None:
 
 async def test_slow_receiver_is_disconnected_not_buffered() -> None:
     ws = StuckSocket()
-    client = Client("g/1", ws, "127.0.0.1", rate=10, burst=10)  # type: ignore[arg-type]
+    client = Client("g/1", ws, "127.0.0.1", Limits(), rate=10, burst=10)  # type: ignore[arg-type]
     client.start()
     frame = b"z" * 10000
     for _ in range(MAX_QUEUED_BYTES // len(frame) + 10):

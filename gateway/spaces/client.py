@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -13,7 +14,8 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.spaces import metrics
 from hubbub.wire.wired import outbound
-from hubbub.wire.wired.ratelimit import Strikes, TokenBucket
+from hubbub.wire.wired.connection import ServerConnection as WiredConnection
+from hubbub.wire.wired.inbound import Limits
 
 
 __all__ = ["Client"]
@@ -26,6 +28,8 @@ MAX_QUEUED_BYTES = 1 << 20
 """Bytes waiting for a slow socket (about 12 s of 256-player position batches)."""
 STRIKE_LIMIT = 50
 """Bad or excess messages tolerated within 10 s before the socket is closed with 1008."""
+RESUME_GAP = 0.1
+"""Seconds between two resume_audio calls to the shard for one socket."""
 
 
 class Client:
@@ -35,11 +39,12 @@ class Client:
         session: cluster-wide unique id (``<gateway id>/<n>``); also the media session id.
         ws: the WebSocket connection.
         ip: the client's address (after trusted-proxy headers).
+        limits: field size limits.
         rate, burst: token bucket of inbound messages.
     """
 
-    def __init__(self, session: str, ws: ServerConnection, ip: str, rate: float,
-                 burst: int) -> None:
+    def __init__(self, session: str, ws: ServerConnection, ip: str, limits: Limits,
+                 rate: float, burst: int) -> None:
         self.session = session
         self.ws = ws
         self.ip = ip
@@ -51,11 +56,11 @@ class Client:
         self.grounded = True
         self.positions: bool | None = None
         """Opted in to batched positions: True/False when said, None until then."""
-        self.bucket = TokenBucket(rate, float(burst))
-        self.strikes = Strikes(STRIKE_LIMIT)
+        self.conn = WiredConnection(limits, rate, float(burst), STRIKE_LIMIT,
+                                    resume_gap=RESUME_GAP)
+        self.timer: asyncio.TimerHandle | None = None
         self.closing = False
-        self.last_resume = -1e9
-        self.resume_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[tuple[bytes, bool]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
@@ -67,6 +72,19 @@ class Client:
     @property
     def wants_positions(self) -> bool:
         return bool(self.positions)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run work for this socket outside its message loop (cancelled when it goes)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for task in list(self._tasks):
+            task.cancel()
 
     # -------------------------------------------------------------- sending
     def start(self) -> None:

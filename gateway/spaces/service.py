@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
 import socket
 import ssl
 import time
@@ -35,8 +34,16 @@ from hubbub.errors import RegistryUnavailable, ServiceError
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from hubbub.wire.wired import outbound
-from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits, Rejected, parse_frame
-from hubbub.wire.wired.positions import RECORD_SIZE, stamp
+from hubbub.wire.wired.events import (
+    CloseConnection,
+    Event,
+    LocationRecord,
+    Message,
+    Rejected,
+    ResumeAudio,
+)
+from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits
+from hubbub.wire.wired.positions import stamp
 
 
 __all__ = ["SpacesService", "listen_socket"]
@@ -45,9 +52,6 @@ log = logging.getLogger("hubbub.spaces")
 
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
-RESUME_GAP = 0.1
-"""Seconds between two resume_audio calls to the shard for one socket."""
-_RESUME = re.compile(r'\s*\{\s*"subject"\s*:\s*"resume_audio"\s*(,\s*"data"\s*:\s*null\s*)?\}\s*')
 MAX_UNFINISHED = 100_000
 """Leaves that failed while Redis was unreachable, kept for a retry."""
 MAX_ALIVE_TTL = 3.0
@@ -201,8 +205,8 @@ class SpacesService:
             return
         self._per_ip[ip] += 1
         self._next += 1
-        client = Client(f"{self.registry.id}/{self._next}", ws, ip, self.cfg.spaces_rate,
-                        self.cfg.spaces_burst)
+        client = Client(f"{self.registry.id}/{self._next}", ws, ip, self.limits,
+                        self.cfg.spaces_rate, self.cfg.spaces_burst)
         self.clients[client.session] = client
         metrics.SOCKETS.set(len(self.clients))
         client.start()
@@ -226,71 +230,70 @@ class SpacesService:
         for uri in list(client.spaces):
             with contextlib.suppress(RegistryUnavailable):
                 await self._leave(client, uri, notify_media=False)
-        if client.resume_task is not None:
-            client.resume_task.cancel()
+        client.cancel_timer()
         self.media.detach(client)
         await client.flush()
         await client.stop()
 
     async def _on_message(self, client: Client, message: str | bytes) -> None:
         now = time.monotonic()
-        if isinstance(message, str) and len(message) <= 64 and _RESUME.fullmatch(message):
-            # The reference client sends one resume_audio per consumer it gets (hundreds on
-            # joining a full space); they are idempotent, so coalesce instead of rate-limiting.
-            metrics.MESSAGES_IN.labels("resume_audio").inc()
-            await self._resume(client, now)
-            return
-        if not client.bucket.allow(now):
-            metrics.MESSAGES_IN.labels("rate_limited").inc()
-            if client.strikes.hit(now):
-                client.abort(1008, "rate limit exceeded")
-            elif client.strikes.should_notify(now):
-                client.send_error("rate_limited", "too many messages; slow down")
-            return
-        if isinstance(message, bytes):
-            metrics.MESSAGES_IN.labels("location").inc()
-            self._on_record(client, message, now)
-            return
-        parsed = parse_frame(message, self.limits)
-        if isinstance(parsed, Rejected):
-            metrics.MESSAGES_IN.labels("invalid").inc()
-            self._reject(client, parsed.code, parsed.message, parsed.subject, now)
-            return
-        subject, data = parsed.subject, parsed.data
-        metrics.MESSAGES_IN.labels(subject).inc()
-        try:
-            await self._dispatch(client, subject, data, now)
-        except RegistryUnavailable as exc:
-            log.warning("%s from %s failed: %s", subject, client.session, exc)
-            client.send_error("unavailable", "the cluster registry is unreachable; retry",
-                              subject)
-        except Exception:
-            # A bug must cost one message, not the connection or the gateway.
-            log.exception("%s from %s failed", subject, client.session)
-            client.send_error("internal", "internal error", subject)
+        client.conn.receive(message, now)
+        await self._handle_events(client, client.conn.events_received(), now)
+        self._arm_timer(client)
 
-    async def _resume(self, client: Client, now: float) -> None:
-        """``resume_audio`` at most once per RESUME_GAP, the last one never lost."""
-        if client.resume_task is not None and not client.resume_task.done():
-            return
-        wait = client.last_resume + RESUME_GAP - now
-        if wait <= 0:
-            client.last_resume = now
-            await self.media.handle(client, "resume_audio", None)
-            return
+    async def _handle_events(self, client: Client, events: list[Event | Rejected],
+                             now: float) -> None:
+        for event in events:
+            if isinstance(event, Message):
+                metrics.MESSAGES_IN.labels(event.subject).inc()
+                try:
+                    await self._dispatch(client, event.subject, event.data, now)
+                except RegistryUnavailable as exc:
+                    log.warning("%s from %s failed: %s", event.subject, client.session, exc)
+                    client.send_error("unavailable", "the cluster registry is unreachable; retry",
+                                      event.subject)
+                except Exception:
+                    # A bug must cost one message, not the connection or the gateway.
+                    log.exception("%s from %s failed", event.subject, client.session)
+                    client.send_error("internal", "internal error", event.subject)
+            elif isinstance(event, LocationRecord):
+                metrics.MESSAGES_IN.labels("location").inc()
+                self._on_record(client, event.data, now)
+            elif isinstance(event, ResumeAudio):
+                metrics.MESSAGES_IN.labels("resume_audio").inc()
+                await self.media.handle(client, "resume_audio", None)
+            elif isinstance(event, Rejected):
+                metrics.MESSAGES_IN.labels(
+                    "rate_limited" if event.code == "rate_limited" else "invalid").inc()
+                client.send_error(event.code, event.message, event.subject)
+            elif isinstance(event, CloseConnection):
+                client.abort(event.code, event.reason)
 
-        async def later() -> None:
-            await asyncio.sleep(wait)
-            client.last_resume = time.monotonic()
-            await self.media.handle(client, "resume_audio", None)
+    def _arm_timer(self, client: Client) -> None:
+        """Run the connection's timer (a trailing coalesced resume_audio) when it is due."""
+        due = client.conn.get_timer()
+        if due is None or client.timer is not None or client.closing:
+            return
+        loop = asyncio.get_running_loop()
 
-        client.resume_task = asyncio.ensure_future(later())
+        def fire() -> None:
+            client.timer = None
+            now = time.monotonic()
+            client.conn.handle_timer(now)
+            events = client.conn.events_received()
+            if events and not client.closing:
+                client.spawn(self._handle_events(client, events, now))
+
+        client.timer = loop.call_later(max(0.0, due - time.monotonic()), fire)
 
     def _reject(self, client: Client, code: str, message: str, subject: str | None,
                 now: float) -> None:
-        client.send_error(code, message, subject)
-        if client.strikes.hit(now):
-            client.abort(1008, "too many invalid messages")
+        client.conn.reject(code, message, subject, now)
+        for event in client.conn.events_received():
+            if isinstance(event, Rejected):
+                client.send_error(event.code, event.message, event.subject)
+            elif isinstance(event, CloseConnection):
+                client.abort(event.code, event.reason)
 
     async def _dispatch(self, client: Client, subject: str, data: Any, now: float) -> None:
         if subject == "join":
@@ -316,8 +319,6 @@ class SpacesService:
             await self._profile(client, field, data, builder)
         elif subject == "subscribe_positions":
             client.positions = data
-        elif subject == "resume_audio":
-            await self._resume(client, now)
         elif subject in MEDIA_SUBJECTS:
             await self.media.handle(client, subject, data)
 
@@ -397,10 +398,6 @@ class SpacesService:
             self._unfinished.pop(0)
 
     def _on_record(self, client: Client, data: bytes, now: float) -> None:
-        if len(data) != RECORD_SIZE:
-            self._reject(client, "invalid_data",
-                         f"a location record is {RECORD_SIZE} bytes, got {len(data)}", None, now)
-            return
         if not client.spaces:
             self._reject(client, "not_joined", "join a space before sending positions", None,
                          now)

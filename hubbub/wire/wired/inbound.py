@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from hubbub.wire.wired.events import Message, Rejected
+
 
 __all__ = [
     "INBOUND_SUBJECTS",
@@ -43,23 +45,6 @@ class Limits:
     """One chat message."""
     max_media: int = 16384
     """Re-encoded JSON size of one WebRTC payload (RTP parameters, capabilities)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A valid inbound message; ``data`` has the shape its subject demands."""
-
-    subject: str
-    data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An inbound frame that must be answered with an ``error`` message."""
-
-    code: str
-    message: str
-    subject: str | None = None
 
 
 Result = Message | Rejected
