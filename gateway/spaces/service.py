@@ -1,8 +1,10 @@
 """The spaces service of a gateway: Wired WebSocket signalling and HTTP on ``SPACES_PORT``.
 
-Thin asyncio adapter: frames are parsed and validated by ``hubbub.wire.wired``; this module
-applies them to the space state (``SpaceStore``), fans out through the space channels (``Hub``)
-and relays WebRTC subjects to media shards (``MediaRelay``).
+Thin asyncio adapter: each socket's messages go through a sans-I/O
+``hubbub.wire.wired.connection.ServerConnection`` (parsing, validation, rate limit, abuse,
+``resume_audio`` coalescing); this module acts on its events: it applies them to the space state
+(``SpaceStore``), fans out through the space channels (``Hub``) and relays WebRTC subjects to
+media shards (``MediaRelay``).
 """
 
 from __future__ import annotations
