@@ -207,15 +207,14 @@ class RelayService:
                 self._loop.add_reader(sock.fileno(), self._on_accept, sock, transport)
 
     def _stop_accepting(self) -> None:
-        if not self._accepting:
-            return
-        self._accepting = False
-        assert self._loop is not None
+        was_accepting, self._accepting = self._accepting, False
         for sock, _ in self._listeners:
-            if not self._accept_paused:
+            if was_accepting and not self._accept_paused and self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
-        self.handoff.close()
+        self._listeners = []
+        with contextlib.suppress(RuntimeError):
+            self.handoff.close()
 
     async def drain(self) -> None:
         self._stop_accepting()
