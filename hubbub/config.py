@@ -192,6 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
             _str, "address in WebRTC candidates (default: PUBLIC_IP)"),
     Setting("listen_ip", ("--listen-ip",), ("MEDIASOUP_LISTEN_IP",), "", _str,
             "address the WebRTC sockets bind (default: BIND if set, else 0.0.0.0)"),
+    Setting("media_max_speakers", ("--media-max-speakers",), ("MEDIA_MAX_SPEAKERS",), 0,
+            _non_negative_int, "loudest voices forwarded per space (0: every voice)", ("shard",)),
 )
 
 
@@ -246,6 +248,7 @@ class Config:
     shard_slots: int = 0
     announced_ip: str = ""
     listen_ip: str = ""
+    media_max_speakers: int = 0
 
     @property
     def nat_port(self) -> int:

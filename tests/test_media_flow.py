@@ -318,3 +318,46 @@ async def test_fuzzed_calls_only_raise_protocol_errors(router: MediaRouter) -> N
             pass
     router.take_pushes()
     assert len(router.sessions) <= 7 and len(router.transports) <= 14
+
+
+async def test_only_the_loudest_voices_are_forwarded(router: MediaRouter) -> None:
+    router.max_speakers = 1
+    loud = await publisher(router, "loud", {"room": 1})
+    quiet = await publisher(router, "quiet", {"room": 2})
+    call(router, "loud", "produce", opus_rtp_parameters(1), {"room": 1})
+    call(router, "quiet", "produce", opus_rtp_parameters(2), {"room": 2})
+    recv, msgs = await subscriber(router, "ear", {"room": 3})
+    call(router, "ear", "resume_audio", None, {"room": 3})
+    ssrc_of = {m[1]["producerId"]: m[1]["rtpParameters"]["encodings"][0]["ssrc"]
+               for m in msgs if m[0] == "create_consumer"}
+    loud_ssrc = ssrc_of[router.sessions["loud"].producer.id]  # type: ignore[union-attr]
+
+    async def talk(first: int) -> None:
+        for seq in range(first, first + 20):
+            loud.send_rtp(1, 111, seq, seq * 960, b"L" * 40, level=0x10)    # -16 dBov
+            quiet.send_rtp(2, 111, seq, seq * 960, b"Q" * 40, level=0x70)   # -112 dBov
+            await asyncio.sleep(0.002)
+
+    await talk(0)  # before any selection every voice is forwarded
+    assert await wait_for(lambda: len({r[0] for r in recv.received}) == 2)
+    router.select_speakers()
+    recv.received.clear()
+    await talk(100)
+    await asyncio.sleep(0.2)
+    assert recv.received and {r[0] for r in recv.received} == {loud_ssrc}
+    assert router.counts.drop_inactive >= 15
+    # the loud one goes silent (sends nothing): the quiet one is heard again
+    router.select_speakers()  # the interval of talk(100): loud still wins
+    recv.received.clear()
+    for seq in range(200, 210):
+        quiet.send_rtp(2, 111, seq, seq * 960, b"Q" * 40, level=0x70)
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.1)
+    assert not recv.received
+    router.select_speakers()  # loud was silent during this interval
+    for seq in range(300, 310):
+        quiet.send_rtp(2, 111, seq, seq * 960, b"Q" * 40, level=0x70)
+    assert await wait_for(lambda: len(recv.received) >= 8)
+    assert {r[0] for r in recv.received} == {ssrc_of[router.sessions["quiet"].producer.id]}  # type: ignore[union-attr]
+    for p in (loud, quiet, recv):
+        await p.close()

@@ -90,8 +90,9 @@ class MediaRouter:
     """
 
     def __init__(self, mux: UdpMux, certificate: RTCCertificate, counts: Counts,
-                 announced_ip: str, tcp_port: int = 0) -> None:
+                 announced_ip: str, tcp_port: int = 0, max_speakers: int = 0) -> None:
         self.mux = mux
+        self.max_speakers = max_speakers
         self.certificate = certificate
         self.counts = counts
         self.announced_ip = announced_ip
@@ -395,6 +396,37 @@ class MediaRouter:
                     del self.spaces[uri]
         self.pushes.pop(sid, None)
         return s
+
+    def select_speakers(self) -> None:
+        """Forward only the ``max_speakers`` loudest voices of each space (0: all).
+
+        Loudness comes from the publishers' ``ssrc-audio-level``; a producer that sent
+        nothing since the last selection counts as silent. A producer in several spaces is
+        forwarded if it is among the loudest of any of them.
+        """
+        k = self.max_speakers
+        producers = [s.producer for s in self.sessions.values() if s.producer is not None]
+        for p in producers:
+            if not p.heard:
+                p.loudness = 0.0
+            p.heard = 0
+        if not k:
+            return
+        active: set[str] = set()
+        for members in self.spaces.values():
+            voices: list[Producer] = []
+            for sid in members:
+                voice = self._producer_of(sid)
+                if voice is not None:
+                    voices.append(voice)
+            voices.sort(key=lambda v: v.loudness, reverse=True)
+            active.update(v.id for v in voices[:k])
+        for p in producers:
+            p.active = p.id in active
+
+    def _producer_of(self, sid: str) -> Producer | None:
+        s = self.sessions.get(sid)
+        return s.producer if s is not None else None
 
     def update_gauges(self) -> None:
         metrics.SESSIONS.set(len(self.sessions))

@@ -71,7 +71,7 @@ class MediaService:
         tcp_port = await self._listen_tcp(ports)
         certificate = await loop.run_in_executor(None, RTCCertificate.generateCertificate)
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
-                                  tcp_port)
+                                  tcp_port, cfg.media_max_speakers)
         self.ctx.registry.on("media.call", self._on_call)
         self.ctx.ops.route("/media", self._admin, admin=True)
         self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port})
@@ -212,6 +212,7 @@ class MediaService:
             t.check_consent(mono)
             sent += t.send_reports(now)
         self.counts.rtcp_out += sent
+        router.select_speakers()
         self.mux.sweep(mono)
         metrics.flush(self.counts)
         router.update_gauges()

@@ -181,6 +181,12 @@ class Producer:
     stats: rtcp.ReceiveStats = field(default_factory=rtcp.ReceiveStats)
     ssrc: int | None = None
     bucket: Bucket = field(default_factory=lambda: Bucket(RTP_RATE, RTP_BURST))
+    loudness: float = 0.0
+    """Smoothed 127 − level (dBov) from ``ssrc-audio-level``: higher is louder."""
+    heard: int = 0
+    """Packets since the last speaker selection."""
+    active: bool = True
+    """False while other voices of the space are louder (``MEDIA_MAX_SPEAKERS``)."""
 
     def forward(self, plain: bytes, now: float) -> None:
         if not self.bucket.take(now):
@@ -195,6 +201,12 @@ class Producer:
             return  # e.g. comfort noise or DTMF the router did not negotiate
         self.counts.rtp_in += 1
         self.stats.update(info.seq, info.timestamp, now)
+        self.heard += 1
+        if info.audio_level >= 0:
+            self.loudness += (127 - (info.audio_level & 0x7F) - self.loudness) * 0.1
+        if not self.active:
+            self.counts.drop_inactive += 1
+            return
         sent = 0
         for c in self.consumers:
             if c.paused:
