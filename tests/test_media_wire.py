@@ -63,6 +63,9 @@ def test_xor_address_ipv6() -> None:
     resp = stun.parse(stun.binding_success(TXID, ("2001:db8::5", 1234), "pw"))
     assert stun.unpack_xor_address(resp.attrs[stun.ATTR_XOR_MAPPED_ADDRESS], TXID) == (
         "2001:db8::5", 1234)
+    mapped = stun.parse(stun.binding_success(TXID, ("::ffff:192.0.2.1", 99), "pw"))
+    assert stun.unpack_xor_address(mapped.attrs[stun.ATTR_XOR_MAPPED_ADDRESS], TXID) == (
+        "192.0.2.1", 99)
 
 
 @pytest.mark.parametrize("mutate", [

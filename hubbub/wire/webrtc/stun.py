@@ -169,7 +169,9 @@ def _attr(atype: int, value: bytes) -> bytes:
 
 
 def pack_xor_address(host: str, port: int, txid: bytes) -> bytes:
-    ip = ipaddress.ip_address(host)
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack socket
     xport = port ^ (MAGIC_COOKIE >> 16)
     if ip.version == 4:
         xaddr = int(ip) ^ MAGIC_COOKIE
