@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import Cluster, HubbubProcess, RedisServer, free_port_block, http_get, new_prefix
+from support import (
+    Cluster,
+    HubbubProcess,
+    RedisServer,
+    free_port_block,
+    http_get,
+    new_prefix,
+    redis_server,
+)
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from loadtest.bench_relay import (
@@ -570,3 +578,33 @@ def test_fast_pair_is_downgraded_to_limit_speed(cluster: Cluster) -> None:
         assert relay.metric('hubbub_relay_throttled_total{bucket="downgrade"}') == 1
     finally:
         relay.close_all()
+
+
+def test_pairs_form_and_run_while_redis_is_down(tmp_path: Path) -> None:
+    with redis_server() as srv:
+        cluster = Cluster(srv.url, new_prefix(), tmp_path)
+        port = free_port_block(3)
+        shards = [cluster.start("shard", env=_env(port, free_port_block(4), RELAY_TIMEOUT="10"))
+                  for _ in range(2)]
+        relay = Relay(cluster, port, shards, tmp_path)
+        try:
+            time.sleep(1.0)  # each shard has listed the host's shards once
+            uuid = _uuid("before")
+            a = relay.connect(uuid)
+            b = relay.connect(uuid)
+            a.sendall(b"1")
+            recv_exact(b, 1)
+            sent = relay.metric('hubbub_relay_handoffs_total{outcome="sent"}')
+            srv.stop()
+            a.sendall(b"running pair")
+            assert recv_exact(b, 12) == b"running pair"
+            for i in range(8):  # owners by hashing: halves on different shards still meet
+                uuid = _uuid(f"down{i}")
+                x = relay.connect(uuid)
+                y = relay.connect(uuid)
+                x.sendall(b"ok")
+                assert recv_exact(y, 2) == b"ok"
+            assert relay.metric('hubbub_relay_handoffs_total{outcome="sent"}') > sent
+        finally:
+            relay.close_all()
+            cluster.stop_all()

@@ -40,6 +40,7 @@ class Claims:
         self._forget: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._degraded = False
 
     def key(self, uuid: str) -> str:
         return self.registry.key("relay", "uuid", self.registry.host, uuid)
@@ -99,11 +100,16 @@ class Claims:
                         p.delete(*(self.key(u) for u in forget))
                     results = await p.execute()
         except RegistryUnavailable as exc:
-            log.warning("relay claims fall back to hashing: %s", exc)
+            if not self._degraded:
+                log.warning("relay claims fall back to hashing over this host's shards: %s", exc)
+                self._degraded = True
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
             return
+        if self._degraded:
+            log.info("relay claims back in Redis")
+            self._degraded = False
         for (_, mode, fut), prev in zip(batch, results, strict=False):
             if fut.done():
                 continue
