@@ -608,3 +608,15 @@ def test_pairs_form_and_run_while_redis_is_down(tmp_path: Path) -> None:
         finally:
             relay.close_all()
             cluster.stop_all()
+
+
+def test_relay_admin_command_validates_input(relay: Relay) -> None:
+    bad = relay.cluster.hubbub("relay", "blacklist", "add", "not-an-ip")
+    assert bad.returncode == 2 and "not an IP address" in bad.stderr
+    assert relay.cluster.hubbub("relay", "blocklist", "add").returncode == 2
+    assert relay.cluster.hubbub("relay", "nolist", "list").returncode == 2
+    out = _admin(relay, "blacklist", "add", "10.1.1.1|10.1.1.2")
+    assert out.strip() == "blacklist: 2 entries"
+    assert _admin(relay, "blacklist", "remove", "all").strip() == "blacklist: 0 entries"
+    usage = json.loads(_admin(relay, "usage", "--json"))
+    assert len(usage) == 2 and all("pairs" in r for r in usage)
