@@ -361,3 +361,14 @@ async def test_only_the_loudest_voices_are_forwarded(router: MediaRouter) -> Non
     assert {r[0] for r in recv.received} == {ssrc_of[router.sessions["quiet"].producer.id]}  # type: ignore[union-attr]
     for p in (loud, quiet, recv):
         await p.close()
+
+
+async def test_idle_sessions_without_live_transports_are_reaped(router: MediaRouter) -> None:
+    send = await publisher(router, "live", {"s": 1})
+    router.call({"session": "ghost", "gateway": "g", "op": "create_transport",
+                 "data": {"type": "consumer"}, "spaces": {"s": 2}}, now=0.0)
+    later = asyncio.get_running_loop().time() + 1000
+    router.sessions["live"].last_call = 0.0
+    assert [s.id for s in router.reap_idle(later)] == ["ghost"]  # "live" answers consent checks
+    assert set(router.sessions) == {"live"}
+    await send.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbub.errors import RemoteProtocolError
+from hubbub.wire.webrtc.ice import IceState
 from hubbub.wire.webrtc.params import (
     ParamsError,
     SubscriberCaps,
@@ -49,6 +50,8 @@ MAX_SESSIONS = 4096
 MAX_SPACES_PER_SESSION = 32
 MAX_DATA_PRODUCERS = 4
 MAX_ID = 128
+IDLE_SESSION = 120.0
+"""Seconds without calls after which a session whose transports are all dead is dropped."""
 OPS = frozenset({
     "get_router_rtp_capabilities", "create_transport", "connect_transport",
     "set_rtp_capabilities", "produce", "produce_data", "resume_audio", "join", "leave", "close",
@@ -396,6 +399,23 @@ class MediaRouter:
                     del self.spaces[uri]
         self.pushes.pop(sid, None)
         return s
+
+    def reap_idle(self, now: float, idle: float = IDLE_SESSION) -> list[Session]:
+        """Close sessions without a call for ``idle`` seconds and without a live ICE path.
+
+        A socket's gateway normally sends ``close``; this catches sessions whose ``close`` was
+        lost (their client is gone, so their transports stopped answering consent checks).
+        """
+        reaped = []
+        for s in list(self.sessions.values()):
+            if now - s.last_call < idle:
+                continue
+            alive = [t for t in (s.send, s.recv)
+                     if t is not None and t.ice.state is IceState.CONNECTED]
+            if not alive:
+                self.close_session(s.id)
+                reaped.append(s)
+        return reaped
 
     def select_speakers(self) -> None:
         """Forward only the ``max_speakers`` loudest voices of each space (0: all).

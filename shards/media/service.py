@@ -218,10 +218,12 @@ class MediaService:
         router.update_gauges()
 
     async def _sweep(self) -> None:
-        """Close sessions whose gateway has been gone for two sweeps (it cannot close them)."""
+        """Close idle dead sessions, and sessions whose gateway has been gone for two sweeps."""
         router = self.router
         if router is None or not router.sessions:
             return
+        for s in router.reap_idle(time.monotonic()):
+            log.info("media: dropped idle session %s (no live transport)", s.id)
         try:
             live = {p.id for p in await self.ctx.registry.processes()}
         except RegistryError:
