@@ -69,7 +69,7 @@ class MediaService:
             raise ServiceError(f"media: no free UDP port in {ports.start}..{ports.stop - 1}: "
                                f"{last}")
         tcp_port = await self._listen_tcp(ports)
-        certificate = await loop.run_in_executor(None, RTCCertificate.generateCertificate)
+        certificate = RTCCertificate.generateCertificate()  # one per shard, ~5 ms
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
                                   tcp_port, cfg.media_max_speakers)
         self.ctx.registry.on("media.call", self._on_call)
