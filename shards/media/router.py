@@ -50,6 +50,7 @@ MAX_SESSIONS = 4096
 MAX_SPACES_PER_SESSION = 32
 MAX_DATA_PRODUCERS = 4
 MAX_ID = 128
+MAX_URI = 4096
 IDLE_SESSION = 120.0
 """Seconds without calls after which a session whose transports are all dead is dropped."""
 OPS = frozenset({
@@ -168,10 +169,11 @@ class MediaRouter:
         if isinstance(spaces, dict):
             want = {}
             for uri, pid in list(spaces.items())[:MAX_SPACES_PER_SESSION]:
-                if isinstance(uri, str) and isinstance(pid, int) and 0 <= pid <= 255:
+                if isinstance(uri, str) and len(uri) <= MAX_URI and isinstance(pid, int) \
+                        and 0 <= pid <= 255:
                     want[uri] = pid
         if op == "join" and isinstance(data, dict) and isinstance(data.get("uri"), str) \
-                and isinstance(data.get("playerId"), int) \
+                and len(data["uri"]) <= MAX_URI and isinstance(data.get("playerId"), int) \
                 and len(want) < MAX_SPACES_PER_SESSION:
             want[data["uri"]] = int(data["playerId"])
         if op == "leave" and isinstance(data, dict):
