@@ -87,6 +87,8 @@ async def test_shard_presence_and_full_flow(shard: tuple[HubbubProcess, Gateway,
     media = rec.info["media"]
     low, high = rec.info["rtc_ports"]
     assert low <= media["udp"] <= high and low <= media["tcp"] <= high
+    assert rec.info["ports"]["webrtc_udp"] == media["udp"]
+    assert rec.info["ports"]["webrtc_tcp"] == media["tcp"]
     assert rec.info["load"]["media_sessions"] == 0 and rec.info["load"]["media_spaces"] == 0
     cert = RTCCertificate.generateCertificate()
     pa, pb = {"uri": 3}, {"uri": 4}

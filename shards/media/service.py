@@ -56,9 +56,9 @@ class MediaService:
     async def start(self) -> None:
         cfg = self.ctx.cfg
         loop = asyncio.get_running_loop()
-        ports = cfg.slot_ports(self.ctx.slot or 0)
+        ports_range = cfg.slot_ports(self.ctx.slot or 0)
         last: OSError | None = None
-        for port in ports:
+        for port in ports_range:
             try:
                 await loop.create_datagram_endpoint(lambda: self.mux,
                                                     local_addr=(cfg.rtc_listen_ip, port))
@@ -66,15 +66,17 @@ class MediaService:
             except OSError as exc:
                 last = exc
         else:
-            raise ServiceError(f"media: no free UDP port in {ports.start}..{ports.stop - 1}: "
-                               f"{last}")
-        tcp_port = await self._listen_tcp(ports)
+            raise ServiceError(f"media: no free UDP port in {ports_range.start}.."
+                               f"{ports_range.stop - 1}: {last}")
+        tcp_port = await self._listen_tcp(ports_range)
         certificate = RTCCertificate.generateCertificate()  # one per shard, ~5 ms
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
                                   tcp_port, cfg.media_max_speakers)
         self.ctx.registry.on("media.call", self._on_call)
         self.ctx.ops.route("/media", self._admin, admin=True)
-        self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port})
+        ports = dict(self.ctx.registry.presence_info().get("ports") or {})
+        ports.update(webrtc_udp=self.mux.port, webrtc_tcp=tcp_port)
+        self.ctx.registry.set_info(media={"udp": self.mux.port, "tcp": tcp_port}, ports=ports)
         self._tasks = [asyncio.ensure_future(self._tick_loop()),
                        asyncio.ensure_future(self._push_loop())]
         log.info("media: UDP %s:%d, TCP %d, announcing %s", cfg.rtc_listen_ip, self.mux.port,
