@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from hubbub.config import Config
-from hubbub.errors import RegistryUnavailable, RemoteProtocolError
+from hubbub.errors import ConfigError, RegistryUnavailable, RemoteProtocolError
 from hubbub.keys import relay_licence
 from hubbub.ops import Request, Response
 from hubbub.runtime import Context
@@ -158,6 +158,9 @@ class RelayService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
+        if not 0 < cfg.relay_port <= 65533:
+            raise ConfigError(f"invalid value for RELAY_PORT: {cfg.relay_port} (the WebSocket "
+                              "relay needs RELAY_PORT + 2 too)")
         self._loop = asyncio.get_running_loop()
         self.key = relay_licence(cfg.key, cfg.data_path)
         nofile = _raise_nofile()
