@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import struct
 import time
 from collections import deque
@@ -293,7 +294,7 @@ class Transport:
         self.data_streams: set[int] = set()
         self._next_stream = 0
         self.next_mid = 0
-        self.rtcp_ssrc = int.from_bytes(random_token(4).encode()[:4], "big")
+        self.rtcp_ssrc = secrets.randbits(32) or 1
         self.cname = random_token(16)
         self._task: asyncio.Task[None] | None = None
         self.closed = False
