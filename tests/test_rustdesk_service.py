@@ -262,3 +262,14 @@ async def test_push_for_a_vanished_owner_uses_the_shared_port(svc: RendezvousSer
         id="121212121", licence_key=svc.key.licence)).SerializeToString(), main=True)
     assert udp(svc).take() == [] and a.out[-1].punch_hole_response.failure == \
         pb.PunchHoleResponse.OFFLINE
+
+
+async def test_registration_burst_never_exhausts_redis_connections(
+        svc: RendezvousService) -> None:
+    for i in range(400):  # more at once than the Redis connection pool holds
+        src = (f"10.{i // 250}.{i % 250}.1", 1000 + i)
+        svc.on_datagram(Msg(register_pk=pb.RegisterPk(
+            id=f"3{i:08d}", uuid=b"u%d" % i, pk=b"k" * 32)).SerializeToString(), src)
+    await settle(svc)
+    results = [m.register_pk_response.result for m, _ in udp(svc).take()]
+    assert len(results) == 400 and set(results) == {R.OK}
