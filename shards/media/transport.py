@@ -383,7 +383,10 @@ class Transport:
                 log.debug("transport %s: ICE consent expired", self.id)
 
     def forget_addr(self, addr: Key) -> None:
+        """The tuple is gone (ICE-TCP closed, or taken by a newer transport)."""
         self.ice.tuples.pop(addr, None)
+        if self.ice.selected == addr:
+            self.ice.selected = None  # the next valid check selects a path again
         if self.addr == addr:
             self.addr = None
 
