@@ -372,3 +372,23 @@ async def test_idle_sessions_without_live_transports_are_reaped(router: MediaRou
     assert [s.id for s in router.reap_idle(later)] == ["ghost"]  # "live" answers consent checks
     assert set(router.sessions) == {"live"}
     await send.close()
+
+
+async def test_lost_path_is_replaced_by_the_next_valid_check(router: MediaRouter) -> None:
+    from hubbub.wire.webrtc import stun
+
+    [[_, created]] = call(router, "p", "create_transport", {"type": "producer"})
+    ice = created["options"]["iceParameters"]
+    t = router.sessions["p"].send
+    assert t is not None
+    user, pw = f"{ice['usernameFragment']}:c", ice["password"]
+    tcp_key = ("tcp", "127.0.0.1", 40001)
+    t.on_stun(stun.binding_request(b"a" * 12, user, pw, use_candidate=True),
+              ("127.0.0.1", 40001), 1.0, tcp_key)
+    assert t.addr == tcp_key and router.mux.by_addr[tcp_key] is t
+    router.mux.by_addr.pop(tcp_key)
+    t.forget_addr(tcp_key)  # the ICE-TCP connection closed
+    assert t.addr is None
+    udp = ("127.0.0.1", 40002)
+    t.on_stun(stun.binding_request(b"b" * 12, user, pw), udp, 2.0, udp)
+    assert t.addr == udp and router.mux.by_addr[udp] is t
