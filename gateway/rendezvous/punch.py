@@ -194,7 +194,8 @@ class PunchFlows:
         payload = {"id": peer_id, "ip": live.ip, "port": live.port, "lp": live.local_port,
                    "mode": live.mode, "data": data, "a": sink, "holder": self.registry.id}
         try:
-            ok = await self.registry.send(rec.id, "rd.push", payload)
+            async with self.store.gate:
+                ok = await self.registry.send(rec.id, "rd.push", payload)
         except RegistryUnavailable:
             return False
         if ok:
@@ -241,7 +242,8 @@ class PunchFlows:
             if owner is None or owner == self.registry.id:
                 metrics.DROPPED.labels("no_sink").inc()
                 return False
-            ok = await self.registry.send(owner, "rd.deliver", {"a": a_key, "data": data})
+            async with self.store.gate:
+                ok = await self.registry.send(owner, "rd.deliver", {"a": a_key, "data": data})
         except RegistryUnavailable:
             return False
         if ok:

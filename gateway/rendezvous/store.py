@@ -137,7 +137,7 @@ class Store:
         self.redis = registry.redis
         # The shared client has a bounded connection pool (other capabilities use it too):
         # bursts wait here instead of failing with "too many connections".
-        self._gate = asyncio.Semaphore(REDIS_CONCURRENCY)
+        self.gate = asyncio.Semaphore(REDIS_CONCURRENCY)
         self._register = self.redis.register_script(_REGISTER_LUA)
         self._change = self.redis.register_script(_CHANGE_LUA)
         self._import = self.redis.register_script(_IMPORT_LUA)
@@ -171,14 +171,14 @@ class Store:
         On success the liveness record is written in the same step, so every gateway can reach
         the peer as soon as it has its answer.
         """
-        async with self._gate, self.registry.guard("rd_register"):
+        async with self.gate, self.registry.guard("rd_register"):
             res = await self._register(
                 keys=[self.peer_key(peer_id), self.live_key(peer_id)],
                 args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000)])
         return int(res)
 
     async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
-        async with self._gate, self.registry.guard("rd_change_id"):
+        async with self.gate, self.registry.guard("rd_change_id"):
             res = await self._change(
                 keys=[self.peer_key(old_id), self.peer_key(new_id), self.live_key(old_id),
                       self.idhist_key],
@@ -187,13 +187,13 @@ class Store:
 
     async def import_peer(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
                           overwrite: bool) -> bool:
-        async with self._gate, self.registry.guard("rd_import"):
+        async with self.gate, self.registry.guard("rd_import"):
             res = await self._import(keys=[self.peer_key(peer_id)],
                                      args=[uuid, pk, ip, "1" if overwrite else "0"])
         return bool(res)
 
     async def peer(self, peer_id: str) -> PeerRecord | None:
-        async with self._gate, self.registry.guard("rd_peer"):
+        async with self.gate, self.registry.guard("rd_peer"):
             row: Any = await self.redis.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
         u, k, ip = row
         if u is None:
@@ -206,7 +206,7 @@ class Store:
 
         ``sink`` = ``(A's address, holder process id)`` is recorded in the same round trip.
         """
-        async with self._gate, self.registry.guard("rd_lookup"):
+        async with self.gate, self.registry.guard("rd_lookup"):
             async with self.redis.pipeline(transaction=False) as p:
                 if sink is not None:
                     p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
@@ -226,14 +226,14 @@ class Store:
     async def lives(self, ids: Sequence[str]) -> list[Live | None]:
         if not ids:
             return []
-        async with self._gate, self.registry.guard("rd_online"):
+        async with self.gate, self.registry.guard("rd_online"):
             blobs: list[Any] = await self.redis.mget([self.live_key(i) for i in ids])
         return [Live.unpack(b) for b in blobs]
 
     async def flush_live(self, items: Iterable[tuple[str, Live]], now: float) -> int:
         """Write liveness records in one pipeline; each expires when the peer goes offline."""
         n = 0
-        async with self._gate, self.registry.guard("rd_flush"):
+        async with self.gate, self.registry.guard("rd_flush"):
             async with self.redis.pipeline(transaction=False) as p:
                 for peer_id, live in items:
                     ttl_ms = int((ONLINE_WINDOW - (now - live.seen)) * 1000)
@@ -247,7 +247,7 @@ class Store:
 
     async def drop_live(self, peer_id: str, owner: str) -> None:
         """Forget a stream-mode peer whose connection closed (only if we still own it)."""
-        async with self._gate, self.registry.guard("rd_drop"):
+        async with self.gate, self.registry.guard("rd_drop"):
             blob: Any = await self.redis.get(self.live_key(peer_id))
             live = Live.unpack(blob)
             if live is not None and live.owner == owner:
@@ -255,22 +255,22 @@ class Store:
 
     # ------------------------------------------------------------- sinks
     async def set_sink(self, addr: str, owner: str) -> None:
-        async with self._gate, self.registry.guard("rd_sink"):
+        async with self.gate, self.registry.guard("rd_sink"):
             await self.redis.set(self.sink_key(addr), owner, ex=SINK_TTL)
 
     async def sink_owner(self, addr: str) -> str | None:
-        async with self._gate, self.registry.guard("rd_sink"):
+        async with self.gate, self.registry.guard("rd_sink"):
             owner: Any = await self.redis.get(self.sink_key(addr))
         return None if owner is None else bytes(owner).decode()
 
     # ------------------------------------------------------------- admin
     async def admin_settings(self) -> dict[str, str]:
-        async with self._gate, self.registry.guard("rd_admin"):
+        async with self.gate, self.registry.guard("rd_admin"):
             raw: dict[Any, Any] = await self.redis.hgetall(self.admin_key)
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def set_admin(self, name: str, value: str | None) -> None:
-        async with self._gate, self.registry.guard("rd_admin"):
+        async with self.gate, self.registry.guard("rd_admin"):
             if value is None:
                 await self.redis.hdel(self.admin_key, name)
             else:
@@ -278,6 +278,6 @@ class Store:
             await self.redis.publish(self.admin_channel, name.encode())
 
     async def id_history(self, count: int = 100) -> list[str]:
-        async with self._gate, self.registry.guard("rd_admin"):
+        async with self.gate, self.registry.guard("rd_admin"):
             raw: Any = await self.redis.lrange(self.idhist_key, 0, count - 1)
         return [bytes(r).decode(errors="replace") for r in raw]
