@@ -84,3 +84,28 @@ async def test_wired_clients_through_gateway_and_shard(cluster: Cluster) -> None
             await p.close()
         await a.close()
         await b.close()
+
+
+async def test_killed_shard_closes_sockets_with_1012(cluster: Cluster) -> None:
+    rtc = free_port_block(4)
+    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3), "SHARD_SLOTS": "2",
+           "RELAY_PORT": str(free_port_block(3)), "SPACES_PORT": str(free_port()),
+           "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+    shard = cluster.start("shard", env=env)
+    cluster.start("gateway", env=env)
+    a = await WiredClient.connect(f"ws://127.0.0.1:{env['SPACES_PORT']}/")
+    try:
+        await a.join(URI)
+        deadline = time.monotonic() + 5
+        while True:  # until the gateway has seen the shard
+            await a.send("create_transport", {"type": "consumer"})
+            with contextlib.suppress(TimeoutError, AssertionError):
+                created = await a.wait_for("transport_created", timeout=0.5)
+                break
+            assert time.monotonic() < deadline, a.frames
+        assert created["options"]["iceCandidates"][0]["address"] == "127.0.0.1"
+        shard.kill(signal.SIGKILL)  # no media.lost: the gateway sees the presence expire
+        code, reason = await a.wait_closed(timeout=8)
+        assert (code, reason) == (1012, "media shard restarted")
+    finally:
+        await a.close()
