@@ -81,6 +81,12 @@ def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, 
                             " return s.packetsReceived > 100 && s.totalAudioEnergy > 0 && s; })()")
             assert stats["packetsReceived"] > 100 and stats["totalAudioEnergy"] > 0
             assert b.evaluate("demo.iceProtocol()") == proto
+            # A's microphone stream gets the shard's receiver reports (RTT needs LSR/DLSR).
+            rr = wait(a, "(async () => { const s = await demo.sendStats();"
+                         " return s.reports > 0 && s; })()")
+            assert rr["fractionLost"] == 0 and rr["roundTripTime"] is not None
+            # ... and B's copy gets the shard's sender reports.
+            wait(b, "(async () => (await demo.audioStats()).remotePacketsSent > 0)()")
             # Location: A moves; B receives A's 21-byte records with A's player id.
             a.mouse.move(300, 200)
             wait(b, f"demo.positions.has({a_id}) && demo.recordsReceived > 10")
