@@ -5,6 +5,7 @@
     hubbub loadtest all --web                            # watch it in locust's web UI
     hubbub loadtest rustdesk --target 127.0.0.1          # a cluster already running (hubbub up)
     hubbub loadtest relay -- --json-file out             # options after -- go to locust
+    hubbub loadtest spaces --ramp --ramp-step 20 -t 10m  # add users until a limit breaks
 
 Scenarios map to locust user classes; locust runs as a subprocess (it monkey-patches the standard
 library with gevent), its exit code is the command's: 1 when a threshold failed. Every run is
@@ -32,6 +33,7 @@ __all__ = ["SCENARIOS", "locust_command", "main", "parse_duration"]
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
+RAMPFILE = HERE / "locustfile_ramp.py"
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "rustdesk": ("DeviceUser", "WebDeviceUser", "ControllerUser", "WebControllerUser"),
@@ -49,7 +51,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 _FORWARD = ("licence_key", "heartbeat", "online_every", "list_open", "online_peers",
             "relay_ratio", "relay_only_ratio", "lan_ratio", "payload", "connect_every",
             "relay_chunk", "space_size", "move_hz", "chat_every", "max_fail_ratio", "max_p95_ms",
-            "max_avg_ms", "min_requests")
+            "max_avg_ms", "min_requests", "ramp_step", "ramp_every", "ramp_max",
+            "ramp_stop_p95_ms", "ramp_stop_fail_ratio")
 
 
 def parse_duration(text: str) -> float:
@@ -67,16 +70,19 @@ def parse_duration(text: str) -> float:
 def locust_command(target: Target, users_classes: Sequence[str], args: argparse.Namespace,
                    csv_prefix: str | None = None) -> list[str]:
     """The locust command line for ``target`` and the chosen user classes."""
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", target.host,
+    locustfile = RAMPFILE if getattr(args, "ramp", False) else LOCUSTFILE
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", target.host,
            "--rendezvous-port", str(target.rendezvous_port),
            "--relay-port", str(target.relay_port), "--spaces-port", str(target.spaces_port),
-           "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time,
+           "-t", args.run_time,
            "--stop-timeout", "5", "--loglevel", args.loglevel]
     if args.web:
         cmd += ["--web-host", "127.0.0.1", "--web-port", str(args.web_port), "--autostart",
                 "--autoquit", str(args.autoquit)]
     else:
         cmd += ["--headless", "--only-summary"]
+    if not getattr(args, "ramp", False):
+        cmd += ["-u", str(args.users), "-r", str(args.spawn_rate)]
     if args.processes:
         cmd += ["--processes", str(args.processes)]
     if args.one_ip:
@@ -107,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=8089)
     p.add_argument("--autoquit", type=int, default=300,
                    help="with --web: seconds the UI stays up after the run")
+    p.add_argument("--ramp", action="store_true",
+                   help="stepped ramp instead of -u/-r: add --ramp-step users every --ramp-every "
+                        "s until a limit breaks; prints the capacity")
     p.add_argument("--csv", metavar="PREFIX", help="write locust CSV files with this prefix")
     p.add_argument("--loglevel", default="WARNING", help="locust log level")
     p.add_argument("--one-ip", action="store_true",
@@ -125,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     u = p.add_argument_group("scenario knobs (see loadtest/users.py; defaults there)")
     for name in _FORWARD:
         kind = str if name == "licence_key" else (int if name in (
-            "online_peers", "payload", "relay_chunk", "space_size", "min_requests") else float)
+            "online_peers", "payload", "relay_chunk", "space_size", "min_requests", "ramp_step",
+            "ramp_max") else float)
         u.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     return p
 

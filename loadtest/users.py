@@ -119,10 +119,23 @@ def _options(parser: Any) -> None:
                    help="exit code 1 when the total average exceeds this (0: no limit)")
     g.add_argument("--min-requests", type=int, default=0,
                    help="exit code 1 when fewer requests were made (0: no limit)")
+    r = parser.add_argument_group("hubbub ramp (locustfile_ramp.py)")
+    r.add_argument("--ramp-step", type=int, default=10, help="users added per step")
+    r.add_argument("--ramp-every", type=float, default=15.0, help="seconds per step")
+    r.add_argument("--ramp-max", type=int, default=500, help="most users")
+    r.add_argument("--ramp-stop-p95-ms", type=float, default=500.0,
+                   help="a step breaks when the current p95 exceeds this")
+    r.add_argument("--ramp-stop-fail-ratio", type=float, default=0.01,
+                   help="a step breaks when more of its requests fail than this")
 
 
 def _gate(environment: Environment, **_kw: Any) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    ramp = getattr(environment, "ramp_result", None)
+    if environment.shape_class is not None:
+        # A ramp ends by breaking a limit on purpose: its result is the capacity, not a failure.
+        print(ramp.line() if ramp is not None else "ramp: stopped by the run time", flush=True)
         return
     problems = check_thresholds(environment.stats, environment.parsed_options)
     if problems:

@@ -73,6 +73,9 @@ def test_locust_command_forwards_knobs_and_classes() -> None:
                                  "--processes", "2"])
     cmd = locust_command(Target(rendezvous_port=1234), SCENARIOS["rustdesk"], args)
     assert cmd[-4:] == ["DeviceUser", "WebDeviceUser", "ControllerUser", "WebControllerUser"]
+    assert "--ramp-step" not in cmd and "-u" in cmd
+    ramp = locust_command(Target(), ["PlayerUser"], _parser().parse_args(["spaces", "--ramp"]))
+    assert "-u" not in ramp and ramp[ramp.index("-f") + 1].endswith("locustfile_ramp.py")
     assert "--headless" in cmd and "--processes" in cmd
     i = cmd.index("--relay-ratio")
     assert cmd[i + 1] == "0.5"

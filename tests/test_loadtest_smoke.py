@@ -96,3 +96,20 @@ def test_loadtest_command_rejects_bad_input() -> None:
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2, (argv, proc.stderr)
         assert "error:" in proc.stderr
+
+
+def test_ramp_reports_the_capacity(local_cluster: LocalCluster) -> None:
+    args = _parser().parse_args(["relay", "--ramp", "--ramp-step", "1", "--ramp-every", "2",
+                                 "--ramp-max", "2", "-t", "30s", "--relay-chunk", "16384"])
+    cmd = locust_command(local_cluster.target, SCENARIOS["relay"], args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ramp: held 2 users (the maximum)" in proc.stdout, proc.stdout[-2000:]
+    # An impossible latency limit breaks the first step: capacity 0.
+    args = _parser().parse_args(["relay", "--ramp", "--ramp-step", "1", "--ramp-every", "2",
+                                 "--ramp-max", "5", "-t", "30s", "--relay-chunk", "16384",
+                                 "--ramp-stop-p95-ms", "0.001"])
+    cmd = locust_command(local_cluster.target, SCENARIOS["relay"], args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert "ramp: capacity 0 users; 1 users broke a limit — p95" in proc.stdout, (
+        proc.stdout[-2000:] + proc.stderr[-2000:])
