@@ -8,7 +8,7 @@ import signal
 import time
 
 from aiortc.rtcdtlstransport import RTCCertificate
-from support import Cluster, free_port, free_port_block
+from support import Cluster, HubbubProcess, free_port, free_port_block
 from wired_client import WiredClient
 
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
@@ -109,3 +109,41 @@ async def test_killed_shard_closes_sockets_with_1012(cluster: Cluster) -> None:
         assert (code, reason) == (1012, "media shard restarted")
     finally:
         await a.close()
+
+
+async def test_spaces_spread_over_shards(cluster: Cluster) -> None:
+    rtc = free_port_block(8)
+    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 7), "SHARD_SLOTS": "2",
+           "RELAY_PORT": str(free_port_block(3)), "SPACES_PORT": str(free_port()),
+           "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+    shards = [cluster.start("shard", env=env) for _ in range(2)]
+    cluster.start("gateway", env=env)
+    url = f"ws://127.0.0.1:{env['SPACES_PORT']}/"
+    clients = [await WiredClient.connect(url) for _ in range(3)]
+    try:
+        ports = []
+        for i, (c, uri) in enumerate(zip(clients, [URI, URI + "?2", URI], strict=True)):
+            await c.join(uri)
+            deadline = time.monotonic() + 5
+            while True:
+                await c.send("create_transport", {"type": "consumer"})
+                with contextlib.suppress(TimeoutError, AssertionError):
+                    created = await c.wait_for("transport_created", timeout=0.5)
+                    break
+                assert time.monotonic() < deadline, c.frames
+            ports.append(created["options"]["iceCandidates"][0]["port"])
+            if i == 0:
+                await asyncio.sleep(2.5)  # the first shard's load reaches the gateway
+        # the second space went to the other (less loaded) shard; the first space stays put
+        assert ports[0] != ports[1] and ports[2] == ports[0]
+        assert await wait_for(lambda: sorted(_media_sessions(s) for s in shards) == [1, 2], 5)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def _media_sessions(proc: HubbubProcess) -> float:
+    for line in proc.metrics().splitlines():
+        if line.startswith("hubbub_media_sessions "):
+            return float(line.split()[1])
+    return -1.0
