@@ -308,8 +308,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
-    with runner:
-        return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core), 300))
+    try:
+        with runner:
+            return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core),
+                                               300))
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, set(cores))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
