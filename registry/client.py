@@ -54,6 +54,9 @@ Handler = Callable[[Any, str], Any]
 RawHandler = Callable[[bytes], Any]
 """A channel handler: receives the raw published bytes."""
 
+MAX_CONNECTIONS = 64
+"""Redis connections per process for commands (pub/sub has its own)."""
+
 MAX_INFLIGHT = 2048
 """Inbox handler tasks allowed at once; beyond this, requests are refused as busy."""
 
@@ -134,7 +137,11 @@ class Registry:
             "retry": retry,
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         }
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=5.0, **common)
+        # A blocking pool makes bursts queue for a connection instead of failing with
+        # "Too many connections"; its timeout keeps the wait bounded.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=5.0, socket_timeout=5.0, **common)
+        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         # Pub/sub blocks on reads by design, so it gets a client without a socket timeout.
         self._sub_redis: aioredis.Redis = aioredis.Redis.from_url(url, **common)
         self._handlers: dict[str, Handler] = {}

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,15 @@ def _ports_env() -> dict[str, str]:
     return {"RENDEZVOUS_PORT": str(rdv), "RELAY_PORT": str(relay),
             "SPACES_PORT": str(free_port()), "RTC_MIN_PORT": str(rtc),
             "RTC_MAX_PORT": str(rtc + 9), "SHARD_SLOTS": "2"}
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _status(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
@@ -191,7 +201,8 @@ def test_procfile_with_honcho_runs_the_cluster(tmp_path: Path, prefix: str,
     env = c.env(_ports_env())
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.pop("HONCHO_PROCESS_NAME", None)
-    base = free_port_block(220)
+    base = next(b for b in (free_port_block(2) for _ in range(100))
+                if _free(b + 100) and _free(b + 101))
     with open(tmp_path / "honcho.log", "wb") as log:
         proc = subprocess.Popen(
             [honcho, "-f", str(ROOT / "Procfile"), "-d", str(tmp_path), "start", "-p", str(base),
