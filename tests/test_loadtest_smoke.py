@@ -63,13 +63,19 @@ def test_every_scenario_passes_its_thresholds(local_cluster: LocalCluster) -> No
         "WS device connect", "WS RegisterPk",
         "connect", "join", "set_name", "chat", "position batch (oldest record age)",
     ]
-    missing = [n for n in expected if not by_name.get(n, {}).get("num_requests")]
+    def successes(name: str) -> int:
+        entry = by_name.get(name, {})
+        return int(entry.get("num_requests", 0)) - int(entry.get("num_failures", 0))
+
+    # Every operation worked at least once; the fail-ratio threshold (1 %) bounds the rest, so a
+    # single UDP timeout on a busy machine does not fail the build.
+    missing = [n for n in expected if successes(n) < 1]
     failing = {n: e["num_failures"] for n, e in by_name.items() if e["num_failures"]}
-    assert not missing, f"no requests for {missing}\n{log[-3000:]}\n{local_cluster.logs()[-3000:]}"
-    assert not failing, f"failures {failing}\n{log[-3000:]}"
+    assert not missing, (f"nothing succeeded for {missing}; failures {failing}\n{log[-3000:]}\n"
+                         f"{local_cluster.logs()[-3000:]}")
     # Each client has its own 127/8 address: the punch path and (some) LAN paths both run.
-    assert by_name.get("device: PunchHole → PunchHoleSent", {}).get("num_requests"), sorted(by_name)
-    assert rc == 0, log[-3000:]
+    assert successes("device: PunchHole → PunchHoleSent"), sorted(by_name)
+    assert rc == 0, f"failures {failing}\n{log[-3000:]}"
 
 
 def test_a_broken_threshold_fails_the_run(local_cluster: LocalCluster) -> None:
