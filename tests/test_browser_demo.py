@@ -1,7 +1,8 @@
 """Two headless Chromium pages on hubbub's /demo hear each other and see each other move.
 
 The pages run mediasoup-client and the Wired 0.3.0 messages against a real gateway (spaces
-signalling) and a real shard (the SFU), all on loopback.
+signalling) and a real shard (the SFU), all on loopback. ``HUBBUB_TEST_MSC_BUNDLE=<file>`` swaps
+in another mediasoup-client bundle (an IIFE exposing ``mediasoupClient``) to check older clients.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def test_two_pages_hear_and_see_each_other(hubbub_cluster: tuple[HubbubProcess, 
         try:
             a = browser.new_context().new_page()
             b = browser.new_context().new_page()
+            bundle = os.environ.get("HUBBUB_TEST_MSC_BUNDLE")
+            if bundle:  # another mediasoup-client build, e.g. the Wired era's 3.6.x
+                for page in (a, b):
+                    page.route("**/web/mediasoup-client.js", lambda route: route.fulfill(
+                        path=bundle, content_type="application/javascript"))
             a.goto(base + "&name=ann")
             wait(a, "demo.dataProducer && demo.producer && demo.playerId !== null")
             b.goto(base + "&name=bob")
