@@ -436,18 +436,19 @@ def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
     before = cluster.rss_bytes()
     socks: list[socket.socket] = []
     try:
-        pairs = []
-        for _ in range(n):
-            uuid = secrets.token_hex(8)
-            a = relay_connect(cluster.relay_port, uuid)
-            b = relay_connect(cluster.relay_port, uuid)
-            socks += [a, b]
-            pairs.append((a, b))
-        for a, _b in pairs:
-            a.sendall(b"?")
-        for _a, b in pairs:
-            if recv_exact(b, 1) != b"?":
-                raise RuntimeError("idle pair did not form")
+        for start in range(0, n, 100):  # in bursts of 100 pairs, as many clients would
+            pairs = []
+            for _ in range(min(100, n - start)):
+                uuid = secrets.token_hex(8)
+                a = relay_connect(cluster.relay_port, uuid)
+                b = relay_connect(cluster.relay_port, uuid)
+                socks += [a, b]
+                pairs.append((a, b))
+            for a, _b in pairs:
+                a.sendall(b"?")
+            for _a, b in pairs:
+                if recv_exact(b, 1) != b"?":
+                    raise RuntimeError("idle pair did not form")
         time.sleep(3.0)  # let the shards free the pipes of now idle pairs
         after = cluster.rss_bytes()
     finally:

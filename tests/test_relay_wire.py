@@ -212,6 +212,20 @@ def test_waiting_table() -> None:
     assert t.next_deadline() is None
 
 
+def test_waiting_table_limits_each_source() -> None:
+    t: WaitingTable[str] = WaitingTable(timeout=30, max_per_source=2)
+    assert t.arrive("u1", "a", 0.0, "1.1.1.1") is None
+    assert t.arrive("u2", "b", 0.0, "1.1.1.1") is None
+    with pytest.raises(TableFull):
+        t.arrive("u3", "c", 0.0, "1.1.1.1")
+    assert t.arrive("u3", "c", 0.0, "2.2.2.2") is None
+    assert t.arrive("u1", "partner", 1.0, "1.1.1.1") == "a"  # pairing is never refused
+    assert t.arrive("u4", "d", 1.0, "1.1.1.1") is None  # the freed slot is usable again
+    assert t.sources() == 2
+    assert sorted(t.expire(40.0)) == ["b", "c", "d"]
+    assert t.sources() == 0 and len(t) == 0
+
+
 # ------------------------------------------------------------------ lists
 def test_normalise_ip() -> None:
     assert normalise_ip("::ffff:10.1.2.3") == "10.1.2.3"

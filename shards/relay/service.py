@@ -166,6 +166,8 @@ class RelayService:
         nofile = _raise_nofile()
         # Every waiting half holds a descriptor; keep room for pairs, pipes and handshakes.
         self.table.max_waiting = max(64, min(self.table.max_waiting, nofile // 4))
+        # No single address may hold more than a quarter of the table.
+        self.table.max_per_source = max(64, self.table.max_waiting // 4)
         self.total = Bucket(self._total_share(), self._loop.time())
         tcp = _listener(cfg.bind_host, cfg.relay_port)
         try:
@@ -407,7 +409,7 @@ class RelayService:
         now = self._loop.time()
         half.arrived = now
         try:
-            partner = self.table.arrive(half.uuid, half, now)
+            partner = self.table.arrive(half.uuid, half, now, half.peer_ip)
         except TableFull:
             self._refuse(half.sock, "busy")
             return
