@@ -111,9 +111,10 @@ def test_ramp_reports_the_capacity(local_cluster: LocalCluster) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ramp: held 2 users (the maximum)" in proc.stdout, proc.stdout[-2000:]
-    # An impossible latency limit breaks the first step: capacity 0.
+    # An impossible latency limit breaks the first step: capacity 0 (1 MiB transfers take
+    # milliseconds, so even locust's whole-millisecond p95 is above the limit).
     args = _parser().parse_args(["relay", "--ramp", "--ramp-step", "1", "--ramp-every", "2",
-                                 "--ramp-max", "5", "-t", "30s", "--relay-chunk", "16384",
+                                 "--ramp-max", "5", "-t", "30s", "--relay-chunk", "1048576",
                                  "--ramp-stop-p95-ms", "0.001"])
     cmd = locust_command(local_cluster.target, SCENARIOS["relay"], args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
