@@ -403,8 +403,13 @@ class Registry:
         while True:
             pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.inbox(self.id), *self._channels)
+                done = [self.inbox(self.id), *self._channels]
+                await pubsub.subscribe(*done)
                 await pubsub.psubscribe(self._reply_pattern)
+                # Channels added while those commands were in flight are not in ``done``.
+                while missing := [c for c in self._channels if c not in done]:
+                    await pubsub.subscribe(*missing)
+                    done += missing
                 self._pubsub = pubsub
                 self._subscribed.set()
                 backoff = 0.1

@@ -198,3 +198,32 @@ async def test_reconnects_after_redis_restart() -> None:
         finally:
             await a.close()
             await b.close()
+
+
+async def test_subscribe_right_after_start_and_later(redis_url: str, prefix: str) -> None:
+    """A channel added at any moment of the subscriber's life is subscribed exactly once."""
+    pub = Registry(redis_url, prefix, "gateway", "h", ttl=1.5)
+    await pub.start()
+    subs = [Registry(redis_url, prefix, "shard", "h", ttl=1.5) for _ in range(8)]
+    got: list[list[bytes]] = [[] for _ in subs]
+    try:
+        for i, reg in enumerate(subs):
+            await reg.start()
+            await asyncio.sleep(0.001 * i)  # land at different points of the start-up
+            await reg.subscribe(prefix + "early", got[i].append)
+        for reg in subs:
+            assert await reg.wait_ready(5)
+        for i, reg in enumerate(subs):
+            await reg.subscribe(prefix + "late", got[i].append)
+        counts = dict(await pub.redis.pubsub_numsub(prefix + "early", prefix + "late"))
+        assert counts == {(prefix + "early").encode(): 8, (prefix + "late").encode(): 8}
+        assert await pub.publish(prefix + "early", b"e") == 8
+        assert await pub.publish(prefix + "late", b"l") == 8
+        for _ in range(100):
+            if all(len(g) == 2 for g in got):
+                break
+            await asyncio.sleep(0.02)
+        assert all(sorted(g) == [b"e", b"l"] for g in got)
+    finally:
+        for reg in (pub, *subs):
+            await reg.close()
