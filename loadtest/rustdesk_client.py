@@ -57,7 +57,7 @@ LISTEN_WAIT = 18.0
 """How long a device listens for the controller after PunchHoleSent/LocalAddr."""
 SESSION_IDLE = 10.0
 """A device ends an echo session after this many idle seconds (the relay's own is 30 s)."""
-MAX_SESSIONS = 16
+MAX_SESSIONS = 64
 """Concurrent sessions per device; pushes beyond it are dropped (a busy device)."""
 ECHO_LIMIT = 256 * 1024 * 1024
 DUP_WINDOW = 0.1
