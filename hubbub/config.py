@@ -170,16 +170,16 @@ SETTINGS: tuple[Setting, ...] = (
             "longest space URI or avatar URL, in characters"),
     Setting("spaces_max_name", ("--spaces-max-name",), ("SPACES_MAX_NAME",), 128,
             _positive_int, "longest player name or wallet address, in characters"),
-    Setting("spaces_max_chat", ("--spaces-max-chat",), ("SPACES_MAX_CHAT",), 1000,
+    Setting("spaces_max_chat", ("--spaces-max-chat",), ("SPACES_MAX_CHAT",), 16384,
             _positive_int, "longest chat message, in characters"),
     Setting("spaces_rate", ("--spaces-rate",), ("SPACES_RATE",), 40.0, _positive_float,
             "messages per second a spaces socket may send (token bucket, positions included)"),
-    Setting("spaces_burst", ("--spaces-burst",), ("SPACES_BURST",), 80, _positive_int,
+    Setting("spaces_burst", ("--spaces-burst",), ("SPACES_BURST",), 200, _positive_int,
             "messages a spaces socket may send at once above SPACES_RATE"),
     Setting("spaces_per_socket", ("--spaces-per-socket",), ("SPACES_PER_SOCKET",), 8,
             _positive_int, "spaces one WebSocket may join at once"),
     Setting("spaces_sockets_per_ip", ("--spaces-sockets-per-ip",), ("SPACES_SOCKETS_PER_IP",),
-            64, _positive_int, "spaces WebSockets one client address may hold per gateway"),
+            1024, _positive_int, "spaces WebSockets one client address may hold per gateway"),
     Setting("spaces_idle_timeout", ("--spaces-idle-timeout",), ("SPACES_IDLE_TIMEOUT",), 60.0,
             _positive_float, "seconds before a silent spaces socket that misses pings is closed"),
     Setting("rtc_min_port", ("--rtc-min-port",), ("RTC_MIN_PORT",), 20000, _port,
@@ -237,11 +237,11 @@ class Config:
     spaces_max_frame: int = 65536
     spaces_max_url: int = 2048
     spaces_max_name: int = 128
-    spaces_max_chat: int = 1000
+    spaces_max_chat: int = 16384
     spaces_rate: float = 40.0
-    spaces_burst: int = 80
+    spaces_burst: int = 200
     spaces_per_socket: int = 8
-    spaces_sockets_per_ip: int = 64
+    spaces_sockets_per_ip: int = 1024
     spaces_idle_timeout: float = 60.0
     rtc_min_port: int = 20000
     rtc_max_port: int = 20020

@@ -111,7 +111,7 @@ def test_invalid_data(subject: str, data: object) -> None:
 
 
 @pytest.mark.parametrize("subject,size", [
-    ("join", 2049), ("leave", 2049), ("chat", 1001), ("set_name", 129), ("set_address", 129),
+    ("join", 2049), ("leave", 2049), ("chat", 16385), ("set_name", 129), ("set_address", 129),
     ("set_avatar", 2049),
 ])
 def test_oversized_fields(subject: str, size: int) -> None:

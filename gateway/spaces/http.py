@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,28 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
     return Response(status, reasons.get(status, "Error"), headers, body)
 
 
+def _text(raw: str) -> str:
+    """The request target as text: websockets keeps non-ASCII bytes as surrogate escapes."""
+    return raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+
+
+def count_candidates(target: str) -> list[str]:
+    """Space URIs ``/player-count/<uri>`` may name, most literal first.
+
+    The Wired host counts the raw rest of the path (uWS drops the query). The web app appends a
+    space URI unencoded, but HTTP clients percent-encode what a request line cannot carry
+    (spaces, non-ASCII) and a URI may have its own query, so the full rest and its decoded form
+    are tried as well; the first with players wins.
+    """
+    rest = target[len(PLAYER_COUNT):]
+    out: list[str] = []
+    for uri in (rest.split("?", 1)[0], rest):
+        for cand in (uri, urllib.parse.unquote(uri)):
+            if cand not in out:
+                out.append(cand)
+    return out
+
+
 class HttpRoutes:
     """``GET /player-count/<raw uri>``, ``/healthz``, ``/demo``, ``/web/<file>``."""
 
@@ -45,12 +68,11 @@ class HttpRoutes:
         self.web_dir = web_dir
 
     async def respond(self, conn: ServerConnection, request: Request) -> Response:
-        # The raw request target, query removed, exactly as the Wired host reads it.
-        path = request.path.split("?", 1)[0]
+        target = _text(request.path)
+        path = target.split("?", 1)[0]
         if path.startswith(PLAYER_COUNT):
-            uri = path[len(PLAYER_COUNT):]
             try:
-                n = await self.store.count(uri)
+                n = await self.store.count_first(count_candidates(target))
             except RegistryUnavailable:
                 return _response(503, b"registry unavailable\n")
             return _response(200, str(n).encode(), cors=True)

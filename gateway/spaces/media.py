@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ log = logging.getLogger("hubbub.spaces.media")
 CALL_TIMEOUT = 5.0
 MAX_REPLY_MESSAGES = 512
 CLOSE_MEDIA_LOST = 1012
+LOOK_AGAIN = 0.25
+"""Seconds between two registry reads of the shard list when no usable shard is known."""
 
 _PLACE = """
 local cur = redis.call('GET', KEYS[1])
@@ -66,6 +69,7 @@ class MediaRelay:
         self.capabilities: Any = None
         self._place = registry.redis.register_script(_PLACE)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._looked = -1e18
         registry.on("media.push", self._on_push)
         registry.on("media.lost", self._on_lost)
 
@@ -89,6 +93,19 @@ class MediaRelay:
         ups = [r for r in self.shards.values() if r.state == "up"]
         return sorted(ups, key=lambda r: (sessions(r), r.id))
 
+    async def refresh(self) -> None:
+        """Read the live shards from the registry now (a just-started gateway, or a view with
+        no usable shard: the watcher's next pass may be half a second away)."""
+        self._looked = time.monotonic()
+        self.update_shards(await self.registry.processes("shard"))
+
+    async def _usable_now(self) -> list[ProcessRecord]:
+        usable = self.usable()
+        if not usable and time.monotonic() - self._looked >= LOOK_AGAIN:
+            await self.refresh()
+            usable = self.usable()
+        return usable
+
     async def place(self, uri: str) -> str | None:
         """The shard of ``uri``'s media, placing it when unplaced or on a dead/draining shard."""
         key = self.registry.key("space", uri, "shard")
@@ -98,7 +115,7 @@ class MediaRelay:
         if current is not None and current not in self.shards:
             # Maybe a shard newer than our view: look again before moving the space away.
             self.update_shards(await self.registry.processes("shard"))
-        usable = self.usable()
+        usable = await self._usable_now()
         if current is not None and any(r.id == current for r in usable):
             return current
         if not usable:
@@ -130,7 +147,7 @@ class MediaRelay:
             try:
                 if subject == "get_router_rtp_capabilities":
                     # Any shard answers this; it does not bind the session.
-                    usable = self.usable()
+                    usable = await self._usable_now()
                     shard = usable[0].id if usable else None
                 else:
                     shard = await self._bind(client)
@@ -173,7 +190,7 @@ class MediaRelay:
         if spaces:
             shard = await self.place(next(iter(spaces)))
         else:
-            usable = self.usable()
+            usable = await self._usable_now()
             shard = usable[0].id if usable else None
         if shard is not None:
             client.shard = shard

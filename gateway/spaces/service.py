@@ -128,6 +128,8 @@ class SpacesService:
         self._alive_ttl = min(cfg.presence_ttl, MAX_ALIVE_TTL)
         # The lease must exist before the first member does, or another gateway reaps us.
         await self.store.keep_alive(self._alive_ttl)
+        with contextlib.suppress(RegistryUnavailable):
+            await self.media.refresh()  # serve WebRTC from the first message on
         self.hub.start()
         self._watch = asyncio.ensure_future(self._watch_loop())
         ports = dict(self.registry.presence_info().get("ports") or {})

@@ -195,6 +195,15 @@ class SpaceStore:
             n: int = await self.registry.redis.hlen(self.members_key(uri))
         return n
 
+    async def count_first(self, uris: list[str]) -> int:
+        """The player count of the first of ``uris`` that has players (0 if none has)."""
+        async with self.guard("spaces_count"):
+            async with self.registry.redis.pipeline(transaction=False) as p:
+                for uri in uris:
+                    p.hlen(self.members_key(uri))
+                counts: list[int] = await p.execute()
+        return next((n for n in counts if n), 0)
+
     def alive_key(self, gateway: str) -> str:
         return self.registry.key("spaces", "alive", gateway)
 

@@ -41,7 +41,7 @@ class Limits:
     """Space URI and avatar URL."""
     max_name: int = 128
     """Name and wallet address."""
-    max_chat: int = 1000
+    max_chat: int = 16384
     """One chat message."""
     max_media: int = 16384
     """Re-encoded JSON size of one WebRTC payload (RTP parameters, capabilities)."""

@@ -1,0 +1,540 @@
+"""Conformance of the spaces host with the Wired host protocol 0.3.0, from the protocol alone.
+
+One cluster per module (two gateways on their own ports, one media shard, real Redis); each test
+uses its own space URIs. The client is ``conformance_wired.WiredPeer`` (plain JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conformance_wired import WiredPeer
+from support import Cluster, RedisServer, free_port, free_port_block, new_prefix
+
+
+NULLABLE_STR = (str, type(None))
+
+
+class Hosts:
+    def __init__(self, cluster: Cluster, ports: list[int]) -> None:
+        self.cluster = cluster
+        self.ports = ports
+
+    def url(self, i: int = 0, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.ports[i]}{path}"
+
+    def http(self, path: str, i: int = 0) -> tuple[int, bytes, dict[str, str]]:
+        """A raw GET (the path is sent exactly as given, no encoding)."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[i], timeout=3)
+        try:
+            conn.putrequest("GET", path, skip_accept_encoding=True)
+            conn.endheaders()
+            resp = conn.getresponse()
+            return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def hosts(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    cluster = Cluster(redis_srv.url, new_prefix(), Path(tmp_path_factory.mktemp("wired")))
+    rtc = free_port_block(4)
+    base = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3), "SHARD_SLOTS": "1",
+            "RELAY_PORT": str(free_port_block(3)), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    try:
+        cluster.start("shard", env=base)
+        ports = []
+        for _ in range(2):
+            port = free_port()
+            cluster.start("gateway", env={**base, "SPACES_PORT": str(port),
+                                          "RENDEZVOUS_PORT": str(free_port_block(4) + 1)})
+            ports.append(port)
+        yield Hosts(cluster, ports)
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture
+async def open_peer(hosts: Hosts) -> AsyncIterator[Any]:
+    peers: list[WiredPeer] = []
+
+    async def make(i: int = 0, path: str = "/") -> WiredPeer:
+        p = await WiredPeer.open(hosts.url(i, path))
+        peers.append(p)
+        return p
+
+    yield make
+    for p in peers:
+        await p.close()
+
+
+_n = 0
+
+
+def space(tag: str) -> str:
+    global _n
+    _n += 1
+    return f"https://example.org/{tag}-{_n}-{time.monotonic_ns()}.glb"
+
+
+def check_player_joined(data: Any, before_you: bool) -> None:
+    keys = {"playerId", "name", "avatar", "address"} | ({"beforeYou"} if before_you else set())
+    assert set(data) == keys, data
+    assert isinstance(data["playerId"], int) and 0 <= data["playerId"] <= 255
+    for k in ("name", "avatar", "address"):
+        assert isinstance(data[k], NULLABLE_STR)
+    if before_you:
+        assert data["beforeYou"] is True
+
+
+# ------------------------------------------------------------------ transport level
+async def test_any_path_deflate_and_16k_frames(hosts: Hosts, open_peer: Any) -> None:
+    for path in ("/", "/anything/at/all", "/x?y=1&z=%20"):
+        p = await open_peer(0, path)
+        ext = p.ws.response.headers.get("Sec-WebSocket-Extensions", "") if p.ws.response else ""
+        assert "permessage-deflate" in ext
+        await p.send("get_router_rtp_capabilities", None)
+        await p.wait_for("router_rtp_capabilities")
+    p = await open_peer()
+    uri = space("big")
+    pid = await p.join(uri)
+    text = "x" * (16 * 1024 - 64)
+    frame = '{"subject":"chat","data":"' + text + '"}'
+    assert len(frame) <= 16 * 1024
+    await p.send_raw(frame)
+    data = await p.expect("player_chat")
+    assert data["playerId"] == pid and data["text"] == text
+    # A padded 16 KiB frame is still one ordinary message.
+    padded = '{"subject":"set_name","data":"pad"}' + " " * (16 * 1024 - 40)
+    await p.send_raw(padded)
+    assert await p.expect("player_name") == {"playerId": pid, "name": "pad"}
+    assert not p.closed.done()
+
+
+# ------------------------------------------------------------------ join and catch-up
+async def test_join_shapes_and_catch_up(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("join")
+    a = await open_peer(0)
+    await a.send("set_name", "ann")
+    await a.send("set_avatar", "https://example.org/ann.vrm")
+    await a.send("join", uri)
+    ok = await a.expect("join_success")
+    assert set(ok) == {"uri", "playerId"} and ok["uri"] == uri
+    pa = ok["playerId"]
+    assert isinstance(pa, int) and 0 <= pa <= 255
+    await a.quiet(0.2)  # no player_joined about itself
+
+    b = await open_peer(1)  # another gateway
+    await b.send("set_address", "0xabc")
+    await b.send("join", uri)
+    # Exactly: one player_joined(beforeYou) per present player, then join_success.
+    joined = await b.expect("player_joined")
+    check_player_joined(joined, before_you=True)
+    assert joined == {"playerId": pa, "name": "ann", "avatar": "https://example.org/ann.vrm",
+                      "address": None, "beforeYou": True}
+    ok_b = await b.expect("join_success")
+    pb = ok_b["playerId"]
+    assert ok_b == {"uri": uri, "playerId": pb} and pb != pa
+    await b.quiet(0.2)
+
+    # The present player learns of the newcomer once, without beforeYou.
+    got = await a.expect("player_joined")
+    check_player_joined(got, before_you=False)
+    assert got == {"playerId": pb, "name": None, "avatar": None, "address": "0xabc"}
+
+    # Re-joining is a no-op: nothing to anyone.
+    await b.send("join", uri)
+    await b.quiet(0.3)
+    await a.quiet(0.0)
+
+    c = await open_peer(0)
+    await c.send("join", uri)
+    first = [await c.expect("player_joined"), await c.expect("player_joined")]
+    assert {d["playerId"] for d in first} == {pa, pb}
+    for d in first:
+        check_player_joined(d, before_you=True)
+    pc = (await c.expect("join_success"))["playerId"]
+    assert len({pa, pb, pc}) == 3
+    status, body, _ = hosts.http("/player-count/" + uri)
+    assert (status, body) == (200, b"3")
+
+
+async def test_several_spaces_per_socket(hosts: Hosts, open_peer: Any) -> None:
+    u1, u2 = space("multi1"), space("multi2")
+    a = await open_peer()
+    p1 = await a.join(u1)
+    p2 = await a.join(u2)
+    b = await open_peer(1)
+    await b.join(u2)
+    b.skip_all()
+    await a.wait_for("player_joined")
+    a.skip_all()
+    await a.send("chat", "both")
+    chats = [await a.expect("player_chat"), await a.expect("player_chat")]
+    assert sorted(c["playerId"] for c in chats) == sorted([p1, p2])
+    only = await b.expect("player_chat")
+    assert only["playerId"] == p2 and only["text"] == "both"
+    await b.quiet(0.2)
+    # Leaving one space keeps the other.
+    await a.send("leave", u1)
+    await a.quiet(0.2)
+    await a.send("set_grounded", False)
+    assert await a.expect("player_grounded") == {"playerId": p2, "grounded": False}
+    assert await b.expect("player_grounded") == {"playerId": p2, "grounded": False}
+
+
+# ------------------------------------------------------------------ broadcasts
+async def test_broadcast_shapes_and_echo(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("bcast")
+    a, b = await open_peer(0), await open_peer(1)
+    pa = await a.join(uri)
+    pb = await b.join(uri)
+    b.skip_all()
+    await a.wait_for("player_joined")
+    before = int(time.time() * 1000)
+    await a.send("chat", "hi")
+    after = int(time.time() * 1000)
+    for p in (a, b):
+        msg = await p.expect("player_chat")
+        assert set(msg) == {"playerId", "text", "timestamp"}
+        assert msg["playerId"] == pa and msg["text"] == "hi"
+        assert isinstance(msg["timestamp"], int)
+        assert before - 2000 <= msg["timestamp"] <= after + 2000  # ms since epoch
+    cases: list[tuple[str, Any, str, str]] = [
+        ("set_grounded", False, "player_grounded", "grounded"),
+        ("set_grounded", True, "player_grounded", "grounded"),
+        ("set_name", "bob", "player_name", "name"),
+        ("set_name", None, "player_name", "name"),
+        ("set_avatar", "https://example.org/a.vrm", "player_avatar", "avatar"),
+        ("set_avatar", None, "player_avatar", "avatar"),
+        ("set_address", "0x1234", "player_address", "address"),
+        ("set_address", None, "player_address", "address"),
+    ]
+    for subject, value, out, key in cases:
+        await b.send(subject, value)
+        for p in (b, a):  # echoed to the sender too
+            got = await p.expect(out)
+            assert got == {"playerId": pb, key: value}, (subject, got)
+    # Names set while joined show up in later joiners' catch-up.
+    await b.send("set_name", "bea")
+    await b.expect("player_name")
+    a.skip_all()
+    c = await open_peer(0)
+    await c.send("join", uri)
+    seen = {d["playerId"]: d for d in [await c.expect("player_joined"),
+                                       await c.expect("player_joined")]}
+    assert seen[pb]["name"] == "bea" and "grounded" not in seen[pb]
+
+
+async def test_leave_and_disconnect_send_player_left(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("left")
+    a, b, c = await open_peer(0), await open_peer(1), await open_peer(0)
+    await a.join(uri)
+    pb = await b.join(uri)
+    pc = await c.join(uri)
+    await asyncio.sleep(0.2)
+    a.skip_all()
+    b.skip_all()
+    await b.send("leave", uri)
+    assert await a.expect("player_left") == {"playerId": pb}
+    await c.wait_for("player_left")
+    await b.quiet(0.2)  # the leaver hears nothing more from the space
+    await a.send("chat", "after")
+    await b.quiet(0.3)
+    a.skip_all()
+    await c.close()
+    assert await a.expect("player_left") == {"playerId": pc}
+    status, body, _ = hosts.http("/player-count/" + uri)
+    assert body == b"1"
+
+
+# ------------------------------------------------------------------ HTTP
+@pytest.mark.parametrize("uri", [
+    "https://example.org/count.glb",
+    "https://example.org/count.glb?version=2&x=y",
+    "https://example.org/a%20b%2Fc.glb",
+    "ipfs://bafy/space.glb",
+    "https://example.org/ümlaut.glb",
+    "plain-name",
+])
+async def test_player_count_raw_uris(hosts: Hosts, open_peer: Any, uri: str) -> None:
+    uri = uri.replace("count", f"count{time.monotonic_ns()}") if "count" in uri else \
+        uri + str(time.monotonic_ns())
+    raw = "/player-count/" + urllib.parse.quote(uri, safe=":/?&=%")
+    a, b = await open_peer(0), await open_peer(1)
+    await a.join(uri)
+    await b.join(uri)
+    for i in (0, 1):  # cluster-wide on every gateway
+        status, body, _ = hosts.http(raw, i)
+        assert status == 200 and body == b"2", (uri, body)
+        assert int(body.decode()) == 2
+    await b.close()
+    deadline = time.monotonic() + 3
+    while hosts.http(raw)[1] != b"1" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert hosts.http(raw)[1] == b"1"
+
+
+def test_player_count_unknown_and_empty(hosts: Hosts) -> None:
+    for path in ("/player-count/https://example.org/nobody.glb", "/player-count/",
+                 "/player-count/a%20b?c=d"):
+        status, body, _ = hosts.http(path)
+        assert (status, body) == (200, b"0")
+
+
+# ------------------------------------------------------------------ errors and limits
+async def test_errors_are_explicit_and_keep_the_socket(hosts: Hosts, open_peer: Any) -> None:
+    p = await open_peer()
+    cases: list[tuple[str, str, str | None]] = [
+        ("not json", "malformed", None),
+        ('["subject","join"]', "malformed", None),
+        ('{"subject":"fly","data":1}', "unknown_subject", None),
+        ('{"subject":"set_grounded","data":"yes"}', "invalid_data", "set_grounded"),
+        ('{"subject":"join","data":5}', "invalid_data", "join"),
+        ('{"subject":"create_transport","data":{"type":"sideways"}}', "invalid_data",
+         "create_transport"),
+        ('{"subject":"produce_data","data":{"ordered":false}}', "invalid_data", "produce_data"),
+        ('{"subject":"leave","data":"https://example.org/never.glb"}', "not_joined", "leave"),
+        ('{"subject":"set_name","data":"' + "n" * 5000 + '"}', "too_large", "set_name"),
+    ]
+    for frame, code, subject in cases:
+        await p.send_raw(frame)
+        err = await p.expect("error")
+        assert set(err) == {"code", "message", "subject"}, err
+        assert err["code"] == code, (frame[:40], err)
+        assert err["subject"] == subject, (frame[:40], err)
+        assert isinstance(err["message"], str) and err["message"]
+    pid = await p.join(space("after-errors"))
+    assert 0 <= pid <= 255
+    assert not p.closed.done()
+
+
+async def test_space_full_error(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("full")
+    peers = [await WiredPeer.open(hosts.url(i % 2)) for i in range(256)]
+    try:
+        ids = await asyncio.gather(*(p.join(uri, timeout=20) for p in peers))
+        assert sorted(ids) == list(range(256))
+        extra = await open_peer()
+        await extra.send("join", uri)
+        err = await extra.expect("error")
+        assert err["code"] == "space_full" and err["subject"] == "join"
+        await extra.quiet(0.2)
+    finally:
+        await asyncio.gather(*(p.close() for p in peers))
+
+
+# ------------------------------------------------------------------ batched positions
+def record(pid: int, xyz: tuple[float, float, float], q: tuple[float, ...]) -> bytes:
+    return struct.pack("<B3i4h", pid, *(round(v * 100000) for v in xyz),
+                       *(round(v * 10000) for v in q))
+
+
+async def test_binary_position_batches(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("pos")
+    a, b = await open_peer(0), await open_peer(1)
+    pa = await a.join(uri)
+    pb = await b.join(uri)
+    await b.send("subscribe_positions", True)
+    await asyncio.sleep(0.1)
+    wrong = (pa + 1) % 256
+    await a.send_raw(record(wrong, (1.5, -2.25, 3.0), (0.0, 0.0, 0.0, 1.0)))
+    deadline = time.monotonic() + 3
+    while True:
+        batch = await b.next_binary(timeout=max(0.05, deadline - time.monotonic()))
+        assert batch[0] == 1 and (len(batch) - 1) % 21 == 0
+        recs = {batch[i]: batch[i:i + 21] for i in range(1, len(batch), 21)}
+        if pa in recs:
+            break
+    rec = recs[pa]
+    x, y, z, qx, qy, qz, qw = struct.unpack("<3i4h", rec[1:])
+    assert (x, y, z) == (150000, -225000, 300000) and (qx, qy, qz, qw) == (0, 0, 0, 10000)
+    # The sender opted in by sending and gets its own record too.
+    own = await a.next_binary(timeout=2)
+    assert own[0] == 1
+    assert pb not in recs or True
+    # A wrong-size record is an explicit error, not a crash.
+    await a.send_raw(b"\x00" * 20)
+    err = await a.wait_for("error")
+    assert err["code"] == "invalid_data"
+    await b.send("subscribe_positions", False)
+    await asyncio.sleep(0.2)
+    b.skip_all()
+    await a.send_raw(record(pa, (0, 0, 0), (0, 0, 0, 1)))
+    await b.quiet(0.4, text_only=False)
+
+
+# ------------------------------------------------------------------ the reference media flow
+CLIENT_CAPS = {
+    "codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayloadType": 111,
+                "clockRate": 48000, "channels": 2,
+                "parameters": {"minptime": 10, "useinbandfec": 1},
+                "rtcpFeedback": [{"type": "transport-cc", "parameter": ""}]}],
+    "headerExtensions": [
+        {"kind": "audio", "uri": "urn:ietf:params:rtp-hdrext:sdes:mid", "preferredId": 1,
+         "preferredEncrypt": False, "direction": "sendrecv"},
+        {"kind": "audio", "uri": "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+         "preferredId": 10, "preferredEncrypt": False, "direction": "sendrecv"},
+    ],
+}
+FINGERPRINT = {"algorithm": "sha-256", "value": ":".join(["AB"] * 32)}
+
+
+def rtp_parameters(ssrc: int) -> dict[str, Any]:
+    return {"mid": "0",
+            "codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000,
+                        "channels": 2, "parameters": {"minptime": 10, "useinbandfec": 1},
+                        "rtcpFeedback": []}],
+            "headerExtensions": [{"uri": "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+                                  "id": 10, "encrypt": False, "parameters": {}}],
+            "encodings": [{"ssrc": ssrc, "dtx": False}],
+            "rtcp": {"cname": "conformance", "reducedSize": True}}
+
+
+def check_options(options: Any) -> None:
+    assert set(options) >= {"id", "iceParameters", "iceCandidates", "dtlsParameters",
+                            "sctpParameters"}
+    assert isinstance(options["id"], str) and options["id"]
+    ice = options["iceParameters"]
+    assert isinstance(ice["usernameFragment"], str) and isinstance(ice["password"], str)
+    assert ice["iceLite"] is True
+    cands = options["iceCandidates"]
+    assert cands and {c["protocol"] for c in cands} == {"udp", "tcp"}
+    for c in cands:
+        assert isinstance(c["foundation"], str) and isinstance(c["priority"], int)
+        assert isinstance(c["ip"], str) and isinstance(c["port"], int) and c["type"] == "host"
+        if "address" in c:
+            assert c["address"] == c["ip"]
+        if c["protocol"] == "tcp":
+            assert c["tcpType"] == "passive"
+        else:
+            assert "tcpType" not in c
+    dtls = options["dtlsParameters"]
+    assert dtls["role"] in ("auto", "client", "server")
+    assert dtls["fingerprints"] and all(
+        isinstance(f["algorithm"], str) and isinstance(f["value"], str)
+        for f in dtls["fingerprints"])
+    sctp = options["sctpParameters"]
+    assert sctp["port"] == 5000 and sctp["OS"] == 1024 and sctp["MIS"] == 1024
+    assert sctp["maxMessageSize"] == 262144
+
+
+async def bootstrap(p: WiredPeer, uri: str, ssrc: int) -> dict[str, Any]:
+    """A.4 step by step, as the reference client does it; returns what it learned."""
+    await p.send("get_router_rtp_capabilities", None)
+    await p.send("join", uri)
+    caps = await p.expect("router_rtp_capabilities")
+    codecs = caps["codecs"]
+    assert [c["mimeType"].lower() for c in codecs] == ["audio/opus"]
+    assert codecs[0]["clockRate"] == 48000 and codecs[0]["channels"] == 2
+    assert codecs[0]["kind"] == "audio" and isinstance(codecs[0]["preferredPayloadType"], int)
+    assert isinstance(caps.get("headerExtensions", []), list)
+    info: dict[str, Any] = {}
+    # join does not wait for WebRTC: its catch-up and join_success come next.
+    while True:
+        f = await p.next_text()
+        if f.subject == "join_success":
+            info["playerId"] = f.data["playerId"]
+            break
+        assert f.subject == "player_joined", f.text
+    await p.send("create_transport", {"type": "producer"})
+    await p.send("create_transport", {"type": "consumer"})
+    await p.send("set_rtp_capabilities", CLIENT_CAPS)
+    for _ in range(2):
+        created = await p.wait_for("transport_created")
+        assert set(created) == {"type", "options"}
+        check_options(created["options"])
+        info[created["type"]] = created["options"]
+    assert set(info) >= {"producer", "consumer"}
+    await p.send("connect_transport", {"type": "producer", "dtlsParameters": {
+        "role": "client", "fingerprints": [FINGERPRINT]}})
+    await p.send("produce_data", {"streamId": 0, "ordered": False, "maxRetransmits": 0,
+                                  "label": "", "protocol": ""})
+    dp = await p.wait_for("data_producer_id")
+    assert isinstance(dp, str) and dp
+    info["dataProducerId"] = dp
+    await p.send("produce", rtp_parameters(ssrc))
+    prod = await p.wait_for("producer_id")
+    assert isinstance(prod, str) and prod
+    info["producerId"] = prod
+    await p.send("connect_transport", {"type": "consumer", "dtlsParameters": {
+        "role": "client", "fingerprints": [FINGERPRINT]}})
+    return info
+
+
+async def test_reference_media_flow(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("media")
+    a = await open_peer(0)
+    ia = await bootstrap(a, uri, 1111)
+    await a.quiet(0.3)  # connect_transport has no reply; nobody to consume yet
+    b = await open_peer(1)
+    ib = await bootstrap(b, uri, 2222)
+    await asyncio.sleep(0.3)
+    consumers = {}
+    for subject in ("create_consumer", "create_data_consumer"):
+        got_b = b.seen(subject)
+        assert len(got_b) == 1, (subject, got_b)  # exactly one, for a's producer
+        consumers[subject] = got_b[0]
+    cc = consumers["create_consumer"]
+    assert set(cc) == {"playerId", "consumerId", "producerId", "rtpParameters"}
+    assert cc["playerId"] == ia["playerId"] and cc["producerId"] == ia["producerId"]
+    assert isinstance(cc["consumerId"], str)
+    rtp = cc["rtpParameters"]
+    assert rtp["codecs"][0]["mimeType"].lower() == "audio/opus"
+    assert rtp["codecs"][0]["payloadType"] == 111  # the receiver's preferred type
+    assert isinstance(rtp["encodings"][0]["ssrc"], int) and "cname" in rtp["rtcp"]
+    dc = consumers["create_data_consumer"]
+    assert set(dc) == {"playerId", "consumerId", "dataProducerId", "sctpStreamParameters"}
+    assert dc["playerId"] == ia["playerId"] and dc["dataProducerId"] == ia["dataProducerId"]
+    sp = dc["sctpStreamParameters"]
+    assert isinstance(sp["streamId"], int) and sp["ordered"] is False
+    assert sp["maxRetransmits"] == 0
+    # a learns about b's producers too (and never about its own).
+    got: dict[str, Any] = {}
+    for subject in ("create_consumer", "create_data_consumer"):
+        got_a = a.seen(subject)
+        assert len(got_a) == 1, (subject, got_a)
+        got[subject] = got_a[0]
+    b.skip_all()
+    assert got["create_consumer"]["producerId"] == ib["producerId"]
+    assert got["create_data_consumer"]["dataProducerId"] == ib["dataProducerId"]
+    assert got["create_consumer"]["playerId"] == ib["playerId"]
+    # resume_audio has no reply.
+    await b.send("resume_audio", None)
+    await b.quiet(0.3)
+
+
+async def test_late_joiner_with_media_ready_gets_exact_sequence(hosts: Hosts,
+                                                                open_peer: Any) -> None:
+    uri = space("late")
+    a = await open_peer(0)
+    ia = await bootstrap(a, uri, 3333)
+    # b prepares WebRTC first, then joins: catch-up is player_joined, consumers, join_success.
+    b = await open_peer(1)
+    await b.send("get_router_rtp_capabilities", None)
+    await b.expect("router_rtp_capabilities")
+    await b.send("create_transport", {"type": "consumer"})
+    await b.expect("transport_created")
+    await b.send("set_rtp_capabilities", CLIENT_CAPS)
+    await b.quiet(0.3)
+    await b.send("join", uri)
+    seq = [await b.next_text() for _ in range(4)]
+    assert [f.subject for f in seq] == ["player_joined", "create_consumer",
+                                        "create_data_consumer", "join_success"], \
+        [f.text for f in seq]
+    assert seq[0].data["beforeYou"] is True and seq[0].data["playerId"] == ia["playerId"]
+    assert seq[1].data["producerId"] == ia["producerId"]
+    await b.quiet(0.2)
+    with contextlib.suppress(Exception):
+        await a.close()
+    assert await b.wait_for("player_left") == {"playerId": ia["playerId"]}
