@@ -140,6 +140,11 @@ class IdLimiter:
         self.burst = burst
         self.map: BoundedMap[str, list[float]] = BoundedMap(max_ids, window)
 
+    def blocked(self, peer_id: str, now: float) -> bool:
+        """True when ``peer_id`` has used its burst (nothing is counted)."""
+        entry = self.map.get(peer_id, now)
+        return entry is not None and entry[0] >= self.burst
+
     def allow(self, peer_id: str, now: float) -> bool:
         entry = self.map.get(peer_id, now)
         if entry is None:

@@ -328,25 +328,27 @@ class RendezvousService(Directory, PunchFlows):
         peer_id = rp.id
         if not peer_id or len(peer_id) > 64:
             return
+        # hbbs follows every answer with the legacy ConfigUpdate when its serial is newer.
+        update = self.cfg.serial > rp.serial
         peer = self.peers.get(peer_id, now)
         if peer is None:
             if peer_id in self.lookups:
                 return
             if len(self.lookups) >= MAX_LOOKUPS:
                 self._send_udp(RESP_REQUEST_PK, raw_addr)
+            else:
+                self.lookups.add(peer_id)
+                self._spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr, update))
                 return
-            self.lookups.add(peer_id)
-            self._spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr))
-            return
-        if peer.ip != ip and not _loopback(ip):
+        elif peer.ip != ip and not _loopback(ip):
             self._note_ip_change(peer_id, peer.ip, ip, now)
             self._send_udp(RESP_REQUEST_PK, raw_addr)
-            return
-        self.peers.touch(peer_id, now)
-        self._heard(peer_id, peer, ip, port, MODE_UDP, now)
-        metrics.HEARTBEATS.inc()
-        self._send_udp(RESP_KNOWN, raw_addr)
-        if self.cfg.serial > rp.serial:
+        else:
+            self.peers.touch(peer_id, now)
+            self._heard(peer_id, peer, ip, port, MODE_UDP, now)
+            metrics.HEARTBEATS.inc()
+            self._send_udp(RESP_KNOWN, raw_addr)
+        if update:
             self._send_udp(self._config_update(), raw_addr)
 
     def _note_ip_change(self, peer_id: str, old_ip: str, new_ip: str, now: float) -> None:
@@ -370,7 +372,7 @@ class RendezvousService(Directory, PunchFlows):
             self.dirty[peer_id] = peer
 
     async def _lookup_heartbeat(self, peer_id: str, ip: str, port: int,
-                                raw_addr: tuple[Any, ...]) -> None:
+                                raw_addr: tuple[Any, ...], update: bool) -> None:
         """A heartbeat for a peer this process has not heard: trust Redis's key binding."""
         try:
             rec = await self.store.peer(peer_id)
@@ -380,14 +382,16 @@ class RendezvousService(Directory, PunchFlows):
             self.lookups.discard(peer_id)
         if rec is None or not rec.pk or (rec.ip != ip and not _loopback(ip)):
             self._send_udp(RESP_REQUEST_PK, raw_addr)
-            return
-        now = time.time()
-        peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip)
-        self.peers.put(peer_id, peer, now)
-        self.dirty[peer_id] = peer
-        self._flush_soon.set()
-        metrics.HEARTBEATS.inc()
-        self._send_udp(RESP_KNOWN, raw_addr)
+        else:
+            now = time.time()
+            peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip)
+            self.peers.put(peer_id, peer, now)
+            self.dirty[peer_id] = peer
+            self._flush_soon.set()
+            metrics.HEARTBEATS.inc()
+            self._send_udp(RESP_KNOWN, raw_addr)
+        if update:
+            self._send_udp(self._config_update(), raw_addr)
 
     def _config_update(self) -> bytes:
         return _msg(configure_update=pb.ConfigUpdate(
@@ -409,11 +413,15 @@ class RendezvousService(Directory, PunchFlows):
             return None
         peer_id = rpk.id
         now = time.time()
+        result: int
         if not valid_register_id(peer_id):
             result = Result.INVALID_ID_FORMAT
-        elif not self.ip_limiter.allow(ip, peer_id, now) or not self.id_limiter.allow(peer_id,
-                                                                                      now):
+        elif not self.ip_limiter.allow(ip, peer_id, now):
             result = Result.TOO_FREQUENT
+        elif self.id_limiter.blocked(peer_id, now):
+            # hbbs checks the uuid binding before the per-ID limit, and requests from another
+            # machine do not count: a device squatting on an ID cannot lock its owner out.
+            result = await self._limited_result(rpk, ip)
         else:
             try:
                 live = Live("", port, now, self.token, self.udp_port, mode)
@@ -425,6 +433,7 @@ class RendezvousService(Directory, PunchFlows):
                 if res == REG_UUID_MISMATCH:
                     result = Result.UUID_MISMATCH
                 else:
+                    self.id_limiter.allow(peer_id, now)
                     result = Result.OK
                     now = time.time()
                     peer = self.peers.get(peer_id, now)
@@ -439,6 +448,17 @@ class RendezvousService(Directory, PunchFlows):
                     self.signed.pop(peer_id)
         metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
         return int(result)
+
+    async def _limited_result(self, rpk: pb.RegisterPk, ip: str) -> int:
+        """The answer for an ID over its RegisterPk rate: UUID_MISMATCH wins, as in hbbs."""
+        try:
+            rec = await self.store.peer(rpk.id)
+        except RegistryUnavailable:
+            return Result.SERVER_ERROR
+        if rec is not None and (rec.uuid != bytes(rpk.uuid)
+                                or (rec.ip != ip and rec.pk != bytes(rpk.pk))):
+            return Result.UUID_MISMATCH
+        return Result.TOO_FREQUENT
 
     # -------------------------------------------------------------- liveness
     async def _flush_loop(self) -> None:
