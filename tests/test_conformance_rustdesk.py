@@ -666,3 +666,64 @@ def test_ipv6_peer(env: Env) -> None:
     r = a.recv().punch_hole_response
     assert demangle(r.socket_addr) == bt.local
     _check_idpk(gw, b, r.pk)
+
+
+def test_plan_lan_relay_with_always_relay() -> None:
+    """ALWAYS_USE_RELAY with B inside MASK hands B the LAN relay address, as hbbs does."""
+    from gateway.rendezvous.logic import parse_mask, plan_punch
+
+    net = parse_mask("10.0.0.0/8")
+    both = plan_punch("10.1.1.1", "10.2.2.2", websocket=False, always_relay=True, network=net,
+                      local_ip="10.0.0.1", relay_server="r.example")
+    assert both.force_symmetric and not both.fetch_local and both.relay_server == "10.0.0.1"
+    outside = plan_punch("8.8.8.8", "9.9.9.9", websocket=False, always_relay=True,
+                         network=net, local_ip="10.0.0.1", relay_server="r.example")
+    assert outside.relay_server == "r.example"
+
+
+def test_udp_punch_and_ipv6_fields_extension(env: Env) -> None:
+    """UDP NAT test, UDP PunchHoleSent answered only on A's TCP, IPv6 fields carried through."""
+    gw = env.gw
+    b = _b(gw)
+    probe = UdpPeer(gw.udp)
+    probe.send(msg(test_nat_request=pb.TestNatRequest()))
+    r, addr = probe.recv()
+    assert addr[1] == gw.port and r.test_nat_response.port == probe.port
+    a = Tcp(H, gw.port)
+    a_v6 = mangle("2001:db8::1", 4000)
+    a.send(punch_request(b.id, gw.pub, udp_port=probe.port, upnp_port=9, force_relay=False,
+                         socket_addr_v6=a_v6))
+    ph = b.recv_kind("punch_hole").punch_hole
+    assert ph.udp_port == probe.port and ph.upnp_port == 9 and ph.socket_addr_v6 == a_v6
+    # B answers over UDP from a fresh socket, three times; A hears once, on its TCP connection.
+    fresh = UdpPeer(gw.udp)
+    b_v6 = mangle("2001:db8::2", 5000)
+    sent = msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph.socket_addr, id=b.id,
+                                                version="1.4.9", socket_addr_v6=b_v6))
+    for _ in range(3):
+        fresh.send(sent)
+        time.sleep(0.02)
+    resp = a.recv().punch_hole_response
+    assert resp.is_udp and demangle(resp.socket_addr) == ("127.0.0.2", fresh.port)
+    assert resp.socket_addr_v6 == b_v6
+    _check_idpk(gw, b, resp.pk)
+    with pytest.raises(TimeoutError):
+        fresh.recv(0.3)  # nothing is ever sent to an address taken from a message
+
+
+def test_unknown_fields_survive_forwarding(env: Env) -> None:
+    """Fields from newer clients (e.g. SDP answers) pass through re-forwarded messages."""
+    gw = env.gw
+    b = _b(gw)
+    a = Tcp(H, gw.port)
+    extra = b"\x62\x03sdp"  # field 12, length-delimited: unknown to this schema
+    rr = pb.RequestRelay(id=b.id, uuid="u-2", relay_server=RELAY).SerializeToString() + extra
+    a.send(b"\x92\x01" + bytes([len(rr)]) + rr)
+    got = b.recv_kind("request_relay").request_relay
+    assert got.SerializeToString().endswith(extra) or extra in got.SerializeToString()
+    resp = pb.RelayResponse(socket_addr=got.socket_addr, version="1.4.9").SerializeToString()
+    resp += extra
+    bt = Tcp(H, gw.port, src=("127.0.0.2", 0))
+    bt.send(b"\x9a\x01" + bytes([len(resp)]) + resp)
+    back = a.recv().relay_response
+    assert extra in back.SerializeToString()

@@ -88,8 +88,8 @@ def plan_punch(a_ip: str, b_ip: str, *, websocket: bool, always_relay: bool,
     b_lan = is_lan(b_ip, network)
     force = always_relay or (a_lan != b_lan)
     relay = relay_server
-    if force and b_lan and local_ip and a_lan != b_lan:
-        relay = local_ip
+    if force and b_lan and local_ip:
+        relay = local_ip  # B reaches the relay on its LAN address (hbbs does the same)
     same_intranet = (not websocket and not always_relay
                      and ((a_lan and b_lan) or (a_ip == b_ip and _family(a_ip) == _family(b_ip))))
     return PunchPlan(same_intranet, force and not same_intranet, relay)
