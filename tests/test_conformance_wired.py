@@ -538,3 +538,69 @@ async def test_late_joiner_with_media_ready_gets_exact_sequence(hosts: Hosts,
     with contextlib.suppress(Exception):
         await a.close()
     assert await b.wait_for("player_left") == {"playerId": ia["playerId"]}
+
+
+@pytest.mark.parametrize("offer", [
+    "permessage-deflate",
+    "permessage-deflate; client_max_window_bits",
+    "permessage-deflate; client_max_window_bits=15; server_max_window_bits=15",
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
+])
+def test_deflate_offers_of_browsers_and_node(hosts: Hosts, offer: str) -> None:
+    import base64
+    import os
+    import socket
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = (f"GET /any HTTP/1.1\r\nHost: 127.0.0.1:{hosts.ports[0]}\r\nUpgrade: websocket\r\n"
+           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+           f"Sec-WebSocket-Extensions: {offer}\r\nOrigin: https://thewired.space\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", hosts.ports[0]), timeout=3) as s:
+        s.sendall(req.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk
+            head += chunk
+    lines = head.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 101"), lines[0]
+    ext = [v for k, _, v in (ln.partition(": ") for ln in lines[1:])
+           if k.lower() == "sec-websocket-extensions"]
+    assert ext and ext[0].startswith("permessage-deflate"), (offer, ext)
+
+
+async def test_any_string_is_a_space_and_spaces_per_socket(hosts: Hosts, open_peer: Any) -> None:
+    a, b = await open_peer(0), await open_peer(1)
+    pa = await a.join("")
+    await b.join("")
+    assert hosts.http("/player-count/")[1] == b"2"
+    assert (await a.expect("player_joined"))["playerId"] != pa
+    await a.send("leave", "")
+    await b.send("leave", "")
+    await a.quiet(0.2)
+    assert hosts.http("/player-count/")[1] == b"0"
+    # A socket may be in several spaces, up to the documented limit, then an explicit error.
+    uris = [space("cap") for _ in range(9)]
+    for u in uris[:8]:
+        await a.join(u)
+    await a.send("join", uris[8])
+    err = await a.expect("error")
+    assert err["code"] == "too_many_spaces" and err["subject"] == "join"
+
+
+async def test_positions_in_the_space_named_by_byte0(hosts: Hosts, open_peer: Any) -> None:
+    u1, u2 = space("pos1"), space("pos2")
+    a, b = await open_peer(0), await open_peer(1)
+    await a.join(u1)
+    p2 = await a.join(u2)
+    await b.join(u2)
+    await b.send("subscribe_positions", True)
+    await asyncio.sleep(0.1)
+    await a.send_raw(record(p2, (7, 8, 9), (0, 0, 0, 1)))
+    batch = await b.next_binary(timeout=2)
+    recs = {batch[i]: batch[i:i + 21] for i in range(1, len(batch), 21)}
+    assert p2 in recs and struct.unpack("<3i", recs[p2][1:13]) == (700000, 800000, 900000)
+    # Nobody moves: no more batches.
+    await asyncio.sleep(0.2)
+    b.skip_all()
+    await b.quiet(0.4, text_only=False)

@@ -169,8 +169,23 @@ class MediaRelay:
 
     async def lifecycle(self, client: MediaClient, op: str, data: Any) -> None:
         """``join``/``leave`` for a bound session; failures are logged, not sent."""
-        if client.shard is not None:
-            await self._quiet(client, op, data)
+        if client.shard is None:
+            return
+        if op == "join" and isinstance(data, dict) and isinstance(data.get("uri"), str):
+            # A session that set up WebRTC before joining: an unplaced space goes to its
+            # shard, so the players who come next meet it there.
+            key = self.registry.key("space", data["uri"], "shard")
+            try:
+                async with self.registry.guard("spaces_place"):
+                    won: Any = await self._place(keys=[key], args=["", client.shard])
+            except RegistryUnavailable as exc:
+                log.debug("placing %s failed: %s", data["uri"], exc)
+            else:
+                won = won.decode() if isinstance(won, bytes) else str(won)
+                if won != client.shard:
+                    log.debug("session %s joined a space whose media is on %s",
+                              client.session, won)
+        await self._quiet(client, op, data)
 
     async def call(self, client: MediaClient, shard: str, op: str,
                    data: Any) -> list[tuple[str, Any]]:

@@ -52,14 +52,12 @@ _Check = Callable[[Any, Limits], str | None]
 """Returns None when ``data`` is valid, else the reason (code ``invalid_data``)."""
 
 
-def _string(limit: Callable[[Limits], int], nullable: bool, non_empty: bool = False) -> _Check:
+def _string(limit: Callable[[Limits], int], nullable: bool) -> _Check:
     def check(data: Any, limits: Limits) -> str | None:
         if data is None and nullable:
             return None
         if not isinstance(data, str):
             return "expected a string" + (" or null" if nullable else "")
-        if non_empty and not data:
-            return "expected a non-empty string"
         if len(data) > limit(limits):
             return f"longer than {limit(limits)} characters"
         return None
@@ -147,8 +145,9 @@ def _produce_data(data: Any, limits: Limits) -> str | None:
 
 
 _CHECKS: dict[str, _Check] = {
-    "join": _string(lambda lim: lim.max_url, nullable=False, non_empty=True),
-    "leave": _string(lambda lim: lim.max_url, nullable=False, non_empty=True),
+    # Any string names a space, the empty one included (the original's schema is a bare string).
+    "join": _string(lambda lim: lim.max_url, nullable=False),
+    "leave": _string(lambda lim: lim.max_url, nullable=False),
     "chat": _string(lambda lim: lim.max_chat, nullable=False),
     "set_grounded": _bool,
     "set_name": _string(lambda lim: lim.max_name, nullable=True),
