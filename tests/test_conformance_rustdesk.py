@@ -38,6 +38,7 @@ from hubbub.wire.rustdesk import rendezvous_pb2 as pb
 
 H = "127.0.0.1"
 RELAY = "relay.example.net:21117"
+TIMEOUT_RELAY = 5.0
 OK = pb.RegisterPkResponse.OK
 
 
@@ -727,3 +728,51 @@ def test_unknown_fields_survive_forwarding(env: Env) -> None:
     bt.send(b"\x9a\x01" + bytes([len(resp)]) + resp)
     back = a.recv().relay_response
     assert extra in back.SerializeToString()
+
+
+# ------------------------------------------------------------------ relay (hbbr)
+def _recv_exact(t: Tcp, n: int, timeout: float = TIMEOUT_RELAY) -> bytes:
+    out = t.buf
+    t.buf = b""
+    end = time.monotonic() + timeout
+    while len(out) < n:
+        t.sock.settimeout(max(0.01, end - time.monotonic()))
+        chunk = t.sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_relay_pairs_and_pipes(env: Env) -> None:
+    relay_port = free_port_block(3)
+    rtc = free_port_block(4)
+    env.cluster.start("shard", env={"KEY": "_", "RELAY_PORT": str(relay_port),
+                                    "SHARD_SLOTS": "1", "RTC_MIN_PORT": str(rtc),
+                                    "RTC_MAX_PORT": str(rtc + 3)})
+    pub = env.gw.pub
+    # Wrong key: closed without a reply.
+    bad = Tcp(H, relay_port)
+    bad.send(msg(request_relay=pb.RequestRelay(uuid="x", licence_key=RUSTDESK_COM_KEY)))
+    assert bad.closed_by_server(3.0)
+    # TCP <-> TCP: raw pipe, including bytes sent right behind the first frame.
+    uid = str(uuidlib.uuid4())
+    a = Tcp(H, relay_port)
+    a.send_raw(frame(msg(request_relay=pb.RequestRelay(uuid=uid, licence_key=pub)))
+               + b"early-bytes")
+    b = Tcp(H, relay_port)
+    b.send(msg(request_relay=pb.RequestRelay(uuid=uid, licence_key=pub)))
+    assert _recv_exact(b, 11) == b"early-bytes"
+    b.send_raw(b"\x00\x01raw")
+    assert _recv_exact(a, 5) == b"\x00\x01raw"
+    # WS <-> TCP: one WS binary message per TCP frame payload.
+    uid2 = str(uuidlib.uuid4())
+    w = Ws(H, relay_port + 2, path="/ws/relay")
+    w.send(msg(request_relay=pb.RequestRelay(uuid=uid2, licence_key=pub)))
+    t = Tcp(H, relay_port)
+    t.send(msg(request_relay=pb.RequestRelay(uuid=uid2, licence_key=pub)))
+    time.sleep(0.2)
+    w.send(b"hello")
+    assert t._read_frame(TIMEOUT_RELAY) == b"hello"
+    t.send_raw(frame(b"world"))
+    assert w.recv_payload() == b"world"
