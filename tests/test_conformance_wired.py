@@ -519,22 +519,49 @@ async def test_late_joiner_with_media_ready_gets_exact_sequence(hosts: Hosts,
     uri = space("late")
     a = await open_peer(0)
     ia = await bootstrap(a, uri, 3333)
-    # b prepares WebRTC first, then joins: catch-up is player_joined, consumers, join_success.
+    c = await open_peer(1)
+    ic = await bootstrap(c, uri, 4444)
+    await asyncio.sleep(0.3)
+    a.skip_all()
+    c.skip_all()
+    # b sets up all of WebRTC, producing included, before joining.
     b = await open_peer(1)
     await b.send("get_router_rtp_capabilities", None)
     await b.expect("router_rtp_capabilities")
-    await b.send("create_transport", {"type": "consumer"})
-    await b.expect("transport_created")
+    for kind in ("producer", "consumer"):
+        await b.send("create_transport", {"type": kind})
+        await b.expect("transport_created")
     await b.send("set_rtp_capabilities", CLIENT_CAPS)
+    await b.send("produce_data", {"streamId": 0, "ordered": False, "maxRetransmits": 0})
+    dp_b = await b.expect("data_producer_id")
+    await b.send("produce", rtp_parameters(5555))
+    p_b = await b.expect("producer_id")
     await b.quiet(0.3)
     await b.send("join", uri)
-    seq = [await b.next_text() for _ in range(4)]
-    assert [f.subject for f in seq] == ["player_joined", "create_consumer",
-                                        "create_data_consumer", "join_success"], \
-        [f.text for f in seq]
-    assert seq[0].data["beforeYou"] is True and seq[0].data["playerId"] == ia["playerId"]
-    assert seq[1].data["producerId"] == ia["producerId"]
+    # A.4: one player_joined(beforeYou) per present player, then the consumers of their
+    # producers, then join_success.
+    seq = [await b.next_text() for _ in range(7)]
+    subjects = [f.subject for f in seq]
+    assert subjects[:2] == ["player_joined", "player_joined"], subjects
+    assert sorted(subjects[2:6]) == ["create_consumer", "create_consumer",
+                                     "create_data_consumer", "create_data_consumer"], subjects
+    assert subjects[6] == "join_success", subjects
+    assert {f.data["playerId"] for f in seq[:2]} == {ia["playerId"], ic["playerId"]}
+    assert all(f.data["beforeYou"] is True for f in seq[:2])
+    assert {f.data["producerId"] for f in seq[2:6] if f.subject == "create_consumer"} == \
+        {ia["producerId"], ic["producerId"]}
+    assert {f.data["dataProducerId"] for f in seq[2:6] if f.subject == "create_data_consumer"} \
+        == {ia["dataProducerId"], ic["dataProducerId"]}
+    pb = seq[6].data["playerId"]
     await b.quiet(0.2)
+    # Present players hear of b before they are asked to consume b.
+    for p in (a, c):
+        joined = await p.expect("player_joined")
+        assert joined["playerId"] == pb and "beforeYou" not in joined
+        rest = {(await p.next_text()).subject for _ in range(2)}
+        assert rest == {"create_consumer", "create_data_consumer"}
+        assert p.seen("create_consumer")[-1]["producerId"] == p_b
+        assert p.seen("create_data_consumer")[-1]["dataProducerId"] == dp_b
     with contextlib.suppress(Exception):
         await a.close()
     assert await b.wait_for("player_left") == {"playerId": ia["playerId"]}
@@ -604,3 +631,26 @@ async def test_positions_in_the_space_named_by_byte0(hosts: Hosts, open_peer: An
     await asyncio.sleep(0.2)
     b.skip_all()
     await b.quiet(0.4, text_only=False)
+
+
+async def test_profile_values_survive_the_catch_up(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("profile")
+    a = await open_peer(0)
+    await a.send("set_name", "")
+    await a.send("set_avatar", "https://example.org/ü ñ/😀.vrm?x=\"q\"")
+    pa = await a.join(uri)
+    await a.send("set_address", "0x" + "f" * 40)
+    assert (await a.expect("player_address"))["address"] == "0x" + "f" * 40
+    await a.send("set_grounded", False)
+    await a.expect("player_grounded")
+    b = await open_peer(1)
+    await b.send("join", uri)
+    got = await b.expect("player_joined")
+    assert got == {"playerId": pa, "name": "", "avatar": "https://example.org/ü ñ/😀.vrm?x=\"q\"",
+                   "address": "0x" + "f" * 40, "beforeYou": True}
+    await b.expect("join_success")
+    # Chat text is relayed exactly (unicode, quotes, empty).
+    for text in ("", "ünïcødé 😀 \"quoted\" \\ back", "line\nbreak"):
+        await b.send("chat", text)
+        assert (await b.expect("player_chat"))["text"] == text
+        assert (await a.wait_for("player_chat"))["text"] == text
