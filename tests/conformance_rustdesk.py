@@ -290,9 +290,16 @@ class Ws:
     websocket = True
 
     def __init__(self, host: str, port: int, path: str = "/ws/id",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, src_ip: str | None = None) -> None:
         h = f"[{host}]" if ":" in host else host
+        sock = None
+        if src_ip is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((src_ip, 0))
+            sock.settimeout(TIMEOUT)
+            sock.connect((host, port))
         self.ws: ClientConnection = ws_connect(f"ws://{h}:{port}{path}", open_timeout=TIMEOUT,
+                                               sock=sock,
                                                additional_headers=headers, legacy=True)
         _OPEN.append(self.ws)
 

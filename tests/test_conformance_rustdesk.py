@@ -776,3 +776,24 @@ def test_relay_pairs_and_pipes(env: Env) -> None:
     assert t._read_frame(TIMEOUT_RELAY) == b"hello"
     t.send_raw(frame(b"world"))
     assert w.recv_payload() == b"world"
+
+
+def test_ws_controllers_behind_one_proxy_address(env: Env) -> None:
+    """Two web clients with the same X-Real-IP each get their own answer."""
+    gw = env.start("-k", "_", env={"TRUSTED_PROXIES": "127.0.0.5"})
+    hdr = {"X-Real-IP": "198.51.100.77"}
+    b1, b2 = _b(gw), _b(gw)
+    a1 = Ws(H, gw.port + 2, headers=hdr, src_ip="127.0.0.5")
+    a2 = Ws(H, gw.port + 2, headers=hdr, src_ip="127.0.0.5")
+    a1.send(punch_request(b1.id, gw.pub))
+    a2.send(punch_request(b2.id, gw.pub))
+    ph1 = b1.recv_kind("punch_hole").punch_hole
+    ph2 = b2.recv_kind("punch_hole").punch_hole
+    assert demangle(ph1.socket_addr)[0] == demangle(ph2.socket_addr)[0] == "198.51.100.77"
+    for b, ph in ((b2, ph2), (b1, ph1)):
+        bt = Tcp(H, gw.port, src=("127.0.0.2", 0))
+        bt.send(msg(relay_response=pb.RelayResponse(
+            socket_addr=ph.socket_addr, uuid="u-" + b.id, relay_server=RELAY, id=b.id,
+            version="1.4.9")))
+    assert a1.recv().relay_response.uuid == "u-" + b1.id
+    assert a2.recv().relay_response.uuid == "u-" + b2.id

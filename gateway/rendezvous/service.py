@@ -562,7 +562,11 @@ class RendezvousService(Directory, PunchFlows):
                     candidate = addrmangle.normalize_host(real.strip())
                     try:
                         addrmangle.encode(candidate, 0)
-                        return candidate, 0
+                        # hbbs uses port 0 here, so two clients behind one NAT would share a
+                        # sink key and get each other's answers; the proxy connection's own
+                        # port keeps them apart (the port is never dialled: WebSocket
+                        # controllers relay).
+                        return candidate, port
                     except ValueError:
                         pass
         return ip, port
