@@ -797,3 +797,24 @@ def test_ws_controllers_behind_one_proxy_address(env: Env) -> None:
             version="1.4.9")))
     assert a1.recv().relay_response.uuid == "u-" + b1.id
     assert a2.recv().relay_response.uuid == "u-" + b2.id
+
+
+def test_register_pk_rate_per_id(env: Env) -> None:
+    """At most 3 accepted RegisterPk per ID per 6 s; another machine's attempts do not count."""
+    gw = env.gw
+    b = _b(gw)  # 1
+    thief = UdpPeer(gw.udp, peer_id=b.id, src_ip="127.0.0.4")
+    for _ in range(4):
+        thief.register_pk()
+        assert (thief.recv_kind("register_pk_response").register_pk_response.result
+                == pb.RegisterPkResponse.UUID_MISMATCH)
+    b.register_pk()  # 2
+    assert b.recv_kind("register_pk_response").register_pk_response.result == OK
+    b.register_pk()  # 3
+    assert b.recv_kind("register_pk_response").register_pk_response.result == OK
+    b.register_pk()  # 4: too frequent; the client logs it and retries in 15 s
+    assert (b.recv_kind("register_pk_response").register_pk_response.result
+            == pb.RegisterPkResponse.TOO_FREQUENT)
+    thief.register_pk()  # still told the ID is taken, not "too frequent"
+    assert (thief.recv_kind("register_pk_response").register_pk_response.result
+            == pb.RegisterPkResponse.UUID_MISMATCH)
