@@ -818,3 +818,22 @@ def test_register_pk_rate_per_id(env: Env) -> None:
     thief.register_pk()  # still told the ID is taken, not "too frequent"
     assert (thief.recv_kind("register_pk_response").register_pk_response.result
             == pb.RegisterPkResponse.UUID_MISMATCH)
+
+
+def test_stream_register_peer_and_unknown_messages(env: Env) -> None:
+    """RegisterPeer on a TCP/WS stream is answered; unknown messages do not cut a registration."""
+    gw = env.gw
+    b = UdpPeer(gw.udp)
+    w = Ws(H, gw.port + 2)
+    w.send(msg(register_peer=pb.RegisterPeer(id=b.id)))
+    assert w.recv().register_peer_response.request_pk
+    assert _stream_register(w, b).result == OK
+    w.send(msg(register_peer=pb.RegisterPeer(id=b.id)))
+    assert not w.recv().register_peer_response.request_pk
+    w.send(b"\xea\x01\x02\x0a\x00")  # field 29 (IceCandidate on a development branch)
+    w.send(msg(register_peer=pb.RegisterPeer(id=b.id)))
+    assert kind(w.recv()) == "register_peer_response"
+    # Without a registration, the same unknown message ends a one-shot connection (as hbbs).
+    t = Tcp(H, gw.port)
+    t.send(b"\xea\x01\x02\x0a\x00")
+    assert t.closed_by_server(2.0)

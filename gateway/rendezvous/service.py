@@ -702,7 +702,14 @@ class RendezvousService(Directory, PunchFlows):
             await conn.send_message(_msg(http_proxy_response=pb.HttpProxyResponse(
                 status=501, error="not supported by this server")))
             return False
-        return False
+        if kind == "register_peer":
+            # Some client builds also heartbeat with RegisterPeer on their TCP/WS registration
+            # stream: answer like UDP (the key is asked for until it is bound to this stream).
+            known = conn.registered_id is not None and conn.registered_id == msg.register_peer.id
+            await conn.send_message(RESP_KNOWN if known else RESP_REQUEST_PK)
+            return True
+        # A registration stream outlives messages this server does not know (newer clients).
+        return conn.registered_id is not None
 
     # ----------------------------------------------------------- online etc.
     async def online_response(self, req: pb.OnlineRequest) -> bytes:
