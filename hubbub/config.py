@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hubbub.errors import ConfigError
+from hubbub.net import parse_networks
 
 
 __all__ = ["SETTINGS", "Config", "Setting", "load_config", "read_dotenv", "settings_markdown"]
@@ -74,6 +75,12 @@ def _str(text: str) -> str:
 
 def _str_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _cidr_list(text: str) -> tuple[str, ...]:
+    entries = _str_list(text)
+    parse_networks(entries)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
             "rendezvous servers for ConfigUpdate (legacy clients)"),
     Setting("secure_tcp", ("--secure-tcp",), ("SECURE_TCP",), True, _bool,
             "offer the KeyExchange handshake on TCP 21116 to clients that want it"),
-    Setting("trusted_proxies", ("--trusted-proxies",), ("TRUSTED_PROXIES",), (), _str_list,
+    Setting("trusted_proxies", ("--trusted-proxies",), ("TRUSTED_PROXIES",), (), _cidr_list,
             "proxy addresses/CIDRs whose X-Real-IP / X-Forwarded-For headers are honoured"),
     Setting("admin_token", ("--admin-token",), ("ADMIN_TOKEN",), "", _str,
             "token that authorises admin commands (empty: generated into the data dir)", _ALL),

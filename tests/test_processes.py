@@ -173,6 +173,7 @@ def test_status_without_redis_is_one_clear_line(tmp_path: Path, prefix: str) -> 
     (["gateway"], {"PRESENCE_TTL": "-1"}, "PRESENCE_TTL"),
     (["gateway"], {"ALWAYS_USE_RELAY": "maybe"}, "ALWAYS_USE_RELAY"),
     (["gateway"], {"SSL_CERT": "x.pem"}, "SSL_CERT"),
+    (["gateway"], {"TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, "TRUSTED_PROXIES"),
     (["status", "--port", "1"], {}, "unrecognized arguments"),
     (["nonsense"], {}, "unknown command"),
 ])

@@ -6,9 +6,9 @@ import asyncio
 import os
 import socket
 
+from hubbub.net import listen_socket
 from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
 from shards.relay.lists import normalise_ip
-from shards.relay.service import _listener
 
 
 async def test_handoff_moves_a_live_socket_with_its_bytes() -> None:
@@ -58,7 +58,7 @@ async def test_handoff_refused_or_gone() -> None:
 
 
 async def test_dual_stack_listener_sees_ipv4_peers_as_mapped() -> None:
-    listener = _listener("::", 0)
+    listener = listen_socket("::", 0)
     port = listener.getsockname()[1]
     loop = asyncio.get_running_loop()
     try:

@@ -262,3 +262,18 @@ def test_trickled_first_frame_is_read_incrementally() -> None:
     assert got[-1] is not None and got[-1].uuid == "t" * 200
     assert all(h is None for h in got[:-1])
     assert reader._all.buffered() == 0
+
+
+def test_proxy_list_believes_only_trusted_peers() -> None:
+    from hubbub.net import ProxyList
+
+    proxies = ProxyList(["10.0.0.0/8", "::1"])
+    hdrs = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}
+    # The right-most entry is the one our proxy appended; the left one is client-supplied.
+    assert proxies.client_ip("10.1.2.3", hdrs) == "203.0.113.9"
+    assert proxies.client_ip("::ffff:10.1.2.3", {"x-real-ip": " 198.51.100.4 "}) == "198.51.100.4"
+    assert proxies.client_ip("::1", {"X-Real-IP": "[::ffff:192.0.2.1]"}) == "192.0.2.1"
+    assert proxies.client_ip("192.0.2.7", hdrs) == "192.0.2.7"  # not a proxy of ours
+    assert proxies.client_ip("10.1.2.3", {"X-Real-IP": "not-an-ip"}) == "10.1.2.3"
+    assert proxies.client_ip("10.1.2.3", None) == "10.1.2.3"
+    assert ProxyList([]).client_ip("10.1.2.3", hdrs) == "10.1.2.3"

@@ -7,9 +7,10 @@ dual-stack socket reports for an IPv4 peer) matches an ``a.b.c.d`` entry everywh
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from hubbub.net import normalise_ip
 
 
 __all__ = ["LIST_NAMES", "MAX_ENTRIES", "IpLists", "format_list", "normalise_ip", "parse_list"]
@@ -17,21 +18,6 @@ __all__ = ["LIST_NAMES", "MAX_ENTRIES", "IpLists", "format_list", "normalise_ip"
 LIST_NAMES = ("blacklist", "blocklist")
 MAX_ENTRIES = 100_000
 """Cap per list: the sets live in every shard's memory."""
-
-
-def normalise_ip(text: str) -> str:
-    """Canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4.
-
-    Raises:
-        ValueError: ``text`` is not an IP address.
-    """
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    addr = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 def parse_list(text: str) -> set[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import resource
 import socket
@@ -30,6 +29,7 @@ import orjson
 from hubbub.config import Config
 from hubbub.errors import ConfigError, RegistryUnavailable, RemoteProtocolError
 from hubbub.keys import relay_licence
+from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request, Response
 from hubbub.runtime import Context
 from shards.relay import metrics, splice, store
@@ -80,23 +80,6 @@ class Half:
         return f"{self.peer_ip}:{self.peer_port}"
 
 
-def _listener(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind((host, port))
-        s.listen(1024)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
-
-
 def _raise_nofile() -> int:
     """Raise the soft descriptor limit to the hard one (a relay pair costs up to 6 fds)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -109,20 +92,6 @@ def _raise_nofile() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def _trusted(ip: str, proxies: tuple[str, ...]) -> bool:
-    if not proxies:
-        return False
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    for p in proxies:
-        with contextlib.suppress(ValueError):
-            if addr in ipaddress.ip_network(p, strict=False):
-                return True
-    return False
-
-
 class RelayService:
     """hbbr inside a shard (see the module docstring)."""
 
@@ -131,6 +100,7 @@ class RelayService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.cfg: Config = ctx.cfg
+        self.proxies = ProxyList(self.cfg.trusted_proxies)
         self.registry = ctx.registry
         self.key = ""
         self.table: WaitingTable[Half] = WaitingTable(self.cfg.relay_timeout)
@@ -169,9 +139,9 @@ class RelayService:
         # No single address may hold more than a quarter of the table.
         self.table.max_per_source = max(64, self.table.max_waiting // 4)
         self.total = Bucket(self._total_share(), self._loop.time())
-        tcp = _listener(cfg.bind_host, cfg.relay_port)
+        tcp = listen_socket(cfg.bind_host, cfg.relay_port)
         try:
-            ws = _listener(cfg.bind_host, cfg.relay_ws_port)
+            ws = listen_socket(cfg.bind_host, cfg.relay_ws_port)
         except OSError:
             tcp.close()
             raise
@@ -355,19 +325,10 @@ class RelayService:
                 raise Refused("bad_upgrade", str(exc)) from None
             if out:
                 await loop.sock_sendall(sock, out)
-            if ws.done is not None and out and _trusted(ip, self.cfg.trusted_proxies):
-                ip = self._forwarded_ip(ws.done.headers, ip)
+            if ws.done is not None and out:
+                ip = self.proxies.client_ip(ip, ws.done.headers)
             if hello is not None:
                 return hello, ip
-
-    @staticmethod
-    def _forwarded_ip(headers: dict[str, str], ip: str) -> str:
-        for name in ("x-real-ip", "x-forwarded-for"):
-            value = headers.get(name)
-            if value:
-                with contextlib.suppress(ValueError):
-                    return normalise_ip(value.split(",")[0])
-        return ip
 
     # -------------------------------------------------------------- routing
     def _hash_owner(self, uuid: str) -> str:

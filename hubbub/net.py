@@ -1,0 +1,110 @@
+"""Socket and address helpers shared by every listener.
+
+``listen_socket`` builds the ``SO_REUSEPORT`` listeners that let any number of processes share
+the public ports; ``ProxyList`` decides which peers may tell us a client's real address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+
+
+__all__ = ["ProxyList", "listen_socket", "normalise_ip"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def listen_socket(host: str, port: int, kind: int = socket.SOCK_STREAM,
+                  rcvbuf: int = 0, backlog: int = 1024) -> socket.socket:
+    """A bound, non-blocking socket (listening, for TCP) with ``SO_REUSEPORT``.
+
+    ``::`` accepts IPv4 too (as mapped addresses), so one socket serves both families.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def normalise_ip(text: str) -> str:
+    """Canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4.
+
+    Raises:
+        ValueError: ``text`` is not an IP address.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    addr = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def parse_networks(entries: Iterable[str]) -> list[Network]:
+    """Addresses or CIDRs as networks.
+
+    Raises:
+        ValueError: naming the first entry that is neither.
+    """
+    nets: list[Network] = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or CIDR: {entry!r}") from None
+    return nets
+
+
+class ProxyList:
+    """Trusted reverse proxies: only their ``X-Real-IP`` / ``X-Forwarded-For`` is believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.nets = parse_networks(entries)
+
+    def trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(normalise_ip(ip))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.nets)
+
+    def client_ip(self, peer_ip: str, headers: Mapping[str, str] | None) -> str:
+        """The client's address: the proxy's header when ``peer_ip`` is trusted, else the peer.
+
+        ``X-Real-IP`` wins; otherwise the right-most ``X-Forwarded-For`` entry, the one our
+        proxy appended (entries to its left come from the client and can be forged).
+        """
+        peer = _or_self(peer_ip)
+        if headers is None or not self.nets or not self.trusted(peer):
+            return peer
+        lowered = {k.lower(): v for k, v in headers.items()}
+        real = lowered.get("x-real-ip", "").strip()
+        if not real:
+            real = lowered.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
+        try:
+            return normalise_ip(real)
+        except ValueError:
+            return peer
+
+
+def _or_self(ip: str) -> str:
+    try:
+        return normalise_ip(ip)
+    except ValueError:
+        return ip
