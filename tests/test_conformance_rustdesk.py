@@ -837,3 +837,28 @@ def test_stream_register_peer_and_unknown_messages(env: Env) -> None:
     t = Tcp(H, gw.port)
     t.send(b"\xea\x01\x02\x0a\x00")
     assert t.closed_by_server(2.0)
+
+
+def test_admin_always_use_relay_keeps_relay_list(env: Env) -> None:
+    """``aur Y`` forces relaying without wiping the relay list (an hbbs console bug)."""
+    gw = env.gw
+
+    def admin(*words: str) -> str:
+        res = env.cluster.hubbub("admin", *words)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout.strip()
+
+    admin("aur", "Y")
+    try:
+        b = _b(gw)
+        deadline = time.monotonic() + 8
+        while True:
+            a = Tcp(H, gw.port)
+            a.send(punch_request(b.id, gw.pub, nat_type=pb.ASYMMETRIC))
+            ph = b.recv_kind("punch_hole").punch_hole
+            if ph.nat_type == pb.SYMMETRIC or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert ph.nat_type == pb.SYMMETRIC and ph.relay_server == RELAY
+    finally:
+        admin("aur", "-")
