@@ -581,7 +581,8 @@ def test_deflate_offers_of_browsers_and_node(hosts: Hosts, offer: str) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     req = (f"GET /any HTTP/1.1\r\nHost: 127.0.0.1:{hosts.ports[0]}\r\nUpgrade: websocket\r\n"
            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-           f"Sec-WebSocket-Extensions: {offer}\r\nOrigin: https://thewired.space\r\n\r\n")
+           f"Sec-WebSocket-Extensions: {offer}\r\nOrigin: https://thewired.space\r\n"
+           "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Protocol: wired\r\n\r\n")
     with socket.create_connection(("127.0.0.1", hosts.ports[0]), timeout=3) as s:
         s.sendall(req.encode())
         head = b""

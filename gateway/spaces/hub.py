@@ -128,7 +128,10 @@ class Hub:
         members = self.local.get(uri)
         if members is None:
             return
-        members.pop(client.session, None)
+        m = members.pop(client.session, None)
+        out = self.outgoing.get(uri)
+        if m is not None and out is not None:
+            out.pop(m.player_id, None)
         if not members:
             del self.local[uri]
             self._ready.pop(uri, None)
@@ -177,6 +180,12 @@ class Hub:
             for off in range(0, len(frame) - RECORD_SIZE + 1, RECORD_SIZE):
                 merged[frame[off]] = frame[off:off + RECORD_SIZE]
             return
+        if msg.kind == channel.LEFT:
+            # A record of a departed player must not reach a batch after its player_left
+            # (its playerId may be reused at once).
+            pending = self.incoming.get(uri)
+            if pending is not None:
+                pending.pop(msg.player_id, None)
         for m in list(members.values()):
             m.deliver(msg)
 
