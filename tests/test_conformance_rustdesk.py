@@ -31,6 +31,7 @@ from conformance_rustdesk import (
     punch_request,
     verify_idpk,
 )
+from nacl.signing import SigningKey
 from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
 
 from hubbub.wire.rustdesk import rendezvous_pb2 as pb
@@ -862,3 +863,27 @@ def test_admin_always_use_relay_keeps_relay_list(env: Env) -> None:
         assert ph.nat_type == pb.SYMMETRIC and ph.relay_server == RELAY
     finally:
         admin("aur", "-")
+
+
+def test_new_device_key_is_signed_at_once_everywhere(env: Env) -> None:
+    """After a reinstall (same machine, new key) every gateway vouches for the new key."""
+    g1 = env.gw
+    g2 = env.start("-k", "_", "-r", RELAY)
+    b = _b(g1)
+
+    def punch_via_g2() -> bytes:
+        a = Tcp(H, g2.port)
+        a.send(punch_request(b.id, g2.pub))
+        ph = b.recv_kind("punch_hole").punch_hole
+        bt = Tcp(H, g2.port, src=("127.0.0.2", 0))
+        bt.send(msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph.socket_addr, id=b.id,
+                                                     version="1.4.9")))
+        pk: bytes = a.recv().punch_hole_response.pk
+        return pk
+
+    assert verify_idpk(g2.pub, punch_via_g2()) == (b.id, b.pk)
+    b.sk = SigningKey.generate()
+    b.pk = bytes(b.sk.verify_key)
+    b.register_pk()  # through g1
+    assert b.recv_kind("register_pk_response").register_pk_response.result == OK
+    assert verify_idpk(g2.pub, punch_via_g2()) == (b.id, b.pk)

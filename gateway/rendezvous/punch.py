@@ -264,18 +264,21 @@ class PunchFlows:
         """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
         if self.key.signing is None:
             return b""
-        now = time.time()
-        cached = self.signed.get(peer_id, now)
-        if cached is not None:
-            return cached
+        # The binding is read every time (answers are rare next to heartbeats): a key that was
+        # just replaced through another gateway must not be vouched for from a local cache.
         try:
             rec = await self.store.peer(peer_id)
         except RegistryUnavailable:
             return b""
         if rec is None or not rec.pk:
             return b""
+        now = time.time()
+        cache_key = f"{peer_id}\0{rec.pk.hex()}"
+        cached = self.signed.get(cache_key, now)
+        if cached is not None:
+            return cached
         signed = sign_id_pk(self.key.signing, peer_id, rec.pk)
-        self.signed.put(peer_id, signed, now)
+        self.signed.put(cache_key, signed, now)
         return signed
 
     @staticmethod

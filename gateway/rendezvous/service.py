@@ -445,7 +445,6 @@ class RendezvousService(Directory, PunchFlows):
                         peer.reg_ip = ip
                         peer.flushed = now
                         self.dirty.pop(peer_id, None)
-                    self.signed.pop(peer_id)
         metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
         return int(result)
 
