@@ -887,3 +887,19 @@ def test_new_device_key_is_signed_at_once_everywhere(env: Env) -> None:
     b.register_pk()  # through g1
     assert b.recv_kind("register_pk_response").register_pk_response.result == OK
     assert verify_idpk(g2.pub, punch_via_g2()) == (b.id, b.pk)
+
+
+def test_change_id_unicode_word_characters(env: Env) -> None:
+    """The client's rule ``^[a-zA-Z][\\w-]{5,15}$`` is Unicode-aware: such IDs work end to end."""
+    gw = env.gw
+    b = _b(gw)
+    new = "Büro-" + uuidlib.uuid4().hex[:6]
+    c = Tcp(H, gw.port)
+    c.send(msg(register_pk=pb.RegisterPk(old_id=b.id, id=new, uuid=b.uuid)))
+    assert c.recv().register_pk_response.result == OK
+    b.id = new
+    b.register_pk()
+    assert b.recv_kind("register_pk_response").register_pk_response.result == OK
+    q = Tcp(H, gw.port - 1)
+    q.send(msg(online_request=pb.OnlineRequest(id="x", peers=[new])))
+    assert q.recv(skip_kx=False).online_response.states == b"\x80"

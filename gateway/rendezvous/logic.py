@@ -20,8 +20,10 @@ __all__ = [
     "valid_register_id",
 ]
 
-_REGISTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", re.ASCII)
-_CUSTOM_ID = re.compile(r"[a-zA-Z][\w-]{5,15}", re.ASCII)
+# ``\w`` is Unicode-aware, as in the client's own rule (Rust regex): "Büro-PC1" is a valid
+# changed ID there, so it must be registrable here too.
+_REGISTER_ID = re.compile(r"[^\W_][\w.@-]{0,63}")
+_CUSTOM_ID = re.compile(r"[a-zA-Z][\w-]{5,15}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
