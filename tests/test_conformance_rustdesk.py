@@ -903,3 +903,22 @@ def test_change_id_unicode_word_characters(env: Env) -> None:
     q = Tcp(H, gw.port - 1)
     q.send(msg(online_request=pb.OnlineRequest(id="x", peers=[new])))
     assert q.recv(skip_kx=False).online_response.states == b"\x80"
+
+
+def test_stream_peer_goes_offline_with_its_connection(env: Env) -> None:
+    gw = env.gw
+    b = UdpPeer(gw.udp)
+    w = Ws(H, gw.port + 2)
+    assert _stream_register(w, b).result == OK
+    w.close()
+    deadline = time.monotonic() + 5
+    states = b"\x80"
+    while states != b"\x00" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        q = Tcp(H, gw.port - 1)
+        q.send(msg(online_request=pb.OnlineRequest(id="x", peers=[b.id])))
+        states = q.recv(skip_kx=False).online_response.states
+    assert states == b"\x00"
+    a = Tcp(H, gw.port)
+    a.send(punch_request(b.id, gw.pub))
+    assert a.recv_payload().hex() == "5a021802"  # OFFLINE
