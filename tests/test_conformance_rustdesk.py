@@ -370,7 +370,10 @@ def test_lan_path(env: Env) -> None:
     assert demangle(fla.socket_addr) == a.local and fla.relay_server == RELAY
     bt = Tcp(H, gw.port)
     lan = mangle("192.168.1.7", 40000)
-    bt.send(msg(local_addr=pb.LocalAddr(socket_addr=fla.socket_addr, local_addr=lan,
+    # The client re-encodes A's address (a fresh time salt), it does not copy the bytes.
+    again = mangle(*demangle(fla.socket_addr), tm=12345)
+    assert again != fla.socket_addr
+    bt.send(msg(local_addr=pb.LocalAddr(socket_addr=again, local_addr=lan,
                                         relay_server=fla.relay_server, id=b.id,
                                         version="1.4.9")))
     r = a.recv().punch_hole_response
@@ -756,6 +759,12 @@ def test_relay_pairs_and_pipes(env: Env) -> None:
     bad = Tcp(H, relay_port)
     bad.send(msg(request_relay=pb.RequestRelay(uuid="x", licence_key=RUSTDESK_COM_KEY)))
     assert bad.closed_by_server(3.0)
+    no_uuid = Tcp(H, relay_port)
+    no_uuid.send(msg(request_relay=pb.RequestRelay(licence_key=pub)))
+    assert no_uuid.closed_by_server(3.0)
+    other = Tcp(H, relay_port)
+    other.send(msg(punch_hole_request=pb.PunchHoleRequest(id="x", licence_key=pub)))
+    assert other.closed_by_server(3.0)
     # TCP <-> TCP: raw pipe, including bytes sent right behind the first frame.
     uid = str(uuidlib.uuid4())
     a = Tcp(H, relay_port)
@@ -777,6 +786,15 @@ def test_relay_pairs_and_pipes(env: Env) -> None:
     assert t._read_frame(TIMEOUT_RELAY) == b"hello"
     t.send_raw(frame(b"world"))
     assert w.recv_payload() == b"world"
+    # WS <-> WS.
+    uid3 = str(uuidlib.uuid4())
+    w1 = Ws(H, relay_port + 2, path="/ws/relay")
+    w2 = Ws(H, relay_port + 2, path="/ws/relay")
+    w1.send(msg(request_relay=pb.RequestRelay(uuid=uid3, licence_key=pub)))
+    w2.send(msg(request_relay=pb.RequestRelay(uuid=uid3, licence_key=pub)))
+    time.sleep(0.2)
+    w1.send(b"ping")
+    assert w2.recv_payload() == b"ping"
 
 
 def test_ws_controllers_behind_one_proxy_address(env: Env) -> None:
