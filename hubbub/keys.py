@@ -12,6 +12,7 @@ value                  signing key         licence key required
 empty (default)        data-dir pair       none
 ``-`` or ``_``         data-dir pair       the pair's public key
 base64 secret key      that key            its public key
+the pair's public key  data-dir pair       that public key
 anything else          none (no signing)   that exact string
 =====================  ==================  ===========================
 
@@ -101,6 +102,13 @@ def server_key(key: str, data_dir: Path) -> ServerKey:
     pair_or_none = keypair_from_secret(key)
     if pair_or_none is not None:
         return ServerKey(pair_or_none.signing, pair_or_none.public_b64, pair_or_none.public_b64)
+    # hbbs stops signing when KEY is the public key itself, silently downgrading every session
+    # to unencrypted; when the data-dir pair is that key, sign with it instead.
+    if (data_dir / SECRET_FILE).exists():
+        with contextlib.suppress(ConfigError):
+            pair = load_or_create(data_dir)
+            if pair.public_b64 == key.strip():
+                return ServerKey(pair.signing, pair.public_b64, pair.public_b64)
     return ServerKey(None, key, key)
 
 

@@ -612,6 +612,20 @@ def test_key_semantics(env: Env, tmp_path: Path) -> None:
                                                   version="1.4.9")))
     first = a2.recv(skip_kx=False)
     assert kind(first) == "punch_hole_response" and first.punch_hole_response.pk == b""
+    # -k <public key of the data-dir pair>: hbbs would stop signing (a quirk not copied).
+    gw3 = env.start("-k", env.gw.pub)
+    b3 = _b(gw3)
+    a3 = Tcp(H, gw3.port)
+    a3.send(punch_request(b3.id, RUSTDESK_COM_KEY))
+    assert a3.recv().punch_hole_response.failure == pb.PunchHoleResponse.LICENSE_MISMATCH
+    a3.send(punch_request(b3.id, env.gw.pub))
+    ph3 = b3.recv_kind("punch_hole").punch_hole
+    bt3 = Tcp(H, gw3.port, src=("127.0.0.2", 0))
+    bt3.send(msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph3.socket_addr, id=b3.id,
+                                                  version="1.4.9")))
+    assert verify_idpk(env.gw.pub, a3.recv().punch_hole_response.pk) == (b3.id, b3.pk)
+    s3 = Tcp(H, gw3.port)
+    s3.secure(env.gw.pub)  # and logged-in clients get their KeyExchange
 
 
 def test_import_hbbs(env: Env, tmp_path: Path) -> None:

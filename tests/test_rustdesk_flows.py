@@ -130,8 +130,10 @@ def test_key_files_and_key_semantics(tmp_path: Path) -> None:
     other = generate_keypair(SEED)
     k = server_key(other.secret_b64, tmp_path)
     assert k.licence == other.public_b64 and k.signing is not None
-    k = server_key(pub, tmp_path)  # a bare public key: required, but nothing is signed
-    assert k.signing is None and k.licence == pub
+    k = server_key(pub, tmp_path)  # the data-dir pair's public key: signed with that pair
+    assert k.signing is not None and k.licence == pub
+    k = server_key(other.public_b64, tmp_path)  # a foreign public key: required, not signed
+    assert k.signing is None and k.licence == other.public_b64
     assert relay_licence("", tmp_path) == "" and relay_licence("_", tmp_path) == pub
     assert keypair_from_secret("not base64!") is None
     assert keypair_from_secret(base64.b64encode(b"x" * 64).decode()) is None
