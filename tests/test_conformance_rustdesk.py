@@ -773,6 +773,11 @@ def test_relay_pairs_and_pipes(env: Env) -> None:
     bad = Tcp(H, relay_port)
     bad.send(msg(request_relay=pb.RequestRelay(uuid="x", licence_key=RUSTDESK_COM_KEY)))
     assert bad.closed_by_server(3.0)
+    console = Tcp(H, relay_port)  # hbbr treats loopback text as console commands; not here
+    console.send_raw(b"h")
+    console.sock.settimeout(1.0)
+    with pytest.raises(TimeoutError):
+        console.sock.recv(100)
     no_uuid = Tcp(H, relay_port)
     no_uuid.send(msg(request_relay=pb.RequestRelay(licence_key=pub)))
     assert no_uuid.closed_by_server(3.0)
