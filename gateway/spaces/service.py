@@ -287,6 +287,9 @@ class SpacesService:
             events = client.conn.events_received()
             if events and not client.closing:
                 client.spawn(self._handle_events(client, events, now))
+            # The loop may call back a hair before the deadline: then nothing was due yet, and
+            # the trailing resume_audio must not be lost.
+            self._arm_timer(client)
 
         client.timer = loop.call_later(max(0.0, due - time.monotonic()), fire)
 
