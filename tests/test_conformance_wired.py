@@ -655,3 +655,54 @@ async def test_profile_values_survive_the_catch_up(hosts: Hosts, open_peer: Any)
         await b.send("chat", text)
         assert (await b.expect("player_chat"))["text"] == text
         assert (await a.wait_for("player_chat"))["text"] == text
+
+
+async def test_abrupt_disconnect_and_chat_outside_spaces(hosts: Hosts, open_peer: Any) -> None:
+    uri = space("abrupt")
+    a, b = await open_peer(0), await open_peer(1)
+    await a.join(uri)
+    pb = await b.join(uri)
+    await a.wait_for("player_joined")
+    b.ws.transport.abort()  # no close frame, just a reset
+    assert await a.wait_for("player_left", timeout=5) == {"playerId": pb}
+    # Messages that need a space are silently without effect outside one (as the original).
+    c = await open_peer(0)
+    await c.send("chat", "nobody hears")
+    await c.send("set_name", "solo")
+    await c.send("set_grounded", False)
+    await c.quiet(0.3)
+    await a.quiet(0.0)
+
+
+async def test_webrtc_before_join_with_two_shards(cluster: Cluster) -> None:
+    """A client that sets up WebRTC before joining still meets later players' media."""
+    rtc = free_port_block(8)
+    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 7), "SHARD_SLOTS": "2",
+           "RELAY_PORT": str(free_port_block(3)), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    for _ in range(2):
+        cluster.start("shard", env=env)
+    port = free_port()
+    cluster.start("gateway", env={**env, "SPACES_PORT": str(port),
+                                  "RENDEZVOUS_PORT": str(free_port_block(4) + 1)})
+    url = f"ws://127.0.0.1:{port}/"
+    uri = space("early")
+    a = await WiredPeer.open(url)
+    b = await WiredPeer.open(url)
+    try:
+        await a.send("get_router_rtp_capabilities", None)
+        await a.expect("router_rtp_capabilities")
+        for kind in ("producer", "consumer"):
+            await a.send("create_transport", {"type": kind})
+            await a.expect("transport_created")
+        await a.send("set_rtp_capabilities", CLIENT_CAPS)
+        await a.send("produce", rtp_parameters(7777))
+        pa_prod = await a.expect("producer_id")
+        await asyncio.sleep(2.5)  # the shards publish their loads: a's shard is now busier
+        await a.join(uri)
+        ib = await bootstrap(b, uri, 8888)
+        await asyncio.sleep(0.3)
+        assert [c["producerId"] for c in b.seen("create_consumer")] == [pa_prod]
+        assert [c["producerId"] for c in a.seen("create_consumer")] == [ib["producerId"]]
+    finally:
+        await a.close()
+        await b.close()
