@@ -103,7 +103,12 @@ class UdpPeer:
     """A controlled device registering over UDP, like the desktop client's mediator."""
 
     def __init__(self, server: tuple[str, int], peer_id: str | None = None,
-                 src_ip: str = "127.0.0.2") -> None:
+                 src_ip: str | None = None) -> None:
+        if src_ip is None:
+            # A loopback address of its own (never 127.0.0.x: 127.0.0.1 plays the controller), so
+            # the server's per-IP registration limits never couple two tests.
+            n = 256 + uuidlib.uuid4().int % 60_000
+            src_ip = f"127.{n >> 16}.{(n >> 8) & 255}.{(n & 255) or 1}"
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         _OPEN.append(self.sock)

@@ -90,7 +90,7 @@ def env(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         cluster.stop_all()
 
 
-def _b(gw: Gw, src_ip: str = "127.0.0.2") -> UdpPeer:
+def _b(gw: Gw, src_ip: str | None = None) -> UdpPeer:
     b = UdpPeer(gw.udp, src_ip=src_ip)
     b.register()
     return b
@@ -201,7 +201,7 @@ def test_udp_uuid_rules(env: Env) -> None:
     data, _ = other.recv_raw()
     assert data.hex() == "8201020802"  # UUID_MISMATCH: another machine owns the ID
     # Same machine, new key, same IP: the key is replaced.
-    b2 = UdpPeer(gw.udp, peer_id=b.id)
+    b2 = UdpPeer(gw.udp, peer_id=b.id, src_ip=b.src_ip)
     b2.uuid = b.uuid
     b2.register_pk()
     assert b2.recv_kind("register_pk_response").register_pk_response.result == OK
@@ -478,7 +478,7 @@ def test_tcp_registration_mode(env: Env) -> None:
     """Proxy / UDP-disabled clients: secure TCP, RegisterPk, keep-alive, pushes on the stream."""
     gw = env.gw
     b = UdpPeer(gw.udp)  # only for its identity
-    conn = Tcp(H, gw.port, src=("127.0.0.2", 0))
+    conn = Tcp(H, gw.port, src=(b.src_ip, 0))
     conn.secure(gw.pub)
     r = _stream_register(conn, b)
     assert r.result == OK and r.keep_alive > 0
@@ -723,7 +723,7 @@ def test_udp_punch_and_ipv6_fields_extension(env: Env) -> None:
         fresh.send(sent)
         time.sleep(0.02)
     resp = a.recv().punch_hole_response
-    assert resp.is_udp and demangle(resp.socket_addr) == ("127.0.0.2", fresh.port)
+    assert resp.is_udp and demangle(resp.socket_addr) == (fresh.src_ip, fresh.port)
     assert resp.socket_addr_v6 == b_v6
     _check_idpk(gw, b, resp.pk)
     with pytest.raises(TimeoutError):
