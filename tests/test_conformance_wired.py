@@ -288,8 +288,10 @@ async def test_player_count_raw_uris(hosts: Hosts, open_peer: Any, uri: str) -> 
 def test_player_count_unknown_and_empty(hosts: Hosts) -> None:
     for path in ("/player-count/https://example.org/nobody.glb", "/player-count/",
                  "/player-count/a%20b?c=d"):
-        status, body, _ = hosts.http(path)
+        status, body, headers = hosts.http(path)
         assert (status, body) == (200, b"0")
+        # One response per connection, announced (pooling clients must not reuse it).
+        assert headers.get("connection", "").lower() == "close"
 
 
 # ------------------------------------------------------------------ errors and limits

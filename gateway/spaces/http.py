@@ -28,8 +28,10 @@ MAX_FILE = 8 * 1024 * 1024
 
 def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
               cors: bool = False) -> Response:
+    # The connection closes after one response; say so, or pooling HTTP clients (the web app's
+    # server-side fetch) may send the next request into a closed socket.
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-cache")])
+                       ("Cache-Control", "no-cache"), ("Connection", "close")])
     if cors:
         headers["Access-Control-Allow-Origin"] = "*"
     reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
