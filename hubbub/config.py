@@ -128,7 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("key", ("-k", "--key"), ("KEY",), "", _str,
             "licence key: empty = sign with the data-dir key pair, no check; '-' or '_' = "
             "require that pair's public key; a base64 secret key = use it; other text = "
-            "required as is, nothing signed (hbbr: empty = no check)"),
+            "required as is, signed only if it is that pair's public key (hbbr: empty = no "
+            "check)"),
     Setting("rmem", ("-M", "--rmem"), ("RMEM",), 0, _non_negative_int,
             "UDP receive buffer size for the rendezvous socket (0: OS default)"),
     Setting("mask", ("--mask",), ("MASK",), "", _str,
