@@ -959,3 +959,12 @@ def test_stream_peer_goes_offline_with_its_connection(env: Env) -> None:
     a = Tcp(H, gw.port)
     a.send(punch_request(b.id, gw.pub))
     assert a.recv_payload().hex() == "5a021802"  # OFFLINE
+
+
+def test_ws_text_is_ignored(env: Env) -> None:
+    """Text messages on the WebSocket port are not protocol messages and get no answer."""
+    gw = env.gw
+    w = Ws(H, gw.port + 2)
+    w.ws.send("hello")
+    w.send(msg(online_request=pb.OnlineRequest(id="x", peers=["nobody-here"])))
+    assert w.recv().online_response.states == b"\x00"

@@ -176,18 +176,19 @@ class WsConn(Conn):
         self.ws = ws
 
     async def next_payload(self, timeout: float) -> bytes | None:
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    msg = await self.ws.recv()
-            except TimeoutError:
-                return None
-            except ConnectionClosed:
-                raise Closed() from None
-            if isinstance(msg, bytes):
-                return msg
-            # Text messages are not protocol messages; they only count as activity.
-            metrics.DROPPED.labels("ws_text").inc()
+        try:
+            async with asyncio.timeout(timeout):
+                msg = await self.ws.recv()
+        except TimeoutError:
+            return None
+        except ConnectionClosed:
+            raise Closed() from None
+        if isinstance(msg, bytes):
+            return msg
+        # Text messages are not protocol messages; like a heartbeat they only count as
+        # activity (the empty payload resets the idle timer and carries nothing).
+        metrics.DROPPED.labels("ws_text").inc()
+        return b""
 
     async def send_message(self, payload: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
