@@ -38,11 +38,6 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
     return Response(status, reasons.get(status, "Error"), headers, body)
 
 
-def _text(raw: str) -> str:
-    """The request target as text: websockets keeps non-ASCII bytes as surrogate escapes."""
-    return raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-
-
 def count_candidates(target: str) -> list[str]:
     """Space URIs ``/player-count/<uri>`` may name, most literal first.
 
@@ -70,7 +65,7 @@ class HttpRoutes:
         self.web_dir = web_dir
 
     async def respond(self, conn: ServerConnection, request: Request) -> Response:
-        target = _text(request.path)
+        target = request.path  # ASCII: non-ASCII arrives percent-encoded (see below)
         path = target.split("?", 1)[0]
         if path.startswith(PLAYER_COUNT):
             try:
