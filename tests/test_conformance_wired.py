@@ -708,3 +708,22 @@ async def test_webrtc_before_join_with_two_shards(cluster: Cluster) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_simultaneous_joins_learn_everyone_exactly_once(hosts: Hosts) -> None:
+    uri = space("storm")
+    peers = [await WiredPeer.open(hosts.url(i % 2)) for i in range(24)]
+    try:
+        await asyncio.gather(*(p.send("join", uri) for p in peers))
+        ids = [(await p.wait_for("join_success", timeout=10))["playerId"] for p in peers]
+        assert len(set(ids)) == len(peers)
+        await asyncio.sleep(0.5)
+        for p, own in zip(peers, ids, strict=True):
+            seen = [d["playerId"] for d in p.seen("player_joined")]
+            assert sorted(seen) == sorted(i for i in ids if i != own), (own, seen)
+        assert hosts.http("/player-count/" + uri)[1] == str(len(peers)).encode()
+        await peers[0].close()
+        for p in peers[1:]:
+            assert await p.wait_for("player_left") == {"playerId": ids[0]}
+    finally:
+        await asyncio.gather(*(p.close() for p in peers))
