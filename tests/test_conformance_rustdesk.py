@@ -968,3 +968,19 @@ def test_ws_text_is_ignored(env: Env) -> None:
     w.ws.send("hello")
     w.send(msg(online_request=pb.OnlineRequest(id="x", peers=["nobody-here"])))
     assert w.recv().online_response.states == b"\x00"
+
+
+def test_health_check_and_http_proxy_on_secure_tcp(env: Env) -> None:
+    gw = env.gw
+    hc = Tcp(H, gw.port)
+    hc.secure(gw.pub)
+    hc.send(msg(hc=pb.HealthCheck(token="t")))
+    assert hc.recv_payload() == b""  # kept open and kept alive with empty frames
+    hc.send(b"")
+    assert not hc.closed_by_server(0.5)
+    hp = Tcp(H, gw.port)
+    hp.secure(gw.pub)
+    hp.send(msg(http_proxy_request=pb.HttpProxyRequest(method="GET", path="/api/heartbeat")))
+    r = hp.recv()
+    assert kind(r) == "http_proxy_response"  # exactly one answer, as the client expects
+    assert r.http_proxy_response.status >= 400 or r.http_proxy_response.error
