@@ -727,3 +727,14 @@ async def test_simultaneous_joins_learn_everyone_exactly_once(hosts: Hosts) -> N
             assert await p.wait_for("player_left") == {"playerId": ids[0]}
     finally:
         await asyncio.gather(*(p.close() for p in peers))
+
+
+def test_player_count_candidates() -> None:
+    from gateway.spaces.http import count_candidates
+    assert count_candidates("/player-count/https://x/s.glb") == ["https://x/s.glb"]
+    assert count_candidates("/player-count/https://x/s.glb?v=2") == [
+        "https://x/s.glb", "https://x/s.glb?v=2"]
+    assert count_candidates("/player-count/a%20b?c=%C3%BC") == [
+        "a%20b", "a b", "a%20b?c=%C3%BC", "a b?c=ü"]
+    assert count_candidates("/player-count/") == [""]
+    assert count_candidates("/player-count/%zz%") == ["%zz%"]
