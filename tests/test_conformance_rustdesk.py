@@ -290,6 +290,11 @@ def test_nat_port_sends_no_key_exchange_and_no_admin(env: Env) -> None:
 
 
 # ------------------------------------------------------------------ punch over TCP
+def _fields(m: object) -> set[str]:
+    """Names of the fields present on the wire."""
+    return {f.name for f, _ in m.ListFields()}  # type: ignore[attr-defined]
+
+
 def _check_idpk(gw: Gw, b: UdpPeer, signed: bytes) -> None:
     assert verify_idpk(gw.pub, signed) == (b.id, b.pk)
 
@@ -302,6 +307,7 @@ def test_punch_hole_flow(env: Env) -> None:
     ph = b.recv_kind("punch_hole").punch_hole
     assert demangle(ph.socket_addr) == a.local
     assert ph.nat_type == pb.ASYMMETRIC and ph.relay_server == RELAY
+    assert _fields(ph) == {"socket_addr", "relay_server", "nat_type"}
     # B answers on a fresh TCP connection, which the server closes after reading.
     bt = Tcp(H, gw.port, src=("127.0.0.2", 0))
     bt.send(msg(punch_hole_sent=pb.PunchHoleSent(
@@ -314,6 +320,7 @@ def test_punch_hole_flow(env: Env) -> None:
     _check_idpk(gw, b, r.pk)
     assert r.relay_server == RELAY and r.WhichOneof("union") == "nat_type"
     assert r.nat_type == pb.SYMMETRIC and not r.is_udp
+    assert _fields(r) == {"socket_addr", "pk", "relay_server", "nat_type"}
     assert bt.closed_by_server(2.0)
 
 
@@ -358,7 +365,8 @@ def test_punch_without_version_is_unsigned(env: Env) -> None:
     ph = b.recv_kind("punch_hole").punch_hole
     bt = Tcp(H, gw.port, src=("127.0.0.2", 0))
     bt.send(msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph.socket_addr, id=b.id)))
-    assert a.recv().punch_hole_response.pk == b""
+    r = a.recv().punch_hole_response
+    assert r.pk == b"" and r.WhichOneof("union") == "nat_type"  # set even when UNKNOWN_NAT
 
 
 def test_lan_path(env: Env) -> None:
@@ -368,6 +376,7 @@ def test_lan_path(env: Env) -> None:
     a.send(punch_request(b.id, gw.pub))
     fla = b.recv_kind("fetch_local_addr").fetch_local_addr
     assert demangle(fla.socket_addr) == a.local and fla.relay_server == RELAY
+    assert _fields(fla) == {"socket_addr", "relay_server"}
     bt = Tcp(H, gw.port)
     lan = mangle("192.168.1.7", 40000)
     # The client re-encodes A's address (a fresh time salt), it does not copy the bytes.
@@ -381,6 +390,7 @@ def test_lan_path(env: Env) -> None:
     assert demangle(r.socket_addr) == ("192.168.1.7", 40000)
     _check_idpk(gw, b, r.pk)
     assert r.relay_server == RELAY
+    assert _fields(r) == {"socket_addr", "pk", "relay_server", "is_local"}
 
 
 def test_b_initiated_relay(env: Env) -> None:
@@ -399,6 +409,7 @@ def test_b_initiated_relay(env: Env) -> None:
     assert rr.socket_addr == b"" and rr.uuid == uid and rr.relay_server == RELAY
     assert rr.WhichOneof("union") == "pk"
     _check_idpk(gw, b, rr.pk)
+    assert _fields(rr) == {"uuid", "relay_server", "pk", "version"}
 
 
 def test_a_initiated_relay(env: Env) -> None:
