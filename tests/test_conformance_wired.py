@@ -263,6 +263,8 @@ async def test_leave_and_disconnect_send_player_left(hosts: Hosts, open_peer: An
     "https://example.org/count.glb",
     "https://example.org/count.glb?version=2&x=y",
     "https://example.org/a%20b%2Fc.glb",
+    "https://example.org/my space.glb",
+    "https://example.org/q.glb?name=a b&pct=100%25",
     "ipfs://bafy/space.glb",
     "https://example.org/ümlaut.glb",
     "plain-name",
@@ -736,5 +738,8 @@ def test_player_count_candidates() -> None:
         "https://x/s.glb", "https://x/s.glb?v=2"]
     assert count_candidates("/player-count/a%20b?c=%C3%BC") == [
         "a%20b", "a b", "a%20b?c=%C3%BC", "a b?c=ü"]
+    # What a URL parser encodes is undone, escapes the URI had are kept.
+    assert count_candidates("/player-count/a%20b%25c%2f") == ["a%20b%25c%2f", "a b%25c%2f",
+                                                              "a b%c/"]
     assert count_candidates("/player-count/") == [""]
     assert count_candidates("/player-count/%zz%") == ["%zz%"]

@@ -49,10 +49,41 @@ def count_candidates(target: str) -> list[str]:
     rest = target[len(PLAYER_COUNT):]
     out: list[str] = []
     for uri in (rest.split("?", 1)[0], rest):
-        for cand in (uri, urllib.parse.unquote(uri)):
+        for cand in (uri, client_decoded(uri), urllib.parse.unquote(uri)):
             if cand not in out:
                 out.append(cand)
     return out
+
+
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_CLIENT_ENCODED = frozenset(' "<>\\^`{|}\'') | frozenset(map(chr, range(0x20))) | {"\x7f"}
+
+
+def client_decoded(uri: str) -> str:
+    """Undo only what a URL parser encodes by itself (spaces, quotes, non-ASCII…), keeping
+    escapes the URI had already (``%25``, ``%2F``): ``a b%25`` is sent as ``a%20b%25``."""
+    def undo(m: re.Match[str]) -> str:
+        text = m.group(0)
+        escapes = [text[k:k + 3] for k in range(0, len(text), 3)]
+        raw = bytes(int(e[1:], 16) for e in escapes)
+        out: list[str] = []
+        i = 0
+        while i < len(raw):
+            if raw[i] < 0x80:
+                ch = chr(raw[i])
+                out.append(ch if ch in _CLIENT_ENCODED else escapes[i])
+                i += 1
+                continue
+            j = i + 1
+            while j < len(raw) and raw[j] >= 0x80:
+                j += 1
+            try:
+                out.append(raw[i:j].decode("utf-8"))
+            except UnicodeDecodeError:
+                out.extend(escapes[i:j])
+            i = j
+        return "".join(out)
+    return _ESCAPES.sub(undo, uri)
 
 
 class HttpRoutes:
