@@ -576,6 +576,7 @@ async def test_late_joiner_with_media_ready_gets_exact_sequence(hosts: Hosts,
     "permessage-deflate; client_max_window_bits",
     "permessage-deflate; client_max_window_bits=15; server_max_window_bits=15",
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    "permessage-deflate; server_max_window_bits=10; client_max_window_bits",
     "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
 ])
 def test_deflate_offers_of_browsers_and_node(hosts: Hosts, offer: str) -> None:
