@@ -125,11 +125,11 @@ SETTINGS: tuple[Setting, ...] = (
             "RustDesk rendezvous port (TCP+UDP); NAT test on port-1, WebSocket on port+2"),
     Setting("relay_servers", ("-r", "--relay-servers"), ("RELAY_SERVERS", "RELAY-SERVERS"), (),
             _str_list, "relay hosts handed to clients (default: least-loaded live relay host)"),
-    Setting("key", ("-k", "--key"), ("KEY",), "", _str,
-            "licence key: empty = sign with the data-dir key pair, no check; '-' or '_' = "
-            "require that pair's public key; a base64 secret key = use it; other text = "
-            "required as is, signed only if it is that pair's public key (hbbr: empty = no "
-            "check)"),
+    Setting("key", ("-k", "--key"), ("KEY",), None, _str,
+            "licence key, as hbbs/hbbr: unset = '-' on the ID server and no check on the relay; "
+            "'-' or '_' = sign with the data-dir key pair and require its public key; empty = "
+            "sign, no check; a base64 secret key = use it; other text = required as is, "
+            "signed only if it is that pair's public key"),
     Setting("rmem", ("-M", "--rmem"), ("RMEM",), 0, _non_negative_int,
             "UDP receive buffer size for the rendezvous socket (0: OS default)"),
     Setting("mask", ("--mask",), ("MASK",), "", _str,
@@ -222,7 +222,8 @@ class Config:
     log_level: str = "info"
     rendezvous_port: int = 21116
     relay_servers: tuple[str, ...] = ()
-    key: str = ""
+    key: str | None = None
+    """``None`` when unset: each role applies its hbbs/hbbr default."""
     rmem: int = 0
     mask: str = ""
     local_ip: str = ""
@@ -348,6 +349,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, role: str) -> None:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, tuple):
         return ",".join(value) or "empty"
     if isinstance(value, bool):

@@ -211,7 +211,8 @@ def _punch_rtt(count: int) -> dict[str, Any]:
                     a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     dec = FrameDecoder(1 << 16)
                     req = encode_frame(pb.RendezvousMessage(punch_hole_request=pb.PunchHoleRequest(
-                        id="777000111", version="1.4.9")).SerializeToString())
+                        id="777000111", version="1.4.9",
+                        licence_key=cluster.target.licence_key)).SerializeToString())
                     t0 = time.perf_counter()
                     a.sendall(req)
                     done = False

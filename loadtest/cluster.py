@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hubbub.errors import LoadTestError
+from hubbub.keys import load_or_create
 from loadtest.targets import Target
 
 
@@ -119,8 +120,10 @@ class LocalCluster:
         # nat = P-1, rendezvous = P, relay = R, rendezvous WS = P+2, relay WS = R+2, spaces.
         base = free_port_block(6)
         rtc = free_port_block(4 * max(1, self.shards))
+        # The ID server requires its public key by default (as hbbs): clients send it.
+        pair = load_or_create(self.workdir / "data")
         self.target = Target(host=HOST, rendezvous_port=base + 1, relay_port=base + 2,
-                             spaces_port=base + 5)
+                             spaces_port=base + 5, licence_key=pair.public_b64)
         self.base_env = {
             k: v for k, v in os.environ.items()
             if not k.startswith(("HUBBUB_", "PORT", "RENDEZVOUS_", "RELAY_", "SPACES_", "RTC_"))}

@@ -89,6 +89,8 @@ def locust_command(target: Target, users_classes: Sequence[str], args: argparse.
         cmd += ["--one-ip"]
     if csv_prefix:
         cmd += ["--csv", csv_prefix, "--csv-full-history"]
+    if target.licence_key and getattr(args, "licence_key", None) is None:
+        cmd += ["--licence-key", target.licence_key]
     for name in _FORWARD:
         value = getattr(args, name, None)
         if value is not None:

@@ -168,21 +168,29 @@ class Cluster:
         self.workdir = workdir
         self.procs: list[HubbubProcess] = []
 
-    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def env(self, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+        """The environment of a test process; a ``None`` value in ``extra`` unsets that name.
+
+        ``KEY`` is empty (sign, no licence check) unless a test asks for hbbs's default.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "PORT"))}
         env.update(REDIS_URL=self.redis_url, HUBBUB_PREFIX=self.prefix,
                    HUBBUB_DATA=str(self.workdir / "data"), PRESENCE_TTL="1.5",
                    DRAIN_TIMEOUT="2", BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
-                   PYTHONUNBUFFERED="1")
-        env.update(extra or {})
+                   PYTHONUNBUFFERED="1", KEY="")
+        for name, value in (extra or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         return env
 
-    def start(self, role: str, *args: str, env: Mapping[str, str] | None = None,
+    def start(self, role: str, *args: str, env: Mapping[str, str | None] | None = None,
               wait: bool = True, host: NsHost | None = None) -> HubbubProcess:
         """Start ``hubbub <role>``; with ``host``, inside that simulated host's namespace."""
         ops = free_port()
         log_path = self.workdir / f"{role}-{len(self.procs)}.log"
-        extra = dict(env or {})
+        extra: dict[str, str | None] = dict(env or {})
         argv = [sys.executable, "-m", "hubbub", role, "--ops-port", str(ops), *args]
         ops_host = "127.0.0.1"
         if host is not None:
@@ -200,7 +208,7 @@ class Cluster:
             p.wait_healthy()
         return p
 
-    def hubbub(self, *args: str, env: Mapping[str, str] | None = None,
+    def hubbub(self, *args: str, env: Mapping[str, str | None] | None = None,
                timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hubbub", *args], capture_output=True,
                               text=True, env=self.env(env), cwd=self.workdir, timeout=timeout)

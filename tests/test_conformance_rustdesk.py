@@ -61,7 +61,7 @@ class Env:
     gw: Gw
     workdir: Path
 
-    def start(self, *args: str, env: dict[str, str] | None = None, v6: bool = False) -> Gw:
+    def start(self, *args: str, env: dict[str, str | None] | None = None, v6: bool = False) -> Gw:
         port = free_port_block(4) + 1
         proc = self.cluster.start("gateway", "-p", str(port), "--spaces-port", str(free_port()),
                                   *args, env=env, wait=not v6)
@@ -995,3 +995,20 @@ def test_health_check_and_http_proxy_on_secure_tcp(env: Env) -> None:
     r = hp.recv()
     assert kind(r) == "http_proxy_response"  # exactly one answer, as the client expects
     assert r.http_proxy_response.status >= 400 or r.http_proxy_response.error
+
+
+def test_unset_key_defaults_to_hbbs_dash(env: Env) -> None:
+    """With KEY unset the ID server behaves as ``hbbs -k -``: the public key is required."""
+    gw = env.start(env={"KEY": None})
+    b = _b(gw)
+    a = Tcp(H, gw.port)
+    a.send(punch_request(b.id, ""))
+    assert a.recv().punch_hole_response.failure == pb.PunchHoleResponse.LICENSE_MISMATCH
+    a.send(punch_request(b.id, RUSTDESK_COM_KEY))
+    assert a.recv().punch_hole_response.failure == pb.PunchHoleResponse.LICENSE_MISMATCH
+    a.send(punch_request(b.id, gw.pub))
+    ph = b.recv_kind("punch_hole").punch_hole
+    bt = Tcp(H, gw.port, src=("127.0.0.2", 0))
+    bt.send(msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph.socket_addr, id=b.id,
+                                                 version="1.4.9")))
+    assert verify_idpk(gw.pub, a.recv().punch_hole_response.pk) == (b.id, b.pk)

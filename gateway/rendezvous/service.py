@@ -145,7 +145,8 @@ class RendezvousService(Directory, PunchFlows):
         self.cfg = ctx.cfg
         self.registry = ctx.registry
         self.store = Store(ctx.registry)
-        self.key = key if key is not None else server_key(ctx.cfg.key, Path(ctx.cfg.data_dir))
+        self.key = key if key is not None else server_key(
+            "-" if ctx.cfg.key is None else ctx.cfg.key, Path(ctx.cfg.data_dir))
         self.network = parse_mask(self.cfg.mask)
         self.proxies = ProxyList(self.cfg.trusted_proxies)
         self.peers: BoundedMap[str, LocalPeer] = BoundedMap(MAX_PEERS, PEER_TTL)

@@ -132,7 +132,7 @@ class RelayService:
             raise ConfigError(f"invalid value for RELAY_PORT: {cfg.relay_port} (the WebSocket "
                               "relay needs RELAY_PORT + 2 too)")
         self._loop = asyncio.get_running_loop()
-        self.key = relay_licence(cfg.key, cfg.data_path)
+        self.key = relay_licence(cfg.key or "", cfg.data_path)
         nofile = _raise_nofile()
         # Every waiting half holds a descriptor; keep room for pairs, pipes and handshakes.
         self.table.max_waiting = max(64, min(self.table.max_waiting, nofile // 4))
