@@ -87,20 +87,26 @@ class ProxyList:
     def client_ip(self, peer_ip: str, headers: Mapping[str, str] | None) -> str:
         """The client's address: the proxy's header when ``peer_ip`` is trusted, else the peer.
 
-        ``X-Real-IP`` wins; otherwise the right-most ``X-Forwarded-For`` entry, the one our
-        proxy appended (entries to its left come from the client and can be forged).
+        ``X-Real-IP`` wins; otherwise ``X-Forwarded-For`` is read from the right, skipping our
+        own proxies: the first other address is the client (entries further left come from the
+        client itself and can be forged).
         """
         peer = _or_self(peer_ip)
         if headers is None or not self.nets or not self.trusted(peer):
             return peer
         lowered = {k.lower(): v for k, v in headers.items()}
-        real = lowered.get("x-real-ip", "").strip()
-        if not real:
-            real = lowered.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
-        try:
-            return normalise_ip(real)
-        except ValueError:
-            return peer
+        candidates = [lowered.get("x-real-ip", "")]
+        candidates += reversed(lowered.get("x-forwarded-for", "").split(","))
+        leftmost = peer
+        for i, text in enumerate(candidates):
+            try:
+                ip = normalise_ip(text)
+            except ValueError:
+                continue
+            if i == 0 or not self.trusted(ip):
+                return ip
+            leftmost = ip  # a chain of only our proxies: its first hop is the client
+        return leftmost
 
 
 def _or_self(ip: str) -> str:

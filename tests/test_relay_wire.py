@@ -277,3 +277,7 @@ def test_proxy_list_believes_only_trusted_peers() -> None:
     assert proxies.client_ip("10.1.2.3", {"X-Real-IP": "not-an-ip"}) == "10.1.2.3"
     assert proxies.client_ip("10.1.2.3", None) == "10.1.2.3"
     assert ProxyList([]).client_ip("10.1.2.3", hdrs) == "10.1.2.3"
+    # Our own proxies in the chain are skipped: the first other address is the client.
+    chain = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.9.9.9"}
+    assert proxies.client_ip("10.1.2.3", chain) == "203.0.113.9"
+    assert proxies.client_ip("10.1.2.3", {"X-Forwarded-For": "10.9.9.9"}) == "10.9.9.9"

@@ -101,10 +101,11 @@ class _Conn:
 
 
 def test_client_ip_honours_only_trusted_proxies() -> None:
-    from gateway.spaces.service import SpacesService, _networks
+    from gateway.spaces.service import SpacesService
+    from hubbub.net import ProxyList
 
     svc: Any = SpacesService.__new__(SpacesService)
-    svc._proxies = _networks(("10.0.0.0/8", "not-an-address", "::1"))
+    svc.proxies = ProxyList(("10.0.0.0/8", "::1"))
     fwd = {"X-Forwarded-For": "203.0.113.7, 10.1.1.1"}
     assert svc._client_ip(_Conn("10.2.3.4", fwd)) == "203.0.113.7"
     assert svc._client_ip(_Conn("::1", {"X-Real-IP": "198.51.100.2"})) == "198.51.100.2"

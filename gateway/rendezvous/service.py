@@ -36,7 +36,6 @@ from gateway.rendezvous.logic import (
     valid_custom_id,
     valid_register_id,
 )
-from gateway.rendezvous.net import ProxyList, listen_socket
 from gateway.rendezvous.punch import PunchFlows
 from gateway.rendezvous.relays import Directory
 from gateway.rendezvous.store import (
@@ -51,6 +50,7 @@ from gateway.rendezvous.store import (
 )
 from hubbub.errors import RegistryError, RegistryUnavailable
 from hubbub.keys import ServerKey, server_key
+from hubbub.net import ProxyList, listen_socket
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import ServerKeyExchange
@@ -551,25 +551,11 @@ class RendezvousService(Directory, PunchFlows):
 
     def client_ip(self, ws: ServerConnection) -> tuple[str, int]:
         ip, port = addrmangle.normalize(ws.remote_address)
-        if self.proxies.nets and self.proxies.trusted(ip):
-            headers = ws.request.headers if ws.request is not None else None
-            if headers is not None:
-                real = headers.get("X-Real-IP") or ""
-                if not real:
-                    forwarded = headers.get("X-Forwarded-For") or ""
-                    real = forwarded.rsplit(",", 1)[-1].strip() if forwarded else ""
-                if real:
-                    candidate = addrmangle.normalize_host(real.strip())
-                    try:
-                        addrmangle.encode(candidate, 0)
-                        # hbbs uses port 0 here, so two clients behind one NAT would share a
-                        # sink key and get each other's answers; the proxy connection's own
-                        # port keeps them apart (the port is never dialled: WebSocket
-                        # controllers relay).
-                        return candidate, port
-                    except ValueError:
-                        pass
-        return ip, port
+        headers = ws.request.headers if ws.request is not None else None
+        # hbbs pairs a proxied address with port 0, so two clients behind one NAT would share a
+        # sink key and get each other's answers; the proxy connection's own port keeps them
+        # apart (the port is never dialled: WebSocket controllers relay).
+        return self.proxies.client_ip(ip, headers), port
 
     def _ws_admit(self, ws: ServerConnection, request: Any) -> Any:
         if self._draining:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 import ssl
 import time
 from collections import Counter as Tally
@@ -33,6 +31,7 @@ from gateway.spaces.media import MediaRelay
 from gateway.spaces.store import REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
+from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from hubbub.wire.wired import outbound
@@ -48,7 +47,7 @@ from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits
 from hubbub.wire.wired.positions import stamp
 
 
-__all__ = ["SpacesService", "listen_socket"]
+__all__ = ["SpacesService"]
 
 log = logging.getLogger("hubbub.spaces")
 
@@ -60,24 +59,6 @@ MAX_ALIVE_TTL = 3.0
 """Membership lease of a gateway: its players leave at most this long (+ a watch period) after
 it dies. Shorter than the presence TTL so that cleanup stays within 5 s by default."""
 _PROFILE_FIELDS = {"set_name": "name", "set_avatar": "avatar", "set_address": "address"}
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket with SO_REUSEPORT; ``::`` accepts IPv4 and IPv6."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class SpacesService:
@@ -98,7 +79,7 @@ class SpacesService:
                              max_chat=self.cfg.spaces_max_chat)
         self.clients: dict[str, Client] = {}
         self._per_ip: Tally[str] = Tally()
-        self._proxies = _networks(self.cfg.trusted_proxies)
+        self.proxies = ProxyList(self.cfg.trusted_proxies)
         self._next = 0
         self._server: Server | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -187,15 +168,8 @@ class SpacesService:
 
     # ------------------------------------------------------------ WebSocket
     def _client_ip(self, ws: ServerConnection) -> str:
-        peer = ws.remote_address[0] if ws.remote_address else ""
-        peer = str(peer).removeprefix("::ffff:")
-        if self._proxies and _in(peer, self._proxies):
-            forwarded = (ws.request.headers.get("X-Real-IP") if ws.request else None) or (
-                ws.request.headers.get("X-Forwarded-For", "") if ws.request else "")
-            first = forwarded.split(",")[0].strip()
-            if first:
-                return first
-        return peer
+        peer = str(ws.remote_address[0]) if ws.remote_address else ""
+        return self.proxies.client_ip(peer, ws.request.headers if ws.request else None)
 
     async def _serve(self, ws: ServerConnection) -> None:
         ip = self._client_ip(ws)
@@ -465,19 +439,3 @@ class SpacesService:
         if spaces:
             log.info("removed the players of dead gateway %s from %d spaces", gateway,
                      len(spaces))
-
-
-def _networks(entries: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    nets = []
-    for e in entries:
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.ip_network(e, strict=False))
-    return nets
-
-
-def _in(ip: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in n for n in nets)
