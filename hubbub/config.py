@@ -10,7 +10,6 @@ read: hbbs and honcho give it different meanings, so only the Procfile decides w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -420,12 +419,17 @@ def settings_markdown() -> str:
     return "\n".join(rows)
 
 
-def replace(cfg: Config, **changes: Any) -> Config:
-    """A copy of ``cfg`` with some fields changed (tests and derived configs)."""
-    return dataclasses.replace(cfg, **changes)
+def parse_config(parser: argparse.ArgumentParser, role: str,
+                 argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
+    """Parse ``argv`` and build the ``Config``; a bad flag or setting prints one line, exits 2."""
+    args = parser.parse_args(list(argv))
+    try:
+        return load_config(role, args), args
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def parse_args_for(role: str, argv: Sequence[str]) -> Config:
     parser = new_parser(f"hubbub {role}")
     add_setting_flags(parser, role)
-    return load_config(role, parser.parse_args(list(argv)))
+    return parse_config(parser, role, argv)[0]

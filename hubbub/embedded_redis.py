@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hubbub.config import add_setting_flags, load_config, new_parser
+from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import ConfigError
 
 
@@ -38,12 +38,11 @@ def redis_argv(redis_url: str, data_dir: str) -> list[str]:
 def main(argv: Sequence[str]) -> int:
     parser = new_parser("hubbub redis", "run the embedded Redis")
     add_setting_flags(parser, "redis")
+    cfg, _ = parse_config(parser, "redis", argv)
     try:
-        cfg = load_config("redis", parser.parse_args(list(argv)))
         args = redis_argv(cfg.redis_url, cfg.data_dir)
     except ConfigError as exc:
-        sys.stderr.write(f"hubbub redis: error: {exc}\n")
-        return 2
+        parser.error(str(exc))
     if not os.path.exists(args[0]):
         sys.stderr.write("hubbub redis: error: redis-server not found (run ./run.sh once)\n")
         return 3

@@ -8,8 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hubbub.config import Config, add_setting_flags, load_config, new_parser
-from hubbub.errors import ConfigError
+from hubbub.config import Config, add_setting_flags, new_parser, parse_config
 
 
 __all__ = ["main", "summary"]
@@ -43,12 +42,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-redis", action="store_true",
                         help="use the Redis at REDIS_URL instead of the embedded one")
     add_setting_flags(parser, "gateway")
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config("gateway", args)
-    except ConfigError as exc:
-        sys.stderr.write(f"hubbub up: error: {exc}\n")
-        return 2
+    cfg, args = parse_config(parser, "gateway", argv)
     shards = args.shards or cfg.slots
     print(summary(cfg, args.gateways, shards), flush=True)
     honcho = shutil.which("honcho")

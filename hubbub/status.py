@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from hubbub.config import add_setting_flags, load_config, new_parser
-from hubbub.errors import ConfigError, HubbubError, RegistryUnavailable
+from hubbub.config import add_setting_flags, new_parser, parse_config
+from hubbub.errors import HubbubError, RegistryUnavailable
 from registry import ProcessRecord, Registry
 
 
@@ -82,12 +82,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--ping", action="store_true",
                         help="also send each process a request through its inbox and show the RTT")
     add_setting_flags(parser, "status")
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config("status", args)
-    except ConfigError as exc:
-        sys.stderr.write(f"hubbub status: error: {exc}\n")
-        return 2
+    cfg, args = parse_config(parser, "status", argv)
     try:
         records, rtts = asyncio.run(_fetch(cfg.redis_url, cfg.prefix, args.ping))
     except RegistryUnavailable as exc:

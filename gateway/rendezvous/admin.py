@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.rendezvous.store import Live, Store
-from hubbub.config import add_setting_flags, load_config, new_parser
+from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ops import Request, Response
 from hubbub.runtime import host_name
@@ -209,12 +209,7 @@ def main(argv: Sequence[str]) -> int:
     parser = new_parser("hubbub admin", "run an ID-server admin command on the cluster")
     add_setting_flags(parser, "admin")
     parser.add_argument("words", nargs="*", help="command and arguments (see 'help')")
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config("admin", args)
-    except HubbubError as exc:
-        sys.stderr.write(f"hubbub admin: error: {exc}\n")
-        return 2
+    cfg, args = parse_config(parser, "admin", argv)
 
     async def run() -> str:
         registry = Registry(cfg.redis_url, cfg.prefix, "admin", host_name(cfg), presence=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.rendezvous.logic import valid_register_id
 from gateway.rendezvous.store import Store
-from hubbub.config import add_setting_flags, load_config, new_parser
+from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.runtime import host_name
 from hubbub.wire.rustdesk.addr import normalize_host
@@ -74,9 +74,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("database", help="path of db_v2.sqlite3")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace bindings that already exist in the cluster")
-    args = parser.parse_args(list(argv))
+    cfg, args = parse_config(parser, "admin", argv)
     try:
-        cfg = load_config("admin", args)
         rows = read_peers(Path(args.database))
     except HubbubError as exc:
         sys.stderr.write(f"hubbub import-hbbs: error: {exc}\n")

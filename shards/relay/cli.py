@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from hubbub.config import add_setting_flags, load_config, new_parser
-from hubbub.errors import ConfigError, HubbubError, RegistryUnavailable
+from hubbub.config import add_setting_flags, new_parser, parse_config
+from hubbub.errors import HubbubError, RegistryUnavailable
 from registry import Registry
 from shards.relay import store
 from shards.relay.lists import LIST_NAMES, normalise_ip
@@ -126,12 +126,7 @@ async def _main(args: argparse.Namespace, url: str, prefix: str) -> int:
 
 def main(argv: Sequence[str]) -> int:
     parser = _parser()
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config("admin", args)
-    except ConfigError as exc:
-        sys.stderr.write(f"hubbub relay: error: {exc}\n")
-        return 2
+    cfg, args = parse_config(parser, "admin", argv)
     try:
         return asyncio.run(_main(args, cfg.redis_url, cfg.prefix))
     except RegistryUnavailable as exc:
