@@ -144,7 +144,7 @@ def _save(path: Path | None, text: str) -> None:
 
 def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """``bench`` first, then every key in first-seen order (``status``/``error`` last)."""
-    cols: list[str] = ["bench"]
+    cols: list[str] = ["bench"] if any("bench" in r for r in rows) else []
     for row in rows:
         for key in row:
             if key not in cols and key not in ("status", "error"):

@@ -37,6 +37,7 @@ from typing import Any
 
 from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb, serialize
+from loadtest.bench import markdown_table
 
 
 __all__ = [
@@ -472,28 +473,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = []
-        for k in keys:
-            v = row.get(k, "")
-            cells.append("" if v is None else ("yes" if v is True else "NO" if v is False
-                                                else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_relay",
                                      description="relay throughput, CPU and idle memory")
     parser.add_argument("--quick", action="store_true", help="shorter windows, 200 idle pairs")
     args = parser.parse_args(argv)
     rows = run(args.quick)
-    print(markdown(rows))
+    print(markdown_table(rows))
     return 0 if all(r.get("ok") is not False for r in rows) else 1
 
 
