@@ -31,6 +31,8 @@ def summary(cfg: Config, gateways: int, shards: int) -> str:
         "  ops /healthz /metrics  gateways on 5100.., shards on 5200..",
         "  cluster view         hubbub status",
     ]
+    if not cfg.public_ip:
+        lines.append("  (clients on other machines: set PUBLIC_IP to this host's address)")
     return "\n".join(lines)
 
 
