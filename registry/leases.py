@@ -78,7 +78,8 @@ class SlotLease:
 
     async def acquire(self, retry_every: float | None = None) -> int:
         """Wait until a slot is free and take it (retries while Redis is down or slots full)."""
-        wait = retry_every if retry_every is not None else self.registry.ttl / 3
+        # Poll briskly: a dead shard's slot should be re-taken right when its lease expires.
+        wait = retry_every if retry_every is not None else min(self.registry.ttl / 10, 0.5)
         warned = False
         while True:
             try:
