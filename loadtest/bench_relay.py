@@ -3,9 +3,15 @@
 Run ``python -m loadtest.bench_relay [--quick]``: it starts its own Redis and two shard processes
 on free loopback ports, then measures
 
-* bulk throughput of 1 and 8 concurrent relayed pairs against a direct loopback TCP pipe (the
-  same sender and receiver code without the relay), in MB/s, and the relay's CPU seconds per GB
-  (from the shards' ``/proc`` counters);
+* bulk throughput of one relayed pair against a direct loopback TCP pipe (the same sender and
+  receiver threads, the same 1 MiB ``sendall`` / ``recv_into`` loop, without the relay), in MB/s:
+  several rounds, each a direct window then a relayed one on fresh sockets, medians reported.
+  "pinned": in both windows of a round the sender and receiver threads run on the CPUs the
+  pair's shard is not pinned to (shards pin themselves, one core each, as in production);
+  "unpinned": the load generator shares every core with the shards. Also the relay shard's CPU
+  (``/proc`` counters, per GB and as % of its core) and the host's TCP retransmission share
+  (``/proc/net/snmp``) in each window;
+* the same, unpinned, for 8 concurrent pairs;
 * the same for one WebSocket -> TCP pair (message re-framing instead of splice);
 * the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS).
 
@@ -26,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -279,10 +286,22 @@ class _Cluster:
             self.redis.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def cpu_seconds(self) -> float:
+    def owner(self) -> int:
+        """Index of the shard holding the (only) active pair, from its ``/metrics``."""
+        for i, port in enumerate(self.ops):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith("hubbub_relay_pairs ") and float(line.split()[1]) >= 1:
+                        return i
+        raise RuntimeError("no shard reports the pair")
+
+    def cores(self, shard: int) -> set[int]:
+        return set(os.sched_getaffinity(self.procs[shard].pid))
+
+    def cpu_seconds(self, shard: int | None = None) -> float:
         tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for p in self.procs:
+        for p in self.procs if shard is None else [self.procs[shard]]:
             fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
         return total
@@ -300,14 +319,24 @@ class _Cluster:
 CHUNK = 1 << 20
 
 
-def _sender(sock: socket.socket, stop: threading.Event) -> None:
+def _pin(cores: set[int] | None) -> None:
+    """Pin the calling thread (Linux affinity is per thread) to ``cores``."""
+    if cores:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cores)
+
+
+def _sender(sock: socket.socket, stop: threading.Event, cores: set[int] | None = None) -> None:
+    _pin(cores)
     data = memoryview(os.urandom(CHUNK))
     with contextlib.suppress(OSError):
         while not stop.is_set():
             sock.sendall(data)
 
 
-def _receiver(sock: socket.socket, counts: list[int], idx: int, stop: threading.Event) -> None:
+def _receiver(sock: socket.socket, counts: list[int], idx: int, stop: threading.Event,
+              cores: set[int] | None = None) -> None:
+    _pin(cores)
     buf = bytearray(CHUNK)
     sock.settimeout(1.0)
     with contextlib.suppress(OSError):
@@ -318,21 +347,56 @@ def _receiver(sock: socket.socket, counts: list[int], idx: int, stop: threading.
             counts[idx] += n
 
 
-def _stream(pairs: list[tuple[socket.socket, socket.socket]], seconds: float) -> float:
-    """Push bytes one way through every (sender, receiver) pair; returns total bytes/s."""
+def _tcp_segments() -> tuple[int, int]:
+    """Host-wide TCP (OutSegs, RetransSegs) from /proc/net/snmp; (0, 0) where unavailable."""
+    try:
+        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+                 if ln.startswith("Tcp:")]
+        table = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+        return int(table["OutSegs"]), int(table["RetransSegs"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return 0, 0
+
+
+def _congestion_control() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "?"
+
+
+class _Window:
+    """What one streaming window measured."""
+
+    def __init__(self, rate: float, cpu: float, retrans: float) -> None:
+        self.rate = rate  # bytes/s received
+        self.cpu = cpu  # relay shard CPU seconds per second of window
+        self.retrans = retrans  # host-wide share of TCP segments retransmitted
+
+
+def _stream(pairs: list[tuple[socket.socket, socket.socket]], seconds: float,
+            cores: set[int] | None = None, cluster: _Cluster | None = None,
+            shard: int | None = None) -> _Window:
+    """Push bytes one way through every (sender, receiver) pair, the load generator's threads
+    pinned to ``cores`` (None: unpinned); CPU of ``cluster``'s shard ``shard`` (None: all) and
+    TCP counters are sampled over exactly the measured window, after a warm-up."""
     stop = threading.Event()
     counts = [0] * len(pairs)
     threads = []
     for i, (src, dst) in enumerate(pairs):
-        threads.append(threading.Thread(target=_sender, args=(src, stop), daemon=True))
-        threads.append(threading.Thread(target=_receiver, args=(dst, counts, i, stop),
+        threads.append(threading.Thread(target=_sender, args=(src, stop, cores), daemon=True))
+        threads.append(threading.Thread(target=_receiver, args=(dst, counts, i, stop, cores),
                                         daemon=True))
     for t in threads:
         t.start()
     time.sleep(min(0.5, seconds / 4))  # warm-up: fill buffers and pipes
+    cpu0 = cluster.cpu_seconds(shard) if cluster else 0.0
+    segs0 = _tcp_segments()
     start_bytes, start = sum(counts), time.monotonic()
     time.sleep(seconds)
     moved, elapsed = sum(counts) - start_bytes, time.monotonic() - start
+    segs1 = _tcp_segments()
+    cpu = (cluster.cpu_seconds(shard) - cpu0) if cluster else 0.0
     stop.set()
     for src, dst in pairs:
         with contextlib.suppress(OSError):
@@ -344,7 +408,8 @@ def _stream(pairs: list[tuple[socket.socket, socket.socket]], seconds: float) ->
     for src, dst in pairs:
         src.close()
         dst.close()
-    return moved / elapsed
+    out = segs1[0] - segs0[0]
+    return _Window(moved / elapsed, cpu / elapsed, (segs1[1] - segs0[1]) / out if out else 0.0)
 
 
 def _direct_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
@@ -372,22 +437,51 @@ def _relay_pairs(port: int, n: int) -> list[tuple[socket.socket, socket.socket]]
     return pairs
 
 
-def _throughput(cluster: _Cluster, n: int, seconds: float) -> dict[str, Any]:
-    direct = _stream(_direct_pairs(n), seconds)
-    pairs = _relay_pairs(cluster.relay_port, n)
-    cpu0 = cluster.cpu_seconds()
-    relayed = _stream(pairs, seconds)
-    cpu = cluster.cpu_seconds() - cpu0
-    # CPU was sampled over warm-up + window + shutdown; bytes cover the window only, so scale.
-    total_time = seconds + min(0.5, seconds / 4)
-    gb = relayed * total_time / 1e9
-    ratio = relayed / direct if direct else 0.0
-    return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way",
-            "direct MB/s": round(direct / 1e6), "relay MB/s": round(relayed / 1e6),
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _throughput(cluster: _Cluster, n: int, seconds: float, reps: int,
+                pinned: bool) -> dict[str, Any]:
+    """``reps`` rounds of (direct pipe, then relayed pairs), fresh sockets each time; medians.
+
+    ``pinned`` (one pair): in both runs of a round the sender and receiver threads are pinned to
+    the cores the pair's shard is *not* pinned to, so the load generator gets the same CPUs in
+    both cases and the relay its own core, as a pinned shard has in production. Unpinned, the
+    load generator and the relay share every core."""
+    everything = set(os.sched_getaffinity(0))
+    rounds: list[tuple[_Window, _Window]] = []
+    shard_cores: set[int] = set()
+    for _ in range(reps):
+        pairs = _relay_pairs(cluster.relay_port, n)
+        shard = cluster.owner() if n == 1 else None
+        cores = None
+        if pinned and shard is not None:
+            shard_cores = cluster.cores(shard)
+            cores = (everything - shard_cores) or everything
+        direct = _stream(_direct_pairs(n), seconds, cores)
+        relayed = _stream(pairs, seconds, cores, cluster, shard)
+        rounds.append((direct, relayed))
+    d = _median([r[0].rate for r in rounds])
+    rl = _median([r[1].rate for r in rounds])
+    ratio = _median([r[1].rate / r[0].rate for r in rounds if r[0].rate])
+    cpu = _median([r[1].cpu for r in rounds])
+    retrans = (f"{100 * _median([r[0].retrans for r in rounds]):.2f} / "
+               f"{100 * _median([r[1].retrans for r in rounds]):.2f}")
+    placement = (f"load generator on CPU {sorted(everything - shard_cores) or sorted(everything)},"
+                 f" relay shard on CPU {sorted(shard_cores)}" if pinned and shard_cores
+                 else "load generator unpinned (shares the shards' cores)")
+    bar = n == 1 and pinned
+    return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way"
+                    + (", pinned" if pinned else ", unpinned"),
+            "direct MB/s": round(d / 1e6), "relay MB/s": round(rl / 1e6),
             "relay/direct": round(ratio, 2),
-            "relay CPU s/GB": round(cpu / gb, 2) if gb else None,
-            "bar": "relay/direct >= 0.75" if n == 1 else "-",
-            "ok": ratio >= 0.75 if n == 1 else None}
+            "relay CPU s/GB": round(cpu / (rl / 1e9), 2) if rl else None,
+            "relay core %": round(100 * cpu),
+            "TCP retrans % direct / relay": retrans,
+            "note": f"median of {reps}; {placement}; congestion control {_congestion_control()}",
+            "bar": "relay/direct >= 0.75" if bar else "-",
+            "ok": ratio >= 0.75 if bar else None}
 
 
 def _ws_bridge(cluster: _Cluster, seconds: float) -> dict[str, Any]:
@@ -462,12 +556,14 @@ def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Measure everything once; one dict per table row."""
-    seconds = 1.5 if quick else 4.0
+    """Measure everything; one dict per table row."""
+    seconds = 1.5 if quick else 3.0
+    reps = 3 if quick else 5
     rows = []
     with _Cluster(shards=2) as cluster:
-        rows.append(_throughput(cluster, 1, seconds))
-        rows.append(_throughput(cluster, 8, seconds))
+        rows.append(_throughput(cluster, 1, seconds, reps, pinned=True))
+        rows.append(_throughput(cluster, 1, seconds, reps, pinned=False))
+        rows.append(_throughput(cluster, 8, seconds, 1 if quick else 3, pinned=False))
         rows.append(_ws_bridge(cluster, seconds))
         rows.append(_idle(cluster, 200 if quick else 1000))
     return rows

@@ -6,6 +6,11 @@ pipe, then drain the pipe into the destination; when the destination would block
 the source and wait for the destination to be writable (backpressure). A limited pair stops
 reading until its buckets allow ``MIN_BUDGET`` bytes again. Bytes read before pairing go out
 first as ordinary sends.
+
+Each socket's unsent backlog in the kernel is capped (``TCP_NOTSENT_LOWAT``): the pipe is the
+buffer, so the relay's own splices, rather than acknowledgements processed on whichever core
+receives them, push most of the data out (measured: one bulk pair about 1.2x faster, see the
+README's relay benchmark).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ PIPE_SIZE = 1 << 20
 PIPE_IDLE = 2.0
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+NOTSENT_LOWAT = 512 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
 class _Direction:
@@ -80,6 +87,9 @@ class SplicePair(Pair):
         self.dirs = (_Direction(a, b, heads[0]), _Direction(b, a, heads[1]))
 
     def start(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         for d in self.dirs:
             if d.head is not None:
                 self._want_write(d)
