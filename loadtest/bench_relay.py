@@ -45,6 +45,7 @@ from typing import Any
 from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb, serialize
 from loadtest.bench import markdown_table
+from loadtest.cluster import free_port, free_port_block
 
 
 __all__ = [
@@ -193,29 +194,6 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 # ------------------------------------------------------------------ cluster under test
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _free_block(n: int) -> int:
-    for _ in range(200):
-        base = _free_port()
-        ok = True
-        for i in range(n):
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                with socket.socket(socket.AF_INET, kind) as s:
-                    try:
-                        s.bind(("127.0.0.1", base + i))
-                    except OSError:
-                        ok = False
-        if ok and base + n < 65000:
-            return base
-    raise RuntimeError("no free port block")
-
-
 def _get(url: str, timeout: float = 1.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -230,7 +208,7 @@ class _Cluster:
 
     def __init__(self, shards: int = 2) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hubbub-bench-relay-"))
-        self.relay_port = _free_block(3)
+        self.relay_port = free_port_block(3)
         self.shards = shards
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ops: list[int] = []
@@ -238,11 +216,11 @@ class _Cluster:
 
     def __enter__(self) -> _Cluster:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        rport = _free_port()
+        rport = free_port()
         self.redis = subprocess.Popen(
             [exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rtc = _free_block(2 * self.shards)
+        rtc = free_port_block(2 * self.shards)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "PORT"))}
         env.update(REDIS_URL=f"redis://127.0.0.1:{rport}/0", HUBBUB_PREFIX="bench:",
                    HUBBUB_DATA=str(self.dir / "data"), BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
@@ -252,7 +230,7 @@ class _Cluster:
                    PRESENCE_TTL="3", LOG_LEVEL="warning")
         try:
             for _ in range(self.shards):
-                ops = _free_port()
+                ops = free_port()
                 log = open(self.dir / f"shard-{len(self.procs)}.log", "wb")
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "hubbub", "shard", "--ops-port", str(ops)],

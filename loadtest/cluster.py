@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,24 +44,31 @@ def _free_both(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port: int = s.getsockname()[1]
-        if _free_both(port):
-            return port
-    raise LoadTestError("no free port")
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
-def free_port_block(size: int) -> int:
-    """First of ``size`` consecutive ports free for TCP and UDP."""
-    for _ in range(200):
-        base = free_port()
-        if base + size < 65000 and all(_free_both(base + i) for i in range(size)):
+def free_port_block(size: int = 1) -> int:
+    """First of ``size`` consecutive ports free for TCP and UDP on 127.0.0.1 right now.
+
+    Ports come from below the kernel's ephemeral range, so an outgoing connection cannot take
+    one between this check and the server's bind; 21200 and up also avoids hubbub's defaults.
+    """
+    top = _ephemeral_low() - size
+    for _ in range(500):
+        base = random.randrange(21200, max(21201, top))
+        if all(_free_both(base + i) for i in range(size)):
             return base
     raise LoadTestError(f"no block of {size} free ports")
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on 127.0.0.1 right now (outside the ephemeral range)."""
+    return free_port_block(1)
 
 
 def _http_status(url: str, timeout: float = 0.5) -> int:

@@ -20,37 +20,11 @@ from pathlib import Path
 
 from netns import NsHost
 
+# Re-exported for the tests: one port chooser for tests and load tests.
+from loadtest.cluster import free_port as free_port, free_port_block as free_port_block
+
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for TCP and UDP on 127.0.0.1 right now."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if _free_both(port):
-            return port
-
-
-def _free_both(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port_block(size: int) -> int:
-    """First port of ``size`` consecutive ports free for TCP and UDP."""
-    for _ in range(200):
-        base = free_port()
-        if base + size < 65000 and all(_free_both(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no free port block")
 
 
 def new_prefix() -> str:
