@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,17 @@ def _fmt(value: Any) -> str:
             return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
         return f"{value:.3g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def module_main(argv: Sequence[str] | None, prog: str, description: str,
+                run: Callable[[bool], list[dict[str, Any]]], quick_help: str) -> int:
+    """``python -m loadtest.bench_<name>``: run one module, print its table; 1 if a bar failed."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    rows = run(args.quick)
+    print(markdown_table(rows))
+    return 0 if all(r.get("ok") is not False for r in rows) else 1
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -24,7 +24,6 @@ message, WebSocket client framing).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import os
@@ -44,7 +43,7 @@ from typing import Any
 
 from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb, serialize
-from loadtest.bench import markdown_table
+from loadtest.bench import module_main
 from loadtest.cluster import free_port, free_port_block
 
 
@@ -548,13 +547,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_relay",
-                                     description="relay throughput, CPU and idle memory")
-    parser.add_argument("--quick", action="store_true", help="shorter windows, 200 idle pairs")
-    args = parser.parse_args(argv)
-    rows = run(args.quick)
-    print(markdown_table(rows))
-    return 0 if all(r.get("ok") is not False for r in rows) else 1
+    return module_main(argv, "python -m loadtest.bench_relay",
+                       "relay throughput, CPU and idle memory", run,
+                       "shorter windows, 200 idle pairs")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ bounded in time and stays on loopback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing as mp
 import os
@@ -34,7 +33,7 @@ import redis
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from hubbub.wire.rustdesk.messages import parse, pb
-from loadtest.bench import markdown_table
+from loadtest.bench import module_main
 from loadtest.cluster import LocalCluster, free_port, free_port_block
 
 
@@ -302,13 +301,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_rendezvous",
-                                     description="ID-server heartbeats, punch latency, memory")
-    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer peers")
-    args = parser.parse_args(argv)
-    rows = run(args.quick)
-    print(markdown_table(rows))
-    return 0 if all(r.get("ok") is not False for r in rows) else 1
+    return module_main(argv, "python -m loadtest.bench_rendezvous",
+                       "ID-server heartbeats, punch latency, memory", run,
+                       "shorter windows, fewer peers")
 
 
 if __name__ == "__main__":
