@@ -68,6 +68,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _pump(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("splice", "buffered"):
+        raise ValueError("expected splice or buffered")
+    return value
+
+
 def _str(text: str) -> str:
     return text
 
@@ -164,6 +171,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_timeout", ("--relay-timeout",), ("RELAY_TIMEOUT",), 30.0, _positive_float,
             "relay: seconds to wait for the first message, for the other half, and without "
             "traffic before closing"),
+    Setting("relay_pump", ("--relay-pump",), ("RELAY_PUMP",), "splice", _pump,
+            "relay: how TCP <-> TCP pairs move bytes: splice (os.splice through a pipe) or "
+            "buffered (asyncio transports)"),
     # --- spaces host (Wired) ---
     Setting("spaces_port", ("--spaces-port",), ("SPACES_PORT",), 4000, _port,
             "spaces WebSocket + HTTP port"),
@@ -239,6 +249,7 @@ class Config:
     downgrade_threshold: float = 0.66
     downgrade_start_check: float = 1800.0
     relay_timeout: float = 30.0
+    relay_pump: str = "splice"
     spaces_port: int = 4000
     ssl_cert: str = ""
     ssl_key: str = ""

@@ -11,6 +11,8 @@ on free loopback ports, then measures
   "unpinned": the load generator shares every core with the shards. Also the relay shard's CPU
   (``/proc`` counters, per GB and as % of its core) and the host's TCP retransmission share
   (``/proc/net/snmp``) in each window;
+* the same, pinned, with ``RELAY_PUMP=buffered`` (asyncio transports instead of splice), on a
+  second pair of shards started for it;
 * the same, unpinned, for 8 concurrent pairs;
 * the same for one WebSocket -> TCP pair (message re-framing instead of splice);
 * the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS).
@@ -205,7 +207,8 @@ def _get(url: str, timeout: float = 1.0) -> int:
 class _Cluster:
     """A private Redis and ``shards`` relay shards on loopback (unlimited bandwidth)."""
 
-    def __init__(self, shards: int = 2) -> None:
+    def __init__(self, shards: int = 2, pump: str = "splice") -> None:
+        self.pump = pump
         self.dir = Path(tempfile.mkdtemp(prefix="hubbub-bench-relay-"))
         self.relay_port = free_port_block(3)
         self.shards = shards
@@ -226,7 +229,7 @@ class _Cluster:
                    RELAY_PORT=str(self.relay_port), SHARD_SLOTS=str(self.shards),
                    RTC_MIN_PORT=str(rtc), RTC_MAX_PORT=str(rtc + 2 * self.shards - 1),
                    TOTAL_BANDWIDTH="0", SINGLE_BANDWIDTH="0", RELAY_TIMEOUT="300",
-                   PRESENCE_TTL="3", LOG_LEVEL="warning")
+                   PRESENCE_TTL="3", LOG_LEVEL="warning", RELAY_PUMP=self.pump)
         try:
             for _ in range(self.shards):
                 ops = free_port()
@@ -450,7 +453,8 @@ def _throughput(cluster: _Cluster, n: int, seconds: float, reps: int,
                  else "load generator unpinned (shares the shards' cores)")
     bar = n == 1 and pinned
     return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way"
-                    + (", pinned" if pinned else ", unpinned"),
+                    + (", pinned" if pinned else ", unpinned")
+                    + (f", {cluster.pump} pump" if cluster.pump != "splice" else ""),
             "direct MB/s": round(d / 1e6), "relay MB/s": round(rl / 1e6),
             "relay/direct": round(ratio, 2),
             "relay CPU s/GB": round(cpu / (rl / 1e9), 2) if rl else None,
@@ -543,6 +547,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows.append(_throughput(cluster, 8, seconds, 1 if quick else 3, pinned=False))
         rows.append(_ws_bridge(cluster, seconds))
         rows.append(_idle(cluster, 200 if quick else 1000))
+    with _Cluster(shards=2, pump="buffered") as cluster:
+        rows.insert(1, _throughput(cluster, 1, seconds, reps, pinned=True))
     return rows
 
 

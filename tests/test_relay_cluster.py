@@ -98,12 +98,14 @@ def _env(relay: int, rtc: int, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def relay(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+@pytest.fixture(scope="module", params=["splice", "buffered"])
+def relay(request: pytest.FixtureRequest, redis_srv: RedisServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """Two shards; every test using it runs once per TCP <-> TCP pump (``RELAY_PUMP``)."""
     workdir = tmp_path_factory.mktemp("relay")
     cluster = Cluster(redis_srv.url, new_prefix(), workdir)
     port = free_port_block(3)
-    env = _env(port, free_port_block(4))
+    env = _env(port, free_port_block(4), RELAY_PUMP=str(request.param))
     try:
         shards = [cluster.start("shard", env=env) for _ in range(2)]
         yield Relay(cluster, port, shards, workdir)

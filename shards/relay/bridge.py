@@ -4,7 +4,8 @@ Each side is an ``asyncio.BufferedProtocol`` reading into a preallocated buffer.
 decoded as BytesCodec frames, a WebSocket side as binary messages; each message is re-encoded
 for the other side, empty ones are dropped. Backpressure runs both ways: when one side's write
 buffer passes its high-water mark the other side stops reading, and a limited pair stops reading
-until its buckets refill. Also used for raw TCP pairs where ``os.splice`` is not available.
+until its buckets refill. Also used for raw TCP pairs where ``os.splice`` is not available or
+``RELAY_PUMP=buffered`` asks for it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 """Largest relayed message on a framed side; bounds a side's decode buffer."""
 READ_BUFFER = 64 * 1024
 HIGH_WATER = 256 * 1024
+RAW_READ_BUFFER = 256 * 1024
+RAW_HIGH_WATER = 1024 * 1024
+"""Raw TCP sides move bulk bytes: larger reads and writes mean fewer loop callbacks per byte."""
 
 
 class _Codec:
@@ -98,7 +102,7 @@ class _Side(asyncio.BufferedProtocol):
         self.idx = idx
         self.codec = codec
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray(READ_BUFFER)
+        self._buf = bytearray(READ_BUFFER if codec.framed else RAW_READ_BUFFER)
         self._view = memoryview(self._buf)
         self._pauses: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None
@@ -109,7 +113,8 @@ class _Side(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.transport.set_write_buffer_limits(
+            high=HIGH_WATER if self.codec.framed else RAW_HIGH_WATER)
         early, self._early = self._early, None
         if early:
             self.transport.writelines(early)

@@ -7,7 +7,8 @@ meet in the shard that owns their uuid: the first half's shard claims the uuid i
 elsewhere is handed to the owner with its fd and already-read bytes (``handoff``). If Redis cannot
 be reached, the owner is chosen by rendezvous hashing over this host's live shards instead.
 
-Once paired, TCP <-> TCP pairs are spliced (``splice``) and pairs with a WebSocket side are
+Once paired, TCP <-> TCP pairs are spliced (``splice``; with ``RELAY_PUMP=buffered`` they go
+through asyncio transports instead, ``raw``) and pairs with a WebSocket side are
 bridged message by message (``bridge``). A sweep once a second expires waiting halves, ends idle
 pairs, applies hbbr's downgrade rule and refreshes statistics.
 """
@@ -387,7 +388,8 @@ class RelayService:
         addrs = (a.addr, b.addr)
         rate, limited = self._pair_rate(ips)
         pair: Pair
-        if a.transport == b.transport == "tcp" and splice.AVAILABLE:
+        if (a.transport == b.transport == "tcp" and splice.AVAILABLE
+                and self.cfg.relay_pump == "splice"):
             sp = SplicePair(a.uuid, a.sock, b.sock, (a.leftover, b.leftover), addrs, ips, now,
                             rate, self.total, self._pair_closed)
             pair = sp
