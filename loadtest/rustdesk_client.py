@@ -95,6 +95,22 @@ def _recv_exact(sock: socket.socket, n: int, timeout: float) -> bytes:
     return bytes(buf)
 
 
+class PushFilter:
+    """Drops a push repeated within ``DUP_WINDOW`` (as a real client does); bounded."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, float] = {}
+
+    def admit(self, key: bytes) -> bool:
+        now = time.monotonic()
+        if now - self._seen.get(key, -1.0) < DUP_WINDOW:
+            return False
+        if len(self._seen) > 256:
+            self._seen = {a: t for a, t in self._seen.items() if now - t < DUP_WINDOW}
+        self._seen[key] = now
+        return True
+
+
 class FramedConn:
     """A TCP connection carrying BytesCodec frames of ``RendezvousMessage``."""
 
@@ -241,7 +257,7 @@ class Device:
         self.sock.bind((self.ip or _wildcard(family), 0))
         # (answer kind awaited, its result): a late answer to an earlier try is ignored
         self._waiter: tuple[str, AsyncResult] | None = None
-        self._recent: dict[bytes, float] = {}
+        self._recent = PushFilter()
         self._sessions: set[gevent.Greenlet] = set()
         self._rx: gevent.Greenlet | None = None
         self.on_push: Callable[[str], None] | None = None
@@ -343,13 +359,8 @@ class Device:
 
     def _dispatch(self, k: str, msg: pb.RendezvousMessage) -> None:
         member = getattr(msg, k)
-        now = time.monotonic()
-        key = k.encode() + bytes(member.socket_addr)
-        if now - self._recent.get(key, -1.0) < DUP_WINDOW:
+        if not self._recent.admit(k.encode() + bytes(member.socket_addr)):
             return
-        if len(self._recent) > 256:
-            self._recent = {a: t for a, t in self._recent.items() if now - t < DUP_WINDOW}
-        self._recent[key] = now
         if self.stopping or len(self._sessions) >= MAX_SESSIONS:
             return
         handler = {"punch_hole": self._on_punch_hole, "fetch_local_addr": self._on_fetch_local,

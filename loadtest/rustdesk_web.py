@@ -26,13 +26,13 @@ from hubbub.errors import LoadTestError
 from hubbub.wire.rustdesk.messages import kind, parse, pb, serialize
 from loadtest.rustdesk_client import (
     CLIENT_VERSION,
-    DUP_WINDOW,
     MAX_SESSIONS,
     PUNCH_WAITS,
     REG_INTERVAL,
     RELAY_RESPONSE_WAIT,
     RT,
     SESSION_IDLE,
+    PushFilter,
     _msg,
 )
 from loadtest.targets import Recorder, Target, measure
@@ -143,7 +143,7 @@ class WsDevice:
         self._waiter: AsyncResult | None = None
         self._rx: gevent.Greenlet | None = None
         self._sessions: set[gevent.Greenlet] = set()
-        self._recent: dict[bytes, float] = {}
+        self._recent = PushFilter()
 
     def _rendezvous_url(self) -> str:
         return _ws_url(self.target.host, self.target.rendezvous_port + 2)
@@ -213,13 +213,8 @@ class WsDevice:
 
     def _dispatch(self, k: str, msg: pb.RendezvousMessage) -> None:
         member = getattr(msg, k)
-        now = time.monotonic()
-        key = k.encode() + bytes(member.socket_addr)
-        if now - self._recent.get(key, -1.0) < DUP_WINDOW:
+        if not self._recent.admit(k.encode() + bytes(member.socket_addr)):
             return
-        if len(self._recent) > 256:
-            self._recent = {a: t for a, t in self._recent.items() if now - t < DUP_WINDOW}
-        self._recent[key] = now
         if self.stopping or len(self._sessions) >= MAX_SESSIONS:
             return
         if k == "request_relay":
