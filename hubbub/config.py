@@ -171,9 +171,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_timeout", ("--relay-timeout",), ("RELAY_TIMEOUT",), 30.0, _positive_float,
             "relay: seconds to wait for the first message, for the other half, and without "
             "traffic before closing"),
-    Setting("relay_pump", ("--relay-pump",), ("RELAY_PUMP",), "splice", _pump,
-            "relay: how TCP <-> TCP pairs move bytes: splice (os.splice through a pipe) or "
-            "buffered (asyncio transports)"),
+    Setting("relay_pump", ("--relay-pump",), ("RELAY_PUMP",), "buffered", _pump,
+            "relay: how TCP <-> TCP pairs move bytes: buffered (asyncio transports) or splice "
+            "(os.splice through a pipe)"),
     # --- spaces host (Wired) ---
     Setting("spaces_port", ("--spaces-port",), ("SPACES_PORT",), 4000, _port,
             "spaces WebSocket + HTTP port"),
@@ -249,7 +249,7 @@ class Config:
     downgrade_threshold: float = 0.66
     downgrade_start_check: float = 1800.0
     relay_timeout: float = 30.0
-    relay_pump: str = "splice"
+    relay_pump: str = "buffered"
     spaces_port: int = 4000
     ssl_cert: str = ""
     ssl_key: str = ""

@@ -11,10 +11,10 @@ on free loopback ports, then measures
   "unpinned": the load generator shares every core with the shards. Also the relay shard's CPU
   (``/proc`` counters, per GB and as % of its core) and the host's TCP retransmission share
   (``/proc/net/snmp``) in each window;
-* the same, pinned, with ``RELAY_PUMP=buffered`` (asyncio transports instead of splice), on a
-  second pair of shards started for it;
+* the same, pinned, with ``RELAY_PUMP=splice`` (os.splice instead of asyncio transports), on a
+  second pair of shards started for it, and that pump's idle memory;
 * the same, unpinned, for 8 concurrent pairs;
-* the same for one WebSocket -> TCP pair (message re-framing instead of splice);
+* the same for one WebSocket -> TCP pair (message re-framing instead of raw bytes);
 * the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS).
 
 It prints a Markdown table; ``run(quick)`` returns the rows for ``hubbub bench``. Everything is
@@ -207,7 +207,7 @@ def _get(url: str, timeout: float = 1.0) -> int:
 class _Cluster:
     """A private Redis and ``shards`` relay shards on loopback (unlimited bandwidth)."""
 
-    def __init__(self, shards: int = 2, pump: str = "splice") -> None:
+    def __init__(self, shards: int = 2, pump: str = "buffered") -> None:
         self.pump = pump
         self.dir = Path(tempfile.mkdtemp(prefix="hubbub-bench-relay-"))
         self.relay_port = free_port_block(3)
@@ -454,7 +454,7 @@ def _throughput(cluster: _Cluster, n: int, seconds: float, reps: int,
     bar = n == 1 and pinned
     return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way"
                     + (", pinned" if pinned else ", unpinned")
-                    + (f", {cluster.pump} pump" if cluster.pump != "splice" else ""),
+                    + (f", {cluster.pump} pump" if cluster.pump != "buffered" else ""),
             "direct MB/s": round(d / 1e6), "relay MB/s": round(rl / 1e6),
             "relay/direct": round(ratio, 2),
             "relay CPU s/GB": round(cpu / (rl / 1e9), 2) if rl else None,
@@ -531,7 +531,9 @@ def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
         for s in socks:
             s.close()
     delta = (after - before) / 1e6
-    return {"case": f"{n} idle paired sessions", "shards RSS before MB": round(before / 1e6, 1),
+    return {"case": f"{n} idle paired sessions"
+                    + (f", {cluster.pump} pump" if cluster.pump != "buffered" else ""),
+            "shards RSS before MB": round(before / 1e6, 1),
             "shards RSS after MB": round(after / 1e6, 1), "added MB": round(delta, 1),
             "bar": "added <= 50 MB", "ok": delta <= 50}
 
@@ -547,8 +549,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows.append(_throughput(cluster, 8, seconds, 1 if quick else 3, pinned=False))
         rows.append(_ws_bridge(cluster, seconds))
         rows.append(_idle(cluster, 200 if quick else 1000))
-    with _Cluster(shards=2, pump="buffered") as cluster:
+    with _Cluster(shards=2, pump="splice") as cluster:
         rows.insert(1, _throughput(cluster, 1, seconds, reps, pinned=True))
+        rows.append(_idle(cluster, 200 if quick else 1000))
     return rows
 
 

@@ -1,17 +1,17 @@
 """Relay pairs where a side speaks WebSocket: one message becomes one frame on the other side.
 
-Each side is an ``asyncio.BufferedProtocol`` reading into a preallocated buffer. A TCP side is
-decoded as BytesCodec frames, a WebSocket side as binary messages; each message is re-encoded
-for the other side, empty ones are dropped. Backpressure runs both ways: when one side's write
-buffer passes its high-water mark the other side stops reading, and a limited pair stops reading
-until its buckets refill. Also used for raw TCP pairs where ``os.splice`` is not available or
-``RELAY_PUMP=buffered`` asks for it.
+Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A
+TCP side is decoded as BytesCodec frames, a WebSocket side as binary messages; each message is
+re-encoded for the other side, empty ones are dropped. Backpressure runs both ways: when one
+side's write buffer passes its high-water mark the other side stops reading, and a limited pair
+stops reading until its buckets refill. Also pumps raw TCP pairs unless ``RELAY_PUMP=splice``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Callable
 from typing import cast
@@ -28,20 +28,25 @@ __all__ = ["MAX_MESSAGE", "BridgePair"]
 
 MAX_MESSAGE = 16 * 1024 * 1024
 """Largest relayed message on a framed side; bounds a side's decode buffer."""
-READ_BUFFER = 64 * 1024
 HIGH_WATER = 256 * 1024
-RAW_READ_BUFFER = 256 * 1024
 RAW_HIGH_WATER = 1024 * 1024
-"""Raw TCP sides move bulk bytes: larger reads and writes mean fewer loop callbacks per byte."""
+"""Raw TCP sides move bulk bytes: a deeper write buffer means fewer pauses per byte."""
+READ_BUFFER = 256 * 1024
+
+# Every side of every pair reads into this one buffer. That is safe because the loop calls
+# ``get_buffer`` and ``buffer_updated`` back to back and ``on_data`` consumes the bytes before
+# returning: decoders copy what they keep, and a raw side either writes the view out at once or
+# copies the part the kernel did not take. An idle pair therefore holds no read buffer at all.
+_SHARED = memoryview(bytearray(READ_BUFFER))
 
 
 class _Codec:
-    """Raw bytes both ways (TCP side of a TCP pair without splice)."""
+    """Raw bytes both ways (TCP side of a TCP pair without splice); ``on_data`` passes them on."""
 
     framed = False
 
     def decode(self, data: memoryview) -> list[bytes]:
-        return [bytes(data)]
+        raise NotImplementedError
 
     def encode(self, payload: bytes) -> list[bytes]:
         return [payload]
@@ -102,8 +107,7 @@ class _Side(asyncio.BufferedProtocol):
         self.idx = idx
         self.codec = codec
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray(READ_BUFFER if codec.framed else RAW_READ_BUFFER)
-        self._view = memoryview(self._buf)
+        self.fd = -1
         self._pauses: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.leftover = b""
@@ -113,23 +117,29 @@ class _Side(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.transport.set_write_buffer_limits(
             high=HIGH_WATER if self.codec.framed else RAW_HIGH_WATER)
         early, self._early = self._early, None
         if early:
             self.transport.writelines(early)
-        if self._pauses:
-            self.transport.pause_reading()
         # Bytes read behind the first message go before anything this transport reads.
         leftover, self.leftover = self.leftover, b""
         if leftover:
             self.pair.on_data(self.idx, memoryview(leftover))
+        # uvloop starts reading after connection_made returns, undoing a pause made in it.
+        self.pair.loop.call_soon(self._apply_pause)
+
+    def _apply_pause(self) -> None:
+        if self._pauses and self.transport is not None:
+            self.transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        return _SHARED
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.pair.on_data(self.idx, self._view[:nbytes])
+        self.pair.on_data(self.idx, _SHARED[:nbytes])
 
     def eof_received(self) -> bool:
         self.pair.close("peer_closed")
@@ -161,6 +171,31 @@ class _Side(asyncio.BufferedProtocol):
             self._early.extend(chunks)
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
+
+    def write_view(self, data: memoryview) -> None:
+        """Write bytes that live in the shared read buffer (raw sides).
+
+        While the transport holds nothing queued the bytes go straight to the socket, so bulk
+        relaying copies nothing in user space; whatever the kernel does not take is copied
+        into the transport's queue, which keeps the order and the backpressure.
+        """
+        tr = self.transport
+        if self._early is not None or tr is None:
+            self.write([bytes(data)])
+            return
+        if tr.is_closing():
+            return
+        sent = 0
+        if self.fd >= 0 and not tr.get_write_buffer_size():
+            try:
+                sent = os.write(self.fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.pair.close("error")
+                return
+        if sent < len(data):
+            tr.write(bytes(data[sent:]))
 
 
 class BridgePair(Pair):
@@ -201,21 +236,26 @@ class BridgePair(Pair):
             return
         src, dst = self.sides[idx], self.sides[1 - idx]
         now = self.loop.time()
-        try:
-            msgs = src.codec.decode(data)
-        except RemoteProtocolError:
-            self.close("protocol")
-            return
         self.account(len(data), now)
-        replies = src.codec.replies()
-        if replies:
-            src.write([replies])
-        for m in msgs:
-            if m:
-                dst.write(dst.codec.encode(m))
-        if isinstance(src.codec, _WsCodec) and src.codec.closed:
-            self.close("peer_closed")
-            return
+        if src.codec.framed:
+            try:
+                msgs = src.codec.decode(data)
+            except RemoteProtocolError:
+                self.close("protocol")
+                return
+            replies = src.codec.replies()
+            if replies:
+                src.write([replies])
+            for m in msgs:
+                if m:
+                    dst.write(dst.codec.encode(m))
+            if isinstance(src.codec, _WsCodec) and src.codec.closed:
+                self.close("peer_closed")
+                return
+        else:
+            dst.write_view(data)
+            if self.closed:
+                return
         if self.budget(now) < MIN_BUDGET:
             wait, bucket = self.wait_time(now)
             metrics.THROTTLED.labels(bucket).inc()

@@ -7,10 +7,10 @@ meet in the shard that owns their uuid: the first half's shard claims the uuid i
 elsewhere is handed to the owner with its fd and already-read bytes (``handoff``). If Redis cannot
 be reached, the owner is chosen by rendezvous hashing over this host's live shards instead.
 
-Once paired, TCP <-> TCP pairs are spliced (``splice``; with ``RELAY_PUMP=buffered`` they go
-through asyncio transports instead, ``raw``) and pairs with a WebSocket side are
-bridged message by message (``bridge``). A sweep once a second expires waiting halves, ends idle
-pairs, applies hbbr's downgrade rule and refreshes statistics.
+Once paired, TCP <-> TCP pairs move raw bytes through asyncio transports (``raw``; with
+``RELAY_PUMP=splice`` they are spliced through a pipe instead, ``splice``) and pairs with a
+WebSocket side are bridged message by message (``bridge``). A sweep once a second expires
+waiting halves, ends idle pairs, applies hbbr's downgrade rule and refreshes statistics.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ class RelayService:
         self.pairs: set[Pair] = set()
         self.lists = IpLists()
         self.total = Bucket(0.0, 0.0)
+        self._splice = self.cfg.relay_pump == "splice" and splice.AVAILABLE
         self.host_shards: list[str] = [self.registry.id]
         self.claims = Claims(self.registry, self.cfg.relay_timeout + 2.0)
         self.handoff = HandoffServer(handoff_address(self.cfg.prefix, self.registry.id),
@@ -167,7 +168,7 @@ class RelayService:
         log.info("relay listening on %s tcp %d ws %d (key %s, %s)", cfg.bind_host,
                  self.ports["relay"], self.ports["relay_ws"],
                  "required" if self.key else "not checked",
-                 "splice" if splice.AVAILABLE else "no splice")
+                 "splice pump" if self._splice else "buffered pump")
 
     def _pause_accepting(self, seconds: float) -> None:
         assert self._loop is not None
@@ -388,8 +389,7 @@ class RelayService:
         addrs = (a.addr, b.addr)
         rate, limited = self._pair_rate(ips)
         pair: Pair
-        if (a.transport == b.transport == "tcp" and splice.AVAILABLE
-                and self.cfg.relay_pump == "splice"):
+        if a.transport == b.transport == "tcp" and self._splice:
             sp = SplicePair(a.uuid, a.sock, b.sock, (a.leftover, b.leftover), addrs, ips, now,
                             rate, self.total, self._pair_closed)
             pair = sp
