@@ -79,6 +79,16 @@ def redis_server(appendonly: bool = False, bind: str = "127.0.0.1") -> Iterator[
             srv.stop()
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(client end, server end) of one loopback TCP connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

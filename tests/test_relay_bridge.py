@@ -10,20 +10,11 @@ from collections.abc import Callable
 
 import pytest
 import uvloop
+from support import tcp_pair
 
 from shards.relay.bridge import BridgePair
 from shards.relay.limiter import Bucket
 from shards.relay.pair import Pair
-
-
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """(client end, server end) of one loopback TCP connection."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
 
 
 async def _send(sock: socket.socket, data: bytes) -> None:
@@ -64,8 +55,8 @@ async def _relay_pairs_both_ways() -> None:
     pairs = []
     clients = []
     for i in range(3):
-        a_client, a_relay = _tcp_pair()
-        b_client, b_relay = _tcp_pair()
+        a_client, a_relay = tcp_pair()
+        b_client, b_relay = tcp_pair()
         for s in (a_relay, b_relay):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         for s in (a_relay, b_relay, a_client, b_client):

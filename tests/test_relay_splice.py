@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from support import tcp_pair
 
 from shards.relay import splice
 from shards.relay.limiter import Bucket
@@ -17,20 +18,10 @@ from shards.relay.pair import Pair
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="os.splice is Linux only")
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """(client end, server end) of one loopback TCP connection."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
-
-
 async def test_spliced_pair_caps_unsent_backlog_and_moves_bytes_in_order() -> None:
     loop = asyncio.get_running_loop()
-    a_client, a_relay = _tcp_pair()
-    b_client, b_relay = _tcp_pair()
+    a_client, a_relay = tcp_pair()
+    b_client, b_relay = tcp_pair()
     for s in (a_relay, b_relay, a_client, b_client):
         s.setblocking(False)
     closed: list[str] = []
