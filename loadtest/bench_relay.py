@@ -451,7 +451,7 @@ def _throughput(cluster: _Cluster, n: int, seconds: float, reps: int,
     placement = (f"load generator on CPU {sorted(everything - shard_cores) or sorted(everything)},"
                  f" relay shard on CPU {sorted(shard_cores)}" if pinned and shard_cores
                  else "load generator unpinned (shares the shards' cores)")
-    bar = n == 1 and pinned
+    bar = n == 1 and pinned and cluster.pump == "buffered"  # the bar is for the default pump
     return {"case": f"{n} pair{'s' if n > 1 else ''}, bulk one way"
                     + (", pinned" if pinned else ", unpinned")
                     + (f", {cluster.pump} pump" if cluster.pump != "buffered" else ""),
