@@ -1,10 +1,11 @@
-"""Relay pairs where a side speaks WebSocket: one message becomes one frame on the other side.
+"""Relay pairs pumped through asyncio transports: raw TCP pairs, and pairs with a WebSocket side.
 
-Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A
-TCP side is decoded as BytesCodec frames, a WebSocket side as binary messages; each message is
-re-encoded for the other side, empty ones are dropped. Backpressure runs both ways: when one
-side's write buffer passes its high-water mark the other side stops reading, and a limited pair
-stops reading until its buckets refill. Also pumps raw TCP pairs unless ``RELAY_PUMP=splice``.
+Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A raw
+TCP side's bytes go to the other socket unchanged (the default for TCP <-> TCP pairs unless
+``RELAY_PUMP=splice``). Otherwise a TCP side is decoded as BytesCodec frames, a WebSocket side as
+binary messages; each message is re-encoded for the other side, empty ones are dropped.
+Backpressure runs both ways: when one side's write buffer passes its high-water mark the other
+side stops reading, and a limited pair stops reading until its buckets refill.
 """
 
 from __future__ import annotations
