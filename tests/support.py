@@ -172,9 +172,9 @@ class Cluster:
     def start(self, role: str, *args: str, env: Mapping[str, str | None] | None = None,
               wait: bool = True, host: NsHost | None = None) -> HubbubProcess:
         """Start ``hubbub <role>``; with ``host``, inside that simulated host's namespace."""
-        ops = free_port()
-        log_path = self.workdir / f"{role}-{len(self.procs)}.log"
         extra: dict[str, str | None] = dict(env or {})
+        ops = self._ops_port(extra)
+        log_path = self.workdir / f"{role}-{len(self.procs)}.log"
         argv = [sys.executable, "-m", "hubbub", role, "--ops-port", str(ops), *args]
         ops_host = "127.0.0.1"
         if host is not None:
@@ -191,6 +191,27 @@ class Cluster:
         if wait:
             p.wait_healthy()
         return p
+
+    def _ops_port(self, extra: Mapping[str, str | None]) -> int:
+        """A free port that none of this cluster's processes is told to use.
+
+        The free-port check runs in this namespace, but a simulated host's listeners are bound
+        in its own, where the check cannot see them; so ports named in any process's settings
+        (each with the neighbours hubbub derives from it) are ruled out as well.
+        """
+        taken = {p.ops_port for p in self.procs}
+        for env in [*(p.env for p in self.procs), self.env(extra)]:
+            for name, value in env.items():
+                if name.endswith("_PORT") and value.isdigit():
+                    taken.update(range(int(value) - 1, int(value) + 3))
+            low, high = env.get("RTC_MIN_PORT", ""), env.get("RTC_MAX_PORT", "")
+            if low.isdigit() and high.isdigit():
+                taken.update(range(int(low), int(high) + 1))
+        for _ in range(100):
+            port = free_port()
+            if port not in taken:
+                return port
+        raise RuntimeError("no free ops port")
 
     def hubbub(self, *args: str, env: Mapping[str, str | None] | None = None,
                timeout: float = 30) -> subprocess.CompletedProcess[str]:
