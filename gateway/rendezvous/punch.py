@@ -22,7 +22,7 @@ from hubbub.errors import RegistryUnavailable
 from hubbub.keys import ServerKey
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import sign_id_pk
-from hubbub.wire.rustdesk.messages import pb
+from hubbub.wire.rustdesk.messages import message, pb
 from registry import ProcessRecord, Registry
 
 
@@ -32,14 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["PunchFlows"]
 
 
-def _msg(**kw: Any) -> bytes:
-    data: bytes = pb.RendezvousMessage(**kw).SerializeToString()
-    return data
-
-
 def _punch_failure(failure: int, text: str = "") -> bytes:
-    return _msg(punch_hole_response=pb.PunchHoleResponse(failure=failure,  # type: ignore[arg-type]
-                                                         other_failure=text))
+    return message(punch_hole_response=pb.PunchHoleResponse(
+        failure=failure, other_failure=text))  # type: ignore[arg-type]
 
 
 class PunchFlows:
@@ -126,12 +121,12 @@ class PunchFlows:
                           relay_server=self.relay_server())
         mangled = addrmangle.encode(a_ip, a_port, int(now * 1_000_000))
         if plan.fetch_local:
-            out = _msg(fetch_local_addr=pb.FetchLocalAddr(
+            out = message(fetch_local_addr=pb.FetchLocalAddr(
                 socket_addr=mangled, relay_server=plan.relay_server,
                 socket_addr_v6=req.socket_addr_v6))
             outcome = "fetch_local_addr"
         else:
-            out = _msg(punch_hole=pb.PunchHole(
+            out = message(punch_hole=pb.PunchHole(
                 socket_addr=mangled, relay_server=plan.relay_server,
                 nat_type=pb.SYMMETRIC if plan.force_symmetric else req.nat_type,
                 udp_port=req.udp_port, force_relay=req.force_relay, upnp_port=req.upnp_port,
@@ -161,7 +156,7 @@ class PunchFlows:
         now = time.time()
         if live is None or not live.online(now):
             metrics.PUNCH_REQUESTS.labels("relay_offline").inc()
-            await conn.send_message(_msg(relay_response=pb.RelayResponse(
+            await conn.send_message(message(relay_response=pb.RelayResponse(
                 uuid=rr.uuid, refuse_reason="Remote desktop is offline")))
             return
         rr.socket_addr = addrmangle.encode(conn.addr[0], conn.addr[1], int(now * 1_000_000))
@@ -300,7 +295,7 @@ class PunchFlows:
             socket_addr=addrmangle.encode(b_addr[0], b_addr[1], int(time.time() * 1_000_000)),
             pk=pk, relay_server=ps.relay_server, nat_type=ps.nat_type, upnp_port=ps.upnp_port,
             socket_addr_v6=ps.socket_addr_v6, is_udp=udp)
-        await self.deliver(a_key, _msg(punch_hole_response=resp))
+        await self.deliver(a_key, message(punch_hole_response=resp))
 
     async def _local_addr(self, la: pb.LocalAddr) -> None:
         a_key = self._a_key(la.socket_addr)
@@ -310,7 +305,7 @@ class PunchFlows:
         resp = pb.PunchHoleResponse(socket_addr=la.local_addr, pk=pk,
                                     relay_server=la.relay_server, is_local=True,
                                     socket_addr_v6=la.socket_addr_v6)
-        await self.deliver(a_key, _msg(punch_hole_response=resp))
+        await self.deliver(a_key, message(punch_hole_response=resp))
 
     async def _relay_response(self, msg: pb.RendezvousMessage) -> None:
         rr = msg.relay_response

@@ -55,7 +55,7 @@ from hubbub.runtime import Context
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
-from hubbub.wire.rustdesk.messages import parse, pb
+from hubbub.wire.rustdesk.messages import message, parse, pb
 from hubbub.wire.rustdesk.stream import RendezvousStream
 from registry import ProcessRecord
 
@@ -98,13 +98,8 @@ UDP_PUNCH_TYPES = ("register_peer", "register_pk", "test_nat_request", "punch_ho
 _DATAGRAM_COUNTERS = {kind: metrics.DATAGRAMS.labels(kind) for kind in UDP_PUNCH_TYPES}
 
 
-def _msg(**kw: Any) -> bytes:
-    data: bytes = pb.RendezvousMessage(**kw).SerializeToString()
-    return data
-
-
 def _reg_response(result: int, keep_alive: int = 0) -> bytes:
-    return _msg(register_pk_response=pb.RegisterPkResponse(
+    return message(register_pk_response=pb.RegisterPkResponse(
         result=result, keep_alive=keep_alive))  # type: ignore[arg-type]
 
 
@@ -309,7 +304,7 @@ class RendezvousService(Directory, PunchFlows):
                 return
             else:
                 probes[0] += 1
-            self._send_udp(_msg(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
+            self._send_udp(message(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
         else:
             # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
             self._spawn(self._hole_sent(msg.punch_hole_sent, (ip, port), True))
@@ -350,7 +345,7 @@ class RendezvousService(Directory, PunchFlows):
             metrics.HEARTBEATS.inc()
             self._send_udp(RESP_KNOWN, raw_addr)
         if update:
-            self._send_udp(self._config_update(), raw_addr)
+            self._send_udp(message(configure_update=self._config_update()), raw_addr)
 
     def _note_ip_change(self, peer_id: str, old_ip: str, new_ip: str, now: float) -> None:
         """Remember IDs seen from several IPs recently (``hubbub admin ic``; no enforcement)."""
@@ -392,11 +387,12 @@ class RendezvousService(Directory, PunchFlows):
             metrics.HEARTBEATS.inc()
             self._send_udp(RESP_KNOWN, raw_addr)
         if update:
-            self._send_udp(self._config_update(), raw_addr)
+            self._send_udp(message(configure_update=self._config_update()), raw_addr)
 
-    def _config_update(self) -> bytes:
-        return _msg(configure_update=pb.ConfigUpdate(
-            serial=self.cfg.serial, rendezvous_servers=list(self.cfg.rendezvous_servers)))
+    def _config_update(self) -> pb.ConfigUpdate:
+        """The legacy ConfigUpdate hbbs sends to clients with an older ``serial``."""
+        return pb.ConfigUpdate(serial=self.cfg.serial,
+                               rendezvous_servers=list(self.cfg.rendezvous_servers))
 
     async def _udp_register_pk(self, rpk: pb.RegisterPk, ip: str, port: int,
                                raw_addr: tuple[Any, ...]) -> None:
@@ -654,9 +650,8 @@ class RendezvousService(Directory, PunchFlows):
         if kind == "test_nat_request":
             cu = None
             if main and self.cfg.serial > msg.test_nat_request.serial:
-                cu = pb.ConfigUpdate(serial=self.cfg.serial,
-                                     rendezvous_servers=list(self.cfg.rendezvous_servers))
-            await conn.send_message(_msg(test_nat_response=pb.TestNatResponse(
+                cu = self._config_update()
+            await conn.send_message(message(test_nat_response=pb.TestNatResponse(
                 port=conn.addr[1], cu=cu)))
             return False
         if kind == "online_request":
@@ -685,7 +680,7 @@ class RendezvousService(Directory, PunchFlows):
             conn.keep_alive = float(KEEP_ALIVE)
             return True
         if kind == "http_proxy_request":
-            await conn.send_message(_msg(http_proxy_response=pb.HttpProxyResponse(
+            await conn.send_message(message(http_proxy_response=pb.HttpProxyResponse(
                 status=501, error="not supported by this server")))
             return False
         if kind == "register_peer":
@@ -713,7 +708,7 @@ class RendezvousService(Directory, PunchFlows):
                 local is not None and now - local.seen < ONLINE_WINDOW)
             flags.append(on)
         flags += [False] * (len(ids) - len(asked))
-        return _msg(online_response=pb.OnlineResponse(states=online_bitmap(flags)))
+        return message(online_response=pb.OnlineResponse(states=online_bitmap(flags)))
 
     async def _stream_register_pk(self, conn: Conn, rpk: pb.RegisterPk) -> bool:
         if rpk.old_id:

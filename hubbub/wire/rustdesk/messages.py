@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.message import DecodeError
 
 from hubbub.wire.rustdesk import rendezvous_pb2 as pb
 
 
-__all__ = ["kind", "parse", "pb", "serialize"]
+__all__ = ["kind", "message", "parse", "pb", "serialize"]
 
 
 def parse(data: bytes) -> pb.RendezvousMessage | None:
@@ -31,3 +33,8 @@ def kind(msg: pb.RendezvousMessage) -> str:
 def serialize(msg: pb.RendezvousMessage) -> bytes:
     data: bytes = msg.SerializeToString()
     return data
+
+
+def message(**member: Any) -> bytes:
+    """The bytes of a ``RendezvousMessage`` with one member set, e.g. ``message(hc=...)``."""
+    return serialize(pb.RendezvousMessage(**member))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 
 from hubbub.errors import RemoteProtocolError
-from hubbub.wire.rustdesk import rendezvous_pb2 as pb
 from hubbub.wire.rustdesk.crypto import SecretChannel, ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from hubbub.wire.rustdesk.messages import kind, parse
 
 
 __all__ = ["KxState", "RendezvousStream"]
@@ -92,14 +92,8 @@ class RendezvousStream:
             if len(frame) <= 1:
                 out.append(frame)
                 continue
-            msg = pb.RendezvousMessage()
-            is_kx = False
-            try:
-                msg.ParseFromString(frame)
-                is_kx = msg.WhichOneof("union") == "key_exchange"
-            except Exception:  # noqa: BLE001 - undecodable frames are the caller's business
-                is_kx = False
-            if is_kx:
+            msg = parse(frame)  # undecodable frames are the caller's business
+            if msg is not None and kind(msg) == "key_exchange":
                 if self.state is not KxState.OFFERED or self._kx is None:
                     raise RemoteProtocolError("unexpected KeyExchange")
                 self._channel = self._kx.accept(msg.key_exchange)
