@@ -344,6 +344,40 @@ def test_blocklist_refuses_new_and_closes_running_pairs(relay: Relay) -> None:
     assert recv_exact(b, 2) == b"ok"
 
 
+def _flood(a: socket.socket) -> threading.Event:
+    """Send from ``a`` as fast as it can in a thread, until the returned event is set."""
+    stop = threading.Event()
+
+    def send() -> None:
+        block = b"r" * 65536
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                a.sendall(block)
+
+    threading.Thread(target=send, daemon=True).start()
+    return stop
+
+
+def _recv_rate(b: socket.socket, seconds: float) -> float:
+    """Bytes/s ``b`` receives over ``seconds``."""
+    start = time.monotonic()
+    got = 0
+    while time.monotonic() - start < seconds:
+        got += len(b.recv(1 << 20))
+    return got / (time.monotonic() - start)
+
+
+def _rate(a: socket.socket, b: socket.socket, seconds: float, skip: int = 128 * 1024) -> float:
+    """Bytes/s b receives while a sends as fast as it can (after skipping the first burst)."""
+    stop = _flood(a)
+    b.settimeout(5)
+    recv_exact(b, skip)
+    rate = _recv_rate(b, seconds)
+    stop.set()
+    a.close()
+    return rate
+
+
 def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
     _admin(relay, "blacklist", "add", "127.0.0.3")
     time.sleep(0.3)
@@ -351,25 +385,8 @@ def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
     a = relay.connect(uuid, source_ip="127.0.0.3")
     b = relay.connect(uuid)
     expected = 8 * 1024 * 1024 / 8  # LIMIT_SPEED=8 "Mb/s" in hbbr units = 1 MiB/s
-    stop = threading.Event()
-
-    def send() -> None:
-        block = b"z" * 65536
-        with contextlib.suppress(OSError):
-            while not stop.is_set():
-                a.sendall(block)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    b.settimeout(5)
-    recv_exact(b, 256 * 1024)  # skip the initial burst
-    start = time.monotonic()
-    got = 0
-    while time.monotonic() - start < 1.8:  # stay below the 2 s idle timeout of the test cluster
-        got += len(b.recv(1 << 20))
-    rate = got / (time.monotonic() - start)
-    stop.set()
-    a.close()
+    # 1.8 s stays below the 2 s idle timeout of the test cluster.
+    rate = _rate(a, b, 1.8, skip=256 * 1024)
     b.close()
     _admin(relay, "blacklist", "remove", "127.0.0.3")
     assert 0.8 * expected <= rate <= 1.2 * expected, f"{rate / expected:.2f} x LIMIT_SPEED"
@@ -493,31 +510,6 @@ def test_request_relay_frame_helper_matches_spec_tag() -> None:
     assert frame[1:3] == b"\x92\x01"  # oneof field 18
 
 
-def _rate(a: socket.socket, b: socket.socket, seconds: float) -> float:
-    """Bytes/s b receives while a sends as fast as it can (after a short warm-up)."""
-    stop = threading.Event()
-
-    def send() -> None:
-        block = b"r" * 65536
-        with contextlib.suppress(OSError):
-            while not stop.is_set():
-                a.sendall(block)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    b.settimeout(5)
-    recv_exact(b, 128 * 1024)
-    start = time.monotonic()
-    got = 0
-    while time.monotonic() - start < seconds:
-        got += len(b.recv(1 << 20))
-    rate = got / (time.monotonic() - start)
-    stop.set()
-    a.close()
-    sender.join(5)
-    return rate
-
-
 def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
     port = free_port_block(3)
     env = _env(port, free_port_block(4), RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
@@ -557,23 +549,10 @@ def test_fast_pair_is_downgraded_to_limit_speed(cluster: Cluster) -> None:
         uuid = _uuid("down")
         a = relay.connect(uuid)
         b = relay.connect(uuid)
-        stop = threading.Event()
-
-        def send() -> None:
-            with contextlib.suppress(OSError):
-                while not stop.is_set():
-                    a.sendall(b"d" * 65536)
-
-        threading.Thread(target=send, daemon=True).start()
+        stop = _flood(a)
         b.settimeout(5)
-        start = time.monotonic()
-        got = 0
-        while time.monotonic() - start < 2.5:  # downgraded within ~2 s (1 s + the 1 s sweep)
-            got += len(b.recv(1 << 20))
-        start, got = time.monotonic(), 0
-        while time.monotonic() - start < 1.5:
-            got += len(b.recv(1 << 20))
-        rate = got / (time.monotonic() - start)
+        _recv_rate(b, 2.5)  # downgraded within ~2 s (1 s + the 1 s sweep)
+        rate = _recv_rate(b, 1.5)
         stop.set()
         limit = 2 * 1024 * 1024 / 8
         assert 0.7 * limit <= rate <= 1.3 * limit, rate / limit

@@ -10,6 +10,7 @@ side stops reading, and a limited pair stops reading until its buckets refill.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -41,27 +42,28 @@ READ_BUFFER = 256 * 1024
 _SHARED = memoryview(bytearray(READ_BUFFER))
 
 
-class _Codec:
-    """Raw bytes both ways (TCP side of a TCP pair without splice); ``on_data`` passes them on."""
+class _Codec(abc.ABC):
+    """Messages of one framed side: decode what it sends, encode what it receives."""
 
-    framed = False
+    closed = False
+    """The side closed the stream in-band (a WebSocket close frame)."""
 
-    def decode(self, data: memoryview) -> list[bytes]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, data: memoryview) -> list[bytes]: ...
 
-    def encode(self, payload: bytes) -> list[bytes]:
-        return [payload]
+    @abc.abstractmethod
+    def encode(self, payload: bytes) -> list[bytes]: ...
 
     def replies(self) -> bytes:
+        """Bytes the protocol itself owes the side (WebSocket pongs, close echo)."""
         return b""
 
     def closing(self) -> bytes:
+        """Bytes to send before closing the side."""
         return b""
 
 
 class _TcpCodec(_Codec):
-    framed = True
-
     def __init__(self) -> None:
         self._dec = FrameDecoder(MAX_MESSAGE)
 
@@ -73,11 +75,8 @@ class _TcpCodec(_Codec):
 
 
 class _WsCodec(_Codec):
-    framed = True
-
     def __init__(self) -> None:
         self._reader = WsReader(MAX_MESSAGE)
-        self.closed = False
 
     def decode(self, data: memoryview) -> list[bytes]:
         msgs = self._reader.feed(data)
@@ -96,14 +95,15 @@ class _WsCodec(_Codec):
         return b"" if self._reader.closed else close_frame(1000)
 
 
-def make_codec(transport: str, framed: bool) -> _Codec:
+def make_codec(transport: str, framed: bool) -> _Codec | None:
+    """The side's codec; None for a raw side, whose bytes pass unchanged."""
     if transport == "ws":
         return _WsCodec()
-    return _TcpCodec() if framed else _Codec()
+    return _TcpCodec() if framed else None
 
 
 class _Side(asyncio.BufferedProtocol):
-    def __init__(self, pair: BridgePair, idx: int, codec: _Codec) -> None:
+    def __init__(self, pair: BridgePair, idx: int, codec: _Codec | None) -> None:
         self.pair = pair
         self.idx = idx
         self.codec = codec
@@ -121,7 +121,7 @@ class _Side(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.transport.set_write_buffer_limits(
-            high=HIGH_WATER if self.codec.framed else RAW_HIGH_WATER)
+            high=RAW_HIGH_WATER if self.codec is None else HIGH_WATER)
         early, self._early = self._early, None
         if early:
             self.transport.writelines(early)
@@ -238,24 +238,25 @@ class BridgePair(Pair):
         src, dst = self.sides[idx], self.sides[1 - idx]
         now = self.loop.time()
         self.account(len(data), now)
-        if src.codec.framed:
+        codec, out = src.codec, dst.codec
+        if codec is None or out is None:  # a raw pair (both sides raw)
+            dst.write_view(data)
+            if self.closed:
+                return
+        else:
             try:
-                msgs = src.codec.decode(data)
+                msgs = codec.decode(data)
             except RemoteProtocolError:
                 self.close("protocol")
                 return
-            replies = src.codec.replies()
+            replies = codec.replies()
             if replies:
                 src.write([replies])
             for m in msgs:
                 if m:
-                    dst.write(dst.codec.encode(m))
-            if isinstance(src.codec, _WsCodec) and src.codec.closed:
+                    dst.write(out.encode(m))
+            if codec.closed:
                 self.close("peer_closed")
-                return
-        else:
-            dst.write_view(data)
-            if self.closed:
                 return
         if self.budget(now) < MIN_BUDGET:
             wait, bucket = self.wait_time(now)
@@ -279,7 +280,7 @@ class BridgePair(Pair):
                 side.timer.cancel()
                 side.timer = None
             if side.transport is not None:
-                tail = side.codec.closing()
+                tail = side.codec.closing() if side.codec is not None else b""
                 if tail:
                     side.write([tail])
                 side.transport.close()

@@ -389,18 +389,18 @@ class RelayService:
         addrs = (a.addr, b.addr)
         rate, limited = self._pair_rate(ips)
         pair: Pair
-        if a.transport == b.transport == "tcp" and self._splice:
+        raw = a.transport == b.transport == "tcp"
+        if raw and self._splice:
             sp = SplicePair(a.uuid, a.sock, b.sock, (a.leftover, b.leftover), addrs, ips, now,
                             rate, self.total, self._pair_closed)
-            pair = sp
             sp.start()
+            pair = sp
         else:
-            framed = not (a.transport == b.transport == "tcp")
             bp = BridgePair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
                             (a.leftover, b.leftover), addrs, ips, now, rate, self.total,
-                            self._pair_closed, framed=framed)
-            pair = bp
+                            self._pair_closed, framed=not raw)
             self._spawn(bp.start())
+            pair = bp
         pair.limited = limited
         self.pairs.add(pair)
         metrics.PAIRED.labels(pair.mode).inc()
@@ -496,13 +496,13 @@ class RelayService:
             if any(lists.blocked(ip) for ip in pair.ips):
                 pair.close("blocked")
                 continue
-            limited = any(lists.limited(ip) for ip in pair.ips)
+            rate, limited = self._pair_rate(pair.ips)
             if limited and not pair.limited:
-                pair.set_rate(mbps_to_bytes(self.cfg.limit_speed), True, now)
+                pair.set_rate(rate, True, now)
             elif not limited and pair.limited and not pair.stats.should_downgrade(
                     now, self.cfg.single_bandwidth, self.cfg.downgrade_threshold,
                     self.cfg.downgrade_start_check):
-                pair.set_rate(mbps_to_bytes(self.cfg.single_bandwidth), False, now)
+                pair.set_rate(rate, False, now)
 
     # ---------------------------------------------------------------- admin
     def usage(self) -> list[dict[str, Any]]:
