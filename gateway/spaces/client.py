@@ -159,7 +159,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.session} {self.ip} spaces={len(self.spaces)}>"
-
-    def info(self) -> dict[str, Any]:
-        return {"session": self.session, "ip": self.ip, "spaces": self.memberships(),
-                "shard": self.shard}

@@ -28,7 +28,7 @@ from gateway.spaces.client import Client
 from gateway.spaces.http import HttpRoutes
 from gateway.spaces.hub import Hub
 from gateway.spaces.media import MediaRelay
-from gateway.spaces.store import REDIS_CONCURRENCY, SpaceStore
+from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
 from hubbub.net import ProxyList, listen_socket
@@ -327,7 +327,7 @@ class SpacesService:
             raise
         if pid < 0:
             await self.hub.detach(uri, client)
-            client.send_error("space_full", "the space is full (256 players)", "join")
+            client.send_error("space_full", f"the space is full ({MAX_PLAYERS} players)", "join")
             return
         if client.closing:
             await self.store.leave(uri, pid, client.session)

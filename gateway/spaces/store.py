@@ -31,6 +31,8 @@ from registry import Registry
 __all__ = ["Member", "SpaceStore"]
 
 MAX_PLAYERS = 256
+"""Players per space: a playerId is one byte (a location record's byte 0); ``_JOIN`` spells
+the number out."""
 REDIS_CONCURRENCY = 48
 """Redis commands of the spaces host in flight at once per gateway (the pool has ~100)."""
 
@@ -153,7 +155,8 @@ class SpaceStore:
         gw = self.registry.id
         record = orjson.dumps({"g": gw, "s": socket, "name": name, "avatar": avatar,
                                "address": address, "grounded": grounded})
-        start, step = secrets.randbelow(256), secrets.randbelow(128) * 2 + 1
+        start = secrets.randbelow(MAX_PLAYERS)
+        step = secrets.randbelow(MAX_PLAYERS // 2) * 2 + 1
         async with self.guard("spaces_join"):
             res: Any = await self._join(
                 keys=[self.members_key(uri), self.gateway_key(gw), self.gateways_key],
@@ -189,11 +192,6 @@ class SpaceStore:
                     await self._update(keys=[self.members_key(uri)],
                                        args=[pid, socket, field, blob], client=p)
                 await p.execute()
-
-    async def count(self, uri: str) -> int:
-        async with self.guard("spaces_count"):
-            n: int = await self.registry.redis.hlen(self.members_key(uri))
-        return n
 
     async def count_first(self, uris: list[str]) -> int:
         """The player count of the first of ``uris`` that has players (0 if none has)."""

@@ -30,13 +30,13 @@ log = logging.getLogger("hubbub.media.mux")
 
 SOCKET_BUFFER = 4 << 20
 MAX_ADDRESSES = 65536
+"""Routing entries across all transports (each transport keeps at most a few)."""
 MAX_TCP = 4096
 """ICE-TCP connections per shard."""
 TCP_AUTH_TIMEOUT = 10.0
 """Seconds an ICE-TCP connection may stay without a valid Binding request."""
 TCP_WRITE_LIMIT = 1 << 20
 """Bytes queued on a slow ICE-TCP connection before packets are dropped (media is lossy)."""
-"""Routing entries across all transports (each transport keeps at most a few)."""
 
 
 class UdpMux(asyncio.DatagramProtocol):

@@ -21,11 +21,9 @@ __all__ = [
     "RtpError",
     "RtpInfo",
     "is_rtcp",
-    "is_rtp_or_rtcp",
     "read_rtp",
 ]
 
-_SEQ_TS_SSRC = struct.Struct("!HII")
 _HDR = struct.Struct("!BBHII")
 ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE_MASK = 0xFFF0
@@ -34,11 +32,6 @@ TWO_BYTE_PROFILE = 0x1000
 
 class RtpError(RemoteProtocolError):
     code = "rtp"
-
-
-def is_rtp_or_rtcp(data: bytes) -> bool:
-    """RFC 7983 demux: RTP/RTCP start with 128..191."""
-    return len(data) >= 12 and 127 < data[0] < 192
 
 
 def is_rtcp(data: bytes) -> bool:
