@@ -225,10 +225,7 @@ class PunchFlows:
 
     async def deliver(self, a_key: str, data: bytes) -> bool:
         """Hand B's answer to A's held connection, wherever it is."""
-        conn = self.sinks.pop(a_key, None)
-        if conn is not None:
-            conn.sink = False
-            await conn.send_message(data)
+        if await self._deliver_local(a_key, data):
             return True
         try:
             owner = self.sink_hints.pop(a_key)
@@ -245,15 +242,20 @@ class PunchFlows:
             metrics.ROUTED.labels("deliver").inc()
         return ok
 
+    async def _deliver_local(self, a_key: str, data: bytes) -> bool:
+        """Send ``data`` on A's connection if this process holds it (it is then let go)."""
+        conn = self.sinks.pop(a_key, None)
+        if conn is None:
+            return False
+        conn.sink = False
+        await conn.send_message(data)
+        return True
+
     async def _on_deliver(self, payload: Any, sender: str) -> None:
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), bytes):
             return
-        conn = self.sinks.pop(str(payload.get("a")), None)
-        if conn is None:
+        if not await self._deliver_local(str(payload.get("a")), payload["data"]):
             metrics.DROPPED.labels("no_sink").inc()
-            return
-        conn.sink = False
-        await conn.send_message(payload["data"])
 
     async def signed_pk(self, peer_id: str) -> bytes:
         """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""

@@ -41,11 +41,11 @@ class Directory:
         rec = self.gateways.get(token)
         if rec is None and time.monotonic() - self._gateways_at > 0.2:
             with contextlib.suppress(RegistryError):
-                await self._refresh_gateways(await self.registry.processes())
+                self._refresh_gateways(await self.registry.processes())
             rec = self.gateways.get(token)
         return rec
 
-    async def _refresh_gateways(self, procs: list[ProcessRecord]) -> None:
+    def _refresh_gateways(self, procs: list[ProcessRecord]) -> None:
         self.gateways = {p.id.rsplit(":", 1)[-1]: p for p in procs if p.role == "gateway"}
         self._gateways_at = time.monotonic()
 
@@ -54,7 +54,7 @@ class Directory:
         while True:
             try:
                 procs = await self.registry.processes()
-                await self._refresh_gateways(procs)
+                self._refresh_gateways(procs)
                 shards = [p for p in procs if p.role == "shard"]
                 self.auto_relay = choose_relay_host(
                     [rec.info | {"public_ip": rec.public_ip, "host": rec.host,

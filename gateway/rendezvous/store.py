@@ -124,6 +124,14 @@ class PeerRecord:
     pk: bytes
     ip: str
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> PeerRecord | None:
+        """The record in an ``HMGET u k ip`` reply; None when the ID is not bound."""
+        u, k, ip = row
+        if u is None:
+            return None
+        return cls(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"))
+
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
@@ -195,10 +203,7 @@ class Store:
     async def peer(self, peer_id: str) -> PeerRecord | None:
         async with self.gate, self.registry.guard("rd_peer"):
             row: Any = await self.redis.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
-        u, k, ip = row
-        if u is None:
-            return None
-        return PeerRecord(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"))
+        return PeerRecord.from_row(row)
 
     async def lookup(self, peer_id: str, sink: tuple[str, str] | None = None
                      ) -> tuple[PeerRecord | None, Live | None]:
@@ -213,10 +218,7 @@ class Store:
                 p.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
                 p.get(self.live_key(peer_id))
                 res = await p.execute()
-        (u, k, ip), blob = res[-2], res[-1]
-        rec = None if u is None else PeerRecord(bytes(u), bytes(k or b""),
-                                               (ip or b"").decode(errors="replace"))
-        live = Live.unpack(blob)
+        rec, live = PeerRecord.from_row(res[-2]), Live.unpack(res[-1])
         if live is not None and not live.ip:
             if rec is None or not rec.ip:
                 return rec, None
@@ -254,10 +256,6 @@ class Store:
                 await self.redis.delete(self.live_key(peer_id))
 
     # ------------------------------------------------------------- sinks
-    async def set_sink(self, addr: str, owner: str) -> None:
-        async with self.gate, self.registry.guard("rd_sink"):
-            await self.redis.set(self.sink_key(addr), owner, ex=SINK_TTL)
-
     async def sink_owner(self, addr: str) -> str | None:
         async with self.gate, self.registry.guard("rd_sink"):
             owner: Any = await self.redis.get(self.sink_key(addr))
