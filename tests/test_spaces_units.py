@@ -132,3 +132,41 @@ def test_deflate_leaves_binary_frames_alone() -> None:
     assert peer.decode(batch) is batch
     again = ext.encode(Frame(Opcode.TEXT, b'{"subject":"player_chat","data":{"playerId":2}}'))
     assert peer.decode(again).data == b'{"subject":"player_chat","data":{"playerId":2}}'
+
+
+async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix: str) -> None:
+    from gateway.spaces.media import MediaRelay
+    from registry import Registry
+
+    gw = Registry(redis_url, prefix, "gateway", "h1", ttl=1.5)
+    shard = Registry(redis_url, prefix, "shard", "h2", ttl=1.5)
+    await gw.start()
+    try:
+        assert await gw.wait_ready(5)
+        relay = MediaRelay(gw)
+        reads = 0
+        processes = gw.processes
+
+        async def counted(role: str | None = None) -> Any:
+            nonlocal reads
+            reads += 1
+            return await processes(role)
+
+        gw.processes = counted  # type: ignore[method-assign]
+        uri = "https://example.org/placed.glb"
+        await gw.redis.set(gw.key("space", uri, "shard"), b"gone-shard")
+        # The space sits on a shard this gateway does not know and no shard is live: one look
+        # at the shard list, not one more right behind it.
+        assert await relay.place(uri) is None
+        assert reads == 1
+        shard.set_info(media={"udp": 1, "tcp": 0})
+        await shard.start()
+        assert await shard.wait_ready(5)
+        await asyncio.sleep(0.3)  # past the pause between two looks at an empty list
+        reads = 0
+        assert await relay.place(uri) == shard.id
+        assert reads == 1
+        assert await gw.redis.get(gw.key("space", uri, "shard")) == shard.id.encode()
+    finally:
+        await shard.close()
+        await gw.close()

@@ -108,21 +108,33 @@ class MediaRelay:
 
     async def place(self, uri: str) -> str | None:
         """The shard of ``uri``'s media, placing it when unplaced or on a dead/draining shard."""
-        key = self.registry.key("space", uri, "shard")
         async with self.registry.guard("spaces_place"):
-            raw = await self.registry.redis.get(key)
+            raw = await self.registry.redis.get(self._shard_key(uri))
         current = raw.decode() if isinstance(raw, bytes) else None
         if current is not None and current not in self.shards:
             # Maybe a shard newer than our view: look again before moving the space away.
-            self.update_shards(await self.registry.processes("shard"))
+            await self.refresh()
         usable = await self._usable_now()
         if current is not None and any(r.id == current for r in usable):
             return current
         if not usable:
             return None
+        return await self._claim(uri, current or "", usable[0].id)
+
+    async def _claim(self, uri: str, expected: str, shard: str) -> str:
+        """Put ``uri``'s media on ``shard`` unless its placement is no longer ``expected``
+        (``""``: unplaced); returns the shard that holds it now."""
         async with self.registry.guard("spaces_place"):
-            won: Any = await self._place(keys=[key], args=[current or "", usable[0].id])
+            won: Any = await self._place(keys=[self._shard_key(uri)], args=[expected, shard])
         return won.decode() if isinstance(won, bytes) else str(won)
+
+    def _shard_key(self, uri: str) -> str:
+        return self.registry.key("space", uri, "shard")
+
+    async def _any_shard(self) -> str | None:
+        """The least loaded usable shard, for work that does not bind a session to it."""
+        usable = await self._usable_now()
+        return usable[0].id if usable else None
 
     # ------------------------------------------------------------ sessions
     def attach(self, client: MediaClient) -> None:
@@ -146,21 +158,19 @@ class MediaRelay:
         if shard is None:
             try:
                 if subject == "get_router_rtp_capabilities":
-                    # Any shard answers this; it does not bind the session.
-                    usable = await self._usable_now()
-                    shard = usable[0].id if usable else None
+                    shard = await self._any_shard()  # any shard answers; no binding
                 else:
                     shard = await self._bind(client)
             except RegistryUnavailable as exc:
-                self._fail(client, "unavailable", str(exc), subject)
+                client.send_error("unavailable", str(exc), subject)
                 return
         if shard is None:
-            self._fail(client, "media_unavailable", "no media shard is serving WebRTC", subject)
+            client.send_error("media_unavailable", "no media shard is serving WebRTC", subject)
             return
         try:
             reply = await self.call(client, shard, subject, data)
         except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
-            self._fail(client, *self._describe(exc), subject)
+            client.send_error(*self._describe(exc), subject)
             return
         for pair in reply:
             if subject == "get_router_rtp_capabilities" and pair[0] == "router_rtp_capabilities":
@@ -174,14 +184,11 @@ class MediaRelay:
         if op == "join" and isinstance(data, dict) and isinstance(data.get("uri"), str):
             # A session that set up WebRTC before joining: an unplaced space goes to its
             # shard, so the players who come next meet it there.
-            key = self.registry.key("space", data["uri"], "shard")
             try:
-                async with self.registry.guard("spaces_place"):
-                    won: Any = await self._place(keys=[key], args=["", client.shard])
+                won = await self._claim(data["uri"], "", client.shard)
             except RegistryUnavailable as exc:
                 log.debug("placing %s failed: %s", data["uri"], exc)
             else:
-                won = won.decode() if isinstance(won, bytes) else str(won)
                 if won != client.shard:
                     log.debug("session %s joined a space whose media is on %s",
                               client.session, won)
@@ -202,11 +209,7 @@ class MediaRelay:
 
     async def _bind(self, client: MediaClient) -> str | None:
         spaces = client.memberships()
-        if spaces:
-            shard = await self.place(next(iter(spaces)))
-        else:
-            usable = await self._usable_now()
-            shard = usable[0].id if usable else None
+        shard = await (self.place(next(iter(spaces))) if spaces else self._any_shard())
         if shard is not None:
             client.shard = shard
             self.attach(client)
@@ -233,9 +236,6 @@ class MediaRelay:
             return "unavailable", "the cluster registry is unreachable"
         code = exc.code if isinstance(exc, RemoteError) else "media_error"
         return "media_error", f"{code}: {exc}"
-
-    def _fail(self, client: MediaClient, code: str, message: str, subject: str) -> None:
-        client.send_error(code, message, subject)
 
     def _lose(self, client: MediaClient, reason: str) -> None:
         self.sessions.pop(client.session, None)
