@@ -26,6 +26,7 @@ import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import gevent
 from gevent.event import AsyncResult
@@ -42,8 +43,12 @@ __all__ = [
     "Controller",
     "Device",
     "FramedConn",
+    "MessageConn",
+    "NoAnswer",
     "RelayPair",
     "online_query",
+    "punch",
+    "relay_via_id_server",
 ]
 
 CLIENT_VERSION = "1.4.9"
@@ -63,6 +68,18 @@ ECHO_LIMIT = 256 * 1024 * 1024
 DUP_WINDOW = 0.1
 """A device ignores a second push naming the same controller address within 100 ms."""
 RT = "rustdesk"
+
+
+class NoAnswer(LoadTestError):
+    """The server sent nothing within the wait (the client then resends or gives up)."""
+
+
+class MessageConn(Protocol):
+    """A connection carrying ``RendezvousMessage``s (framed TCP or WebSocket)."""
+
+    def send(self, msg: pb.RendezvousMessage) -> None: ...
+
+    def recv(self, timeout: float) -> pb.RendezvousMessage: ...
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -157,7 +174,7 @@ class FramedConn:
                 return msg
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LoadTestError(f"no answer within {timeout:.0f}s")
+                raise NoAnswer(f"no answer within {timeout:.0f}s")
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
@@ -206,6 +223,47 @@ def online_query(target: Target, my_id: str, peers: list[str], source_ip: str = 
 
 def online_bit(states: bytes, index: int) -> bool:
     return bool(states[index // 8] & (0x80 >> (index % 8)))
+
+
+def punch(conn: MessageConn, request: pb.RendezvousMessage) -> pb.RendezvousMessage:
+    """Send a ``PunchHoleRequest`` up to 3 times on one connection (waiting 3, 6, 9 s).
+
+    Returns:
+        The ``RelayResponse`` or the ``PunchHoleResponse`` carrying B's address.
+
+    Raises:
+        LoadTestError: refused, no answer to any try, or an unexpected message.
+    """
+    for wait in PUNCH_WAITS:
+        conn.send(request)
+        try:
+            reply = conn.recv(wait)
+        except NoAnswer:
+            continue
+        k = kind(reply)
+        if k == "relay_response":
+            return reply
+        if k == "punch_hole_response":
+            ph = reply.punch_hole_response
+            if not ph.socket_addr:
+                reason = ph.other_failure or pb.PunchHoleResponse.Failure.Name(ph.failure)
+                raise LoadTestError(f"punch refused: {reason}")
+            return reply
+        raise LoadTestError(f"unexpected {k or 'empty message'} after PunchHoleRequest")
+    raise LoadTestError("Failed to connect via rendezvous server (no answer in 18s)")
+
+
+def relay_via_id_server(conn: MessageConn, request: pb.RequestRelay) -> pb.RelayResponse:
+    """A-initiated relay: ``RequestRelay`` to the ID server, then wait for B's ``RelayResponse``.
+
+    Raises:
+        LoadTestError: no ``RelayResponse`` within 18 s (a refusal is returned, not raised).
+    """
+    conn.send(_msg(request_relay=request))
+    while True:
+        reply = conn.recv(RELAY_RESPONSE_WAIT)
+        if kind(reply) == "relay_response":
+            return reply.relay_response
 
 
 def _echo(sock: socket.socket, first: bytes = b"") -> int:
@@ -510,7 +568,7 @@ class Controller:
                 licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN,
                 version=CLIENT_VERSION, force_relay=force_relay))
             with measure(self.record, RT, "PunchHoleRequest"):
-                reply = self._punch(conn, request)
+                reply = punch(conn, request)
         finally:
             conn.close()
         k = kind(reply)
@@ -533,27 +591,6 @@ class Controller:
         self._a_relay(peer_id, ph.relay_server, payload, ip)
         return "relay"
 
-    def _punch(self, conn: FramedConn, request: pb.RendezvousMessage) -> pb.RendezvousMessage:
-        for wait in PUNCH_WAITS:
-            conn.send(request)
-            try:
-                reply = conn.recv(wait)
-            except LoadTestError as exc:
-                if "no answer" in str(exc):
-                    continue
-                raise
-            k = kind(reply)
-            if k == "relay_response":
-                return reply
-            if k == "punch_hole_response":
-                ph = reply.punch_hole_response
-                if not ph.socket_addr:
-                    reason = ph.other_failure or pb.PunchHoleResponse.Failure.Name(ph.failure)
-                    raise LoadTestError(f"punch refused: {reason}")
-                return reply
-            raise LoadTestError(f"unexpected {k or 'empty message'} after PunchHoleRequest")
-        raise LoadTestError("Failed to connect via rendezvous server (no answer in 18s)")
-
     def _direct_session(self, addr: tuple[str, int], payload: int, timeout: float,
                         ip: str) -> None:
         with measure(self.record, RT, "direct session echo") as m:
@@ -572,14 +609,9 @@ class Controller:
         conn = FramedConn.connect(self.target.rendezvous, source_ip=ip)
         try:
             with measure(self.record, RT, "RequestRelay (via ID server)"):
-                conn.send(_msg(request_relay=pb.RequestRelay(
+                rr = relay_via_id_server(conn, pb.RequestRelay(
                     id=peer_id, uuid=uid, relay_server=relay_server,
-                    licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN)))
-                while True:
-                    reply = conn.recv(RELAY_RESPONSE_WAIT)
-                    if kind(reply) == "relay_response":
-                        break
-            rr = reply.relay_response
+                    licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN))
             if rr.refuse_reason:
                 raise LoadTestError(f"relay refused: {rr.refuse_reason}")
         finally:

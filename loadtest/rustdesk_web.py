@@ -27,13 +27,14 @@ from hubbub.wire.rustdesk.messages import kind, parse, pb, serialize
 from loadtest.rustdesk_client import (
     CLIENT_VERSION,
     MAX_SESSIONS,
-    PUNCH_WAITS,
     REG_INTERVAL,
-    RELAY_RESPONSE_WAIT,
     RT,
     SESSION_IDLE,
+    NoAnswer,
     PushFilter,
     _msg,
+    punch,
+    relay_via_id_server,
 )
 from loadtest.targets import Recorder, Target, measure
 
@@ -71,7 +72,7 @@ class WsConn:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LoadTestError(f"no answer within {timeout:.0f}s")
+                raise NoAnswer(f"no answer within {timeout:.0f}s")
             self.ws.settimeout(left)
             try:
                 opcode, data = self.ws.recv_data()
@@ -287,7 +288,9 @@ class WebController:
                 id=peer_id, nat_type=pb.SYMMETRIC, licence_key=self.target.licence_key,
                 conn_type=pb.DEFAULT_CONN, version=CLIENT_VERSION, force_relay=True))
             with measure(self.record, RT, "WS PunchHoleRequest"):
-                reply = self._punch(conn, request)
+                reply = punch(conn, request)
+                if kind(reply) == "relay_response" and reply.relay_response.refuse_reason:
+                    raise LoadTestError(f"relay refused: {reply.relay_response.refuse_reason}")
         finally:
             conn.close()
         if kind(reply) == "relay_response":
@@ -299,46 +302,19 @@ class WebController:
         self.record(RT, "web connect → relay", (time.perf_counter() - start) * 1000.0, payload,
                     None)
 
-    def _punch(self, conn: WsConn, request: pb.RendezvousMessage) -> pb.RendezvousMessage:
-        for wait in PUNCH_WAITS:
-            conn.send(request)
-            try:
-                reply = conn.recv(wait)
-            except LoadTestError as exc:
-                if "no answer" in str(exc):
-                    continue
-                raise
-            k = kind(reply)
-            if k == "relay_response":
-                if reply.relay_response.refuse_reason:
-                    raise LoadTestError(f"relay refused: {reply.relay_response.refuse_reason}")
-                return reply
-            if k == "punch_hole_response":
-                ph = reply.punch_hole_response
-                if not ph.socket_addr:
-                    reason = ph.other_failure or pb.PunchHoleResponse.Failure.Name(ph.failure)
-                    raise LoadTestError(f"punch refused: {reason}")
-                return reply
-            raise LoadTestError(f"unexpected {k or 'empty message'} after PunchHoleRequest")
-        raise LoadTestError("Failed to connect via rendezvous server (no answer in 18s)")
-
     def _a_relay(self, peer_id: str, relay_server: str) -> tuple[str, str]:
         uid = str(uuidlib.uuid4())
         conn = WsConn(self._url(self.target.rendezvous_port + 2))
         try:
             with measure(self.record, RT, "WS RequestRelay (via ID server)"):
-                conn.send(_msg(request_relay=pb.RequestRelay(
+                rr = relay_via_id_server(conn, pb.RequestRelay(
                     id=peer_id, uuid=uid, relay_server=relay_server,
-                    licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN)))
-                while True:
-                    reply = conn.recv(RELAY_RESPONSE_WAIT)
-                    if kind(reply) == "relay_response":
-                        break
+                    licence_key=self.target.licence_key, conn_type=pb.DEFAULT_CONN))
         finally:
             conn.close()
-        if reply.relay_response.refuse_reason:
-            raise LoadTestError(f"relay refused: {reply.relay_response.refuse_reason}")
-        return reply.relay_response.relay_server or relay_server, uid
+        if rr.refuse_reason:
+            raise LoadTestError(f"relay refused: {rr.refuse_reason}")
+        return rr.relay_server or relay_server, uid
 
     def _relay_session(self, peer_id: str, relay_server: str, uid: str, payload: int) -> None:
         host, port = self.target.relay_addr(relay_server)
