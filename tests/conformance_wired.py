@@ -76,7 +76,7 @@ class WiredPeer:
         except ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
+            rcvd = self.ws.protocol.close_rcvd
             if not self.closed.done():
                 self.closed.set_result((rcvd.code if rcvd else None,
                                         rcvd.reason if rcvd else ""))

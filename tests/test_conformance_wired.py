@@ -323,6 +323,16 @@ async def test_errors_are_explicit_and_keep_the_socket(hosts: Hosts, open_peer: 
     assert not p.closed.done()
 
 
+async def test_continued_abuse_closes_with_1008(hosts: Hosts, open_peer: Any) -> None:
+    p = await open_peer()
+    for _ in range(60):
+        await p.send_raw("not json")
+    code, _reason = await asyncio.wait_for(p.closed, 5)
+    assert code == 1008
+    with pytest.raises(AssertionError, match="socket closed"):
+        await p.wait_for("never", timeout=5)
+
+
 async def test_space_full_error(hosts: Hosts, open_peer: Any) -> None:
     uri = space("full")
     peers = [await WiredPeer.open(hosts.url(i % 2)) for i in range(256)]
