@@ -41,6 +41,7 @@ from hubbub.errors import (
     RemoteError,
     RequestTimeout,
 )
+from hubbub.tasks import TaskSet
 from registry.codec import Envelope, Kind, decode, encode, pack, unpack
 
 
@@ -150,7 +151,7 @@ class Registry:
         self._sources: list[Callable[[], dict[str, Any]]] = []
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "registry handler")
         self._bg: list[asyncio.Task[None]] = []
         self._pubsub: PubSub | None = None
         self._subscribed = asyncio.Event()
@@ -459,16 +460,16 @@ class Registry:
         if handler is None:
             metrics.INBOX_DROPPED.labels("unknown_type").inc()
             if env.kind is Kind.REQUEST:
-                self._spawn(self._reply(env, Kind.REPLY_ERROR,
-                                        {"code": "unknown_type", "message": env.type}))
+                self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
+                                              {"code": "unknown_type", "message": env.type}))
             return
         if len(self._tasks) >= MAX_INFLIGHT:
             metrics.INBOX_DROPPED.labels("busy").inc()
             if env.kind is Kind.REQUEST:
-                self._spawn(self._reply(env, Kind.REPLY_ERROR,
-                                        {"code": "busy", "message": "inbox overloaded"}))
+                self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
+                                              {"code": "busy", "message": "inbox overloaded"}))
             return
-        self._spawn(self._handle(handler, env))
+        self._tasks.spawn(self._handle(handler, env))
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -477,12 +478,7 @@ class Registry:
             log.exception("channel handler failed")
             return
         if inspect.isawaitable(result):
-            self._spawn(_swallow(result))
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(result)
 
     async def _handle(self, handler: Handler, env: Envelope) -> None:
         try:
@@ -507,9 +503,3 @@ class Registry:
         with contextlib.suppress(RegistryUnavailable):
             await self.publish(env.reply_to, encode(reply))
 
-
-async def _swallow(aw: Awaitable[Any]) -> None:
-    try:
-        await aw
-    except Exception:
-        log.exception("channel handler failed")

@@ -33,6 +33,7 @@ from hubbub.keys import relay_licence
 from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request, Response
 from hubbub.runtime import Context
+from hubbub.tasks import TaskSet
 from shards.relay import metrics, splice, store
 from shards.relay.bridge import BridgePair
 from shards.relay.claims import Claims
@@ -114,7 +115,7 @@ class RelayService:
         self.handoff = HandoffServer(handoff_address(self.cfg.prefix, self.registry.id),
                                      self._take_handed)
         self._listeners: list[tuple[socket.socket, str]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "relay")
         self._handshakes = 0
         self._accepting = False
         self._accept_paused = False
@@ -156,7 +157,7 @@ class RelayService:
         self.ctx.ops.route("/relay/usage", self._ops_usage, admin=True)
         self.registry.on(store.NOTICE, self._on_notice)
         self.registry.add_tick(self._tick)
-        self._spawn(self._initial_lists())
+        self._tasks.spawn(self._initial_lists())
         ports = dict(self.registry.presence_info().get("ports") or {})
         ports.update(self.ports)
         self.registry.set_info(ports=ports, relay_handoff=self.handoff.address[1:])
@@ -210,8 +211,7 @@ class RelayService:
             half.sock.close()
         for pair in list(self.pairs):
             pair.close("shutdown")
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         metrics.WAITING.set(0)
 
     def healthy(self) -> bool:
@@ -221,11 +221,6 @@ class RelayService:
         return {"relay_pairs": len(self.pairs), "relay_bps": round(self._bps, 1)}
 
     # ------------------------------------------------------------- helpers
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _total_share(self) -> float:
         return mbps_to_bytes(self.cfg.total_bandwidth) / max(1, len(self.host_shards))
 
@@ -265,7 +260,7 @@ class RelayService:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshakes += 1
-            self._spawn(self._handle(sock, addr, transport))
+            self._tasks.spawn(self._handle(sock, addr, transport))
 
     async def _handle(self, sock: socket.socket, addr: Any, transport: str) -> None:
         try:
@@ -399,7 +394,7 @@ class RelayService:
             bp = BridgePair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
                             (a.leftover, b.leftover), addrs, ips, now, rate, self.total,
                             self._pair_closed, framed=not raw)
-            self._spawn(bp.start())
+            self._tasks.spawn(bp.start())
             pair = bp
         pair.limited = limited
         self.pairs.add(pair)
