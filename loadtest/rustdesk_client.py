@@ -40,6 +40,7 @@ from loadtest.targets import Recorder, Target, measure
 
 __all__ = [
     "CLIENT_VERSION",
+    "BaseDevice",
     "Controller",
     "Device",
     "FramedConn",
@@ -285,21 +286,18 @@ def _echo(sock: socket.socket, first: bytes = b"") -> int:
     return total
 
 
-class Device:
-    """A controlled RustDesk device: UDP registration plus answers to pushed requests.
+class BaseDevice:
+    """What every controlled device has: an identity, its registration state, push sessions.
 
     Args:
-        relay_only: answer every push with a B-initiated relay (a device behind a symmetric NAT,
-            or with TCP listening disabled).
         reg_interval: seconds between heartbeats (15 s in the real client).
     """
 
-    def __init__(self, target: Target, device_id: str, record: Recorder, *,
-                 relay_only: bool = False, reg_interval: float = REG_INTERVAL) -> None:
+    def __init__(self, target: Target, device_id: str, record: Recorder,
+                 reg_interval: float) -> None:
         self.target = target
         self.id = device_id
         self.record = record
-        self.relay_only = relay_only
         self.reg_interval = reg_interval
         self.ip = target.client_ip()
         """This device's own address (every push answer and relay half comes from it)."""
@@ -308,22 +306,22 @@ class Device:
         self.confirmed = False
         self.registered_at: float | None = None
         self.retry_at = 0.0
-        self.last_answer = 0.0
-        self.answered = {"direct": 0, "local": 0, "relay": 0}
-        family = _family(target.host)
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((self.ip or _wildcard(family), 0))
-        # (answer kind awaited, its result): a late answer to an earlier try is ignored
-        self._waiter: tuple[str, AsyncResult] | None = None
-        self._recent = PushFilter()
-        self._sessions: set[gevent.Greenlet] = set()
-        self._rx: gevent.Greenlet | None = None
-        self.on_push: Callable[[str], None] | None = None
         self.stopping = False
+        self._rx: gevent.Greenlet | None = None
+        self._sessions: set[gevent.Greenlet] = set()
+        self._recent = PushFilter()
 
-    # --- registration -------------------------------------------------------------------
-    def start(self) -> None:
-        self._rx = gevent.spawn(self._receive_loop)
+    def _start_session(self, k: str, socket_addr: bytes, run: Callable[..., None],
+                       *args: object) -> bool:
+        """Run ``run(*args)`` for push ``k`` unless it repeats one just seen or we are busy."""
+        if not self._recent.admit(k.encode() + socket_addr):
+            return False
+        if self.stopping or len(self._sessions) >= MAX_SESSIONS:
+            return False
+        g = gevent.spawn(run, *args)
+        self._sessions.add(g)
+        g.link(lambda done: self._sessions.discard(done))
+        return True
 
     def stop(self, grace: float = 3.0) -> None:
         """Take no new pushes, let running sessions finish (up to ``grace`` s), then close."""
@@ -334,6 +332,39 @@ class Device:
         if self._rx is not None:
             greenlets.append(self._rx)
         gevent.killall(greenlets, block=True, timeout=2)
+        self._close()
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class Device(BaseDevice):
+    """A controlled RustDesk device: UDP registration plus answers to pushed requests.
+
+    Args:
+        relay_only: answer every push with a B-initiated relay (a device behind a symmetric NAT,
+            or with TCP listening disabled).
+        reg_interval: seconds between heartbeats (15 s in the real client).
+    """
+
+    def __init__(self, target: Target, device_id: str, record: Recorder, *,
+                 relay_only: bool = False, reg_interval: float = REG_INTERVAL) -> None:
+        super().__init__(target, device_id, record, reg_interval)
+        self.relay_only = relay_only
+        self.last_answer = 0.0
+        self.answered = {"direct": 0, "local": 0, "relay": 0}
+        family = _family(target.host)
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((self.ip or _wildcard(family), 0))
+        # (answer kind awaited, its result): a late answer to an earlier try is ignored
+        self._waiter: tuple[str, AsyncResult] | None = None
+        self.on_push: Callable[[str], None] | None = None
+
+    # --- registration -------------------------------------------------------------------
+    def start(self) -> None:
+        self._rx = gevent.spawn(self._receive_loop)
+
+    def _close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -417,16 +448,10 @@ class Device:
 
     def _dispatch(self, k: str, msg: pb.RendezvousMessage) -> None:
         member = getattr(msg, k)
-        if not self._recent.admit(k.encode() + bytes(member.socket_addr)):
-            return
-        if self.stopping or len(self._sessions) >= MAX_SESSIONS:
-            return
-        handler = {"punch_hole": self._on_punch_hole, "fetch_local_addr": self._on_fetch_local,
-                   "request_relay": self._on_request_relay}[k]
-        g = gevent.spawn(handler, member)
-        self._sessions.add(g)
-        g.link(lambda done: self._sessions.discard(done))
-        if self.on_push is not None:
+        handlers: dict[str, Callable[..., None]] = {
+            "punch_hole": self._on_punch_hole, "fetch_local_addr": self._on_fetch_local,
+            "request_relay": self._on_request_relay}
+        if self._start_session(k, bytes(member.socket_addr), handlers[k], member) and self.on_push:
             self.on_push(k)
 
     def _listen_and_answer(self, reply: Callable[[int], pb.RendezvousMessage], name: str,

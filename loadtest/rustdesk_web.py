@@ -26,12 +26,11 @@ from hubbub.errors import LoadTestError
 from hubbub.wire.rustdesk.messages import kind, parse, pb, serialize
 from loadtest.rustdesk_client import (
     CLIENT_VERSION,
-    MAX_SESSIONS,
     REG_INTERVAL,
     RT,
     SESSION_IDLE,
+    BaseDevice,
     NoAnswer,
-    PushFilter,
     _msg,
     punch,
     relay_via_id_server,
@@ -123,28 +122,15 @@ def _echo_messages(conn: WsConn) -> None:
         conn.send_raw(data)
 
 
-class WsDevice:
+class WsDevice(BaseDevice):
     """A controlled device in WebSocket mode (registration and pushes on one WebSocket)."""
 
     def __init__(self, target: Target, device_id: str, record: Recorder, *,
                  reg_interval: float = REG_INTERVAL) -> None:
-        self.target = target
-        self.id = device_id
-        self.record = record
-        self.reg_interval = reg_interval
-        self.ip = target.client_ip()
-        self.uuid = str(uuidlib.uuid4()).encode()
-        self.pk = os.urandom(32)
-        self.confirmed = False
-        self.registered_at: float | None = None
-        self.retry_at = 0.0
+        super().__init__(target, device_id, record, reg_interval)
         self.keep_alive = 0
-        self.stopping = False
         self.conn: WsConn | None = None
         self._waiter: AsyncResult | None = None
-        self._rx: gevent.Greenlet | None = None
-        self._sessions: set[gevent.Greenlet] = set()
-        self._recent = PushFilter()
 
     def _rendezvous_url(self) -> str:
         return _ws_url(self.target.host, self.target.rendezvous_port + 2)
@@ -214,18 +200,11 @@ class WsDevice:
 
     def _dispatch(self, k: str, msg: pb.RendezvousMessage) -> None:
         member = getattr(msg, k)
-        if not self._recent.admit(k.encode() + bytes(member.socket_addr)):
-            return
-        if self.stopping or len(self._sessions) >= MAX_SESSIONS:
-            return
         if k == "request_relay":
-            g = gevent.spawn(self._answer_relay, member, "ws device: RequestRelay → RelayResponse",
-                             member.uuid, False)
+            args = (member, "ws device: RequestRelay → RelayResponse", member.uuid, False)
         else:
-            g = gevent.spawn(self._answer_relay, member, f"ws device: {_NAMES[k]} → RelayResponse",
-                             str(uuidlib.uuid4()), True)
-        self._sessions.add(g)
-        g.link(lambda done: self._sessions.discard(done))
+            args = (member, f"ws device: {_NAMES[k]} → RelayResponse", str(uuidlib.uuid4()), True)
+        self._start_session(k, bytes(member.socket_addr), self._answer_relay, *args)
 
     def _answer_relay(self, push: pb.PunchHole | pb.FetchLocalAddr | pb.RequestRelay,
                       name: str, uid: str, initiate: bool) -> None:
@@ -251,12 +230,7 @@ class WsDevice:
         finally:
             relay.close()
 
-    def stop(self, grace: float = 3.0) -> None:
-        self.stopping = True
-        if self._sessions:
-            gevent.joinall(list(self._sessions), timeout=grace)
-        gevent.killall([*self._sessions, *([self._rx] if self._rx else [])], block=True,
-                       timeout=2)
+    def _close(self) -> None:
         if self.conn is not None:
             self.conn.close()
 
