@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
-from hubbub.wire.rustdesk.messages import parse, pb
+from hubbub.wire.rustdesk.messages import kind, message, parse, pb
 from loadtest.bench import module_main
 from loadtest.cluster import LocalCluster, free_port, free_port_block
 
@@ -42,13 +42,6 @@ __all__ = ["main", "run"]
 HOST = "127.0.0.1"
 OFFERED = 250_000.0
 """Heartbeats/s the generator offers: more than two gateways on this machine can answer."""
-"""Heartbeats in flight per generator (like many clients whose 15 s timers overlap)."""
-
-
-def _hb(peer_id: str) -> bytes:
-    data: bytes = pb.RendezvousMessage(
-        register_peer=pb.RegisterPeer(id=peer_id)).SerializeToString()
-    return data
 
 
 def _seed_peers(redis_url: str, prefix: str, ids: list[str]) -> None:
@@ -81,7 +74,7 @@ def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any)
         s.setblocking(False)
         socks.append(s)
         for x in ids[i:i + per]:
-            payloads.append(_hb(x))
+            payloads.append(message(register_peer=pb.RegisterPeer(id=x)))
             owners.append(s)
     # Warm-up: every ID a few times, so each gateway has looked its peers up in Redis.
     for _ in range(3):
@@ -167,21 +160,19 @@ def _answer_punches(port: int, peer_id: str, stop: threading.Event) -> None:
     u.bind(("127.0.0.2", 0))
     u.settimeout(0.2)
     uuid, pk = os.urandom(8).hex().encode(), os.urandom(32)
-    u.sendto(pb.RendezvousMessage(register_pk=pb.RegisterPk(
-        id=peer_id, uuid=uuid, pk=pk)).SerializeToString(), (HOST, port))
+    u.sendto(message(register_pk=pb.RegisterPk(id=peer_id, uuid=uuid, pk=pk)), (HOST, port))
     while not stop.is_set():
         try:
             data, _ = u.recvfrom(4096)
         except TimeoutError:
             continue
         msg = parse(data)
-        if msg is None or msg.WhichOneof("union") != "punch_hole":
+        if msg is None or kind(msg) != "punch_hole":
             continue
         with socket.create_connection((HOST, port), timeout=3,
                                       source_address=("127.0.0.2", 0)) as t:
-            t.sendall(encode_frame(pb.RendezvousMessage(punch_hole_sent=pb.PunchHoleSent(
-                socket_addr=msg.punch_hole.socket_addr, id=peer_id,
-                version="1.4.9")).SerializeToString()))
+            t.sendall(encode_frame(message(punch_hole_sent=pb.PunchHoleSent(
+                socket_addr=msg.punch_hole.socket_addr, id=peer_id, version="1.4.9"))))
     u.close()
 
 
@@ -210,9 +201,9 @@ def _punch_rtt(count: int) -> dict[str, Any]:
                 with socket.create_connection((HOST, p2), timeout=3) as a:
                     a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     dec = FrameDecoder(1 << 16)
-                    req = encode_frame(pb.RendezvousMessage(punch_hole_request=pb.PunchHoleRequest(
+                    req = encode_frame(message(punch_hole_request=pb.PunchHoleRequest(
                         id="777000111", version="1.4.9",
-                        licence_key=cluster.target.licence_key)).SerializeToString())
+                        licence_key=cluster.target.licence_key)))
                     t0 = time.perf_counter()
                     a.sendall(req)
                     done = False
@@ -225,7 +216,7 @@ def _punch_rtt(count: int) -> dict[str, Any]:
                             break
                         for frame in dec.feed(data):
                             m = parse(frame)
-                            if m is not None and m.WhichOneof("union") == "punch_hole_response":
+                            if m is not None and kind(m) == "punch_hole_response":
                                 if m.punch_hole_response.socket_addr:
                                     samples.append((time.perf_counter() - t0) * 1000)
                                 else:
@@ -263,9 +254,9 @@ def _bytes_per_peer(n: int) -> dict[str, Any]:
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             u.bind((src, 0))
             u.settimeout(2)
-            u.sendto(pb.RendezvousMessage(register_pk=pb.RegisterPk(
+            u.sendto(message(register_pk=pb.RegisterPk(
                 id=peer_id, uuid=f"{i:08x}-1c2d-4e5f-8a9b-0c1d2e3f4a5b".encode(),
-                pk=os.urandom(32))).SerializeToString(), (HOST, port))
+                pk=os.urandom(32))), (HOST, port))
             with contextlib.suppress(TimeoutError):
                 u.recv(64)
             u.close()
