@@ -211,6 +211,7 @@ async def test_bad_requests_are_refused(router: MediaRouter) -> None:
     with pytest.raises(RemoteProtocolError):
         router.call(["not", "a", "map"])
     call(router, "x", "create_transport", {"type": "producer"})
+    rtp: dict[str, Any]
     for rtp in ({"codecs": []}, {"codecs": [{"mimeType": "video/VP8", "payloadType": 96}]},
                 {"codecs": [{"mimeType": "audio/opus", "payloadType": 300}]},
                 {"codecs": [{"mimeType": "audio/opus", "payloadType": 111}],

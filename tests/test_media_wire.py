@@ -117,7 +117,8 @@ def test_ice_lite_selects_nominated_address_and_expires() -> None:
     agent.handle_timer(33.9)
     assert agent.state is ice.IceState.CONNECTED
     agent.handle_timer(34.0)
-    assert agent.state is ice.IceState.DISCONNECTED
+    # mypy keeps the narrowing above across the call
+    assert agent.state is ice.IceState.DISCONNECTED  # type: ignore[comparison-overlap]
     # c (last heard at 4.0) expired; the selected tuple b stays
     assert agent.events_received() == [ice.TupleRemoved(c), ice.IceDisconnected()]
     assert list(agent.tuples) == [b]

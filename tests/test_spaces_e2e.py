@@ -652,18 +652,18 @@ async def _churn(ports: list[int], rounds: int, width: int) -> None:
 async def _assert_no_leftovers(redis_url: str, prefix: str, ports: list[int]) -> None:
     import redis.asyncio as aioredis
 
-    r = aioredis.Redis.from_url(redis_url)
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         deadline = time.monotonic() + 5
         while True:
-            keys = sorted(k.decode() for k in await r.keys(f"{prefix}space:*")
-                          if not k.decode().endswith(":shard"))
+            found = [str(k) for k in await r.keys(f"{prefix}space:*")]
+            keys = sorted(k for k in found if not k.endswith(":shard"))
             counts = [count(p, f"churn-{i}") for p in ports for i in range(3)]
             if not keys and not any(counts):
                 break
             assert time.monotonic() < deadline, (keys, counts)
             await asyncio.sleep(0.1)
-        gw = [k.decode() for k in await r.keys(f"{prefix}spaces:gw:*")]
+        gw = [str(k) for k in await r.keys(f"{prefix}spaces:gw:*")]
         for key in gw:
             assert await r.hlen(key) == 0
     finally:

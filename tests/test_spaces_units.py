@@ -128,7 +128,7 @@ def test_deflate_leaves_binary_frames_alone() -> None:
     assert (first.data, cont.data, first.rsv1, cont.rsv1) == (b"ab", b"cd", False, False)
     # a compressed message after raw ones still decodes on the other side
     peer = TextOnlyDeflate(False, False, 12, 12)
-    assert peer.decode(text).data.startswith(b'{"subject":"player_chat"')
+    assert bytes(peer.decode(text).data).startswith(b'{"subject":"player_chat"')
     assert peer.decode(batch) is batch
     again = ext.encode(Frame(Opcode.TEXT, b'{"subject":"player_chat","data":{"playerId":2}}'))
     assert peer.decode(again).data == b'{"subject":"player_chat","data":{"playerId":2}}'
