@@ -15,6 +15,7 @@ import logging
 import ssl
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -58,7 +59,13 @@ MAX_UNFINISHED = 100_000
 MAX_ALIVE_TTL = 3.0
 """Membership lease of a gateway: its players leave at most this long (+ a watch period) after
 it dies. Shorter than the presence TTL so that cleanup stays within 5 s by default."""
-_PROFILE_FIELDS = {"set_name": "name", "set_avatar": "avatar", "set_address": "address"}
+_PROFILE: dict[str, tuple[str, Callable[[int, Any], bytes]]] = {
+    "set_name": ("name", outbound.player_name),
+    "set_avatar": ("avatar", outbound.player_avatar),
+    "set_address": ("address", outbound.player_address),
+    "set_grounded": ("grounded", outbound.player_grounded),
+}
+"""Subjects that set one field of the player's profile: the field and its broadcast."""
 
 
 class SpacesService:
@@ -132,11 +139,10 @@ class SpacesService:
         self._serving = False
         if self._server is not None:
             self._server.close()
-        for task in (self._watch,):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
         await self.hub.close()
         await self.media.close()
         if not self._unfinished and not any(c.spaces for c in self.clients.values()):
@@ -219,8 +225,7 @@ class SpacesService:
         await self._handle_events(client, client.conn.events_received(), now)
         self._arm_timer(client)
 
-    async def _handle_events(self, client: Client, events: list[Event | Rejected],
-                             now: float) -> None:
+    async def _handle_events(self, client: Client, events: list[Event], now: float) -> None:
         for event in events:
             if isinstance(event, Message):
                 metrics.MESSAGES_IN.labels(event.subject).inc()
@@ -289,21 +294,17 @@ class SpacesService:
             for uri, pid in list(client.spaces.items()):
                 await self.hub.publish(uri, ChannelMessage(
                     channel.FRAME, frame=outbound.player_chat(pid, data, ts)))
-        elif subject == "set_grounded":
-            client.grounded = data
-            await self._profile(client, "grounded", data, outbound.player_grounded)
-        elif subject in _PROFILE_FIELDS:
-            field = _PROFILE_FIELDS[subject]
+        elif subject in _PROFILE:
+            field, builder = _PROFILE[subject]
             setattr(client, field, data)
-            builder = {"name": outbound.player_name, "avatar": outbound.player_avatar,
-                       "address": outbound.player_address}[field]
             await self._profile(client, field, data, builder)
         elif subject == "subscribe_positions":
             client.positions = data
         elif subject in MEDIA_SUBJECTS:
             await self.media.handle(client, subject, data)
 
-    async def _profile(self, client: Client, field: str, value: Any, builder: Any) -> None:
+    async def _profile(self, client: Client, field: str, value: Any,
+                       builder: Callable[[int, Any], bytes]) -> None:
         """Store a profile field in every joined space and broadcast it (echo included)."""
         memberships = list(client.spaces.items())
         await self.store.update(memberships, client.session, field, value)

@@ -59,7 +59,7 @@ class ServerConnection:
         self.strikes = Strikes(strike_limit, strike_window)
         self.resume_gap = resume_gap
         self.closed = False
-        self._events: list[Event | Rejected] = []
+        self._events: list[Event] = []
         self._last_resume = -1e18
         self._resume_due: float | None = None
 
@@ -112,7 +112,7 @@ class ServerConnection:
             self._events.append(ResumeAudio())
 
     # ------------------------------------------------------------- output
-    def events_received(self) -> list[Event | Rejected]:
+    def events_received(self) -> list[Event]:
         events, self._events = self._events, []
         return events
 

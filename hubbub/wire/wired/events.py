@@ -46,4 +46,4 @@ class CloseConnection:
     reason: str
 
 
-Event = Message | LocationRecord | ResumeAudio | CloseConnection
+Event = Message | Rejected | LocationRecord | ResumeAudio | CloseConnection
