@@ -107,6 +107,11 @@ def admin_token(cfg: Config) -> str:
     return path.read_text().strip()
 
 
+def process_name(cfg: Config) -> str:
+    """The launcher's name for this process (``shard.2``), else the role."""
+    return os.environ.get("HONCHO_PROCESS_NAME", cfg.role)
+
+
 def _instance_index() -> int:
     name = os.environ.get("HONCHO_PROCESS_NAME", "")
     try:
@@ -180,12 +185,12 @@ class _Runner:
         cfg = self.cfg
         await self.ops.start()
         self.registry.set_info(ops_port=self.ops.port, public_ip=cfg.advertised_ip,
-                               name=os.environ.get("HONCHO_PROCESS_NAME", cfg.role))
+                               name=process_name(cfg))
         self.registry.add_info_source(self._load)
         self.registry.on("sys.ping", self._ping)
         await self.registry.start()
         ctx = Context(cfg, self.registry, self.ops, host_name(cfg),
-                      proc_name=os.environ.get("HONCHO_PROCESS_NAME", cfg.role))
+                      proc_name=process_name(cfg))
         lease: SlotLease | None = None
         try:
             if cfg.role == "shard":
@@ -247,7 +252,7 @@ class _Runner:
 
 def run_process(cfg: Config, factory: ServiceFactory) -> int:
     """Run one role until it is stopped; returns the exit code."""
-    setup_logging(cfg.log_level, os.environ.get("HONCHO_PROCESS_NAME", cfg.role))
+    setup_logging(cfg.log_level, process_name(cfg))
     try:
         import uvloop
 

@@ -30,13 +30,8 @@ import base64
 import contextlib
 import os
 import secrets
-import shutil
-import signal
 import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -46,7 +41,7 @@ from typing import Any
 from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb, serialize
 from loadtest.bench import module_main
-from loadtest.cluster import free_port, free_port_block
+from loadtest.cluster import LocalCluster, cpu_seconds, rss_bytes
 
 
 __all__ = [
@@ -195,80 +190,29 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 # ------------------------------------------------------------------ cluster under test
-def _get(url: str, timeout: float = 1.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            status: int = resp.status
-            return status
-    except OSError:
-        return 0
-
-
 class _Cluster:
     """A private Redis and ``shards`` relay shards on loopback (unlimited bandwidth)."""
 
     def __init__(self, shards: int = 2, pump: str = "buffered") -> None:
         self.pump = pump
-        self.dir = Path(tempfile.mkdtemp(prefix="hubbub-bench-relay-"))
-        self.relay_port = free_port_block(3)
-        self.shards = shards
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ops: list[int] = []
-        self.redis: subprocess.Popen[bytes] | None = None
+        self._cluster = LocalCluster(gateways=0, shards=shards, env={
+            "TOTAL_BANDWIDTH": "0", "SINGLE_BANDWIDTH": "0", "RELAY_TIMEOUT": "300",
+            "RELAY_PUMP": pump})
+        self.relay_port = 0
+        self.pids: list[int] = []
 
     def __enter__(self) -> _Cluster:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        rport = free_port()
-        self.redis = subprocess.Popen(
-            [exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rtc = free_port_block(2 * self.shards)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "PORT"))}
-        env.update(REDIS_URL=f"redis://127.0.0.1:{rport}/0", HUBBUB_PREFIX="bench:",
-                   HUBBUB_DATA=str(self.dir / "data"), BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
-                   RELAY_PORT=str(self.relay_port), SHARD_SLOTS=str(self.shards),
-                   RTC_MIN_PORT=str(rtc), RTC_MAX_PORT=str(rtc + 2 * self.shards - 1),
-                   TOTAL_BANDWIDTH="0", SINGLE_BANDWIDTH="0", RELAY_TIMEOUT="300",
-                   PRESENCE_TTL="3", LOG_LEVEL="warning", RELAY_PUMP=self.pump)
-        try:
-            for _ in range(self.shards):
-                ops = free_port()
-                log = open(self.dir / f"shard-{len(self.procs)}.log", "wb")
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "hubbub", "shard", "--ops-port", str(ops)],
-                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir))
-                log.close()
-                self.ops.append(ops)
-                deadline = time.monotonic() + 30
-                while _get(f"http://127.0.0.1:{ops}/healthz") != 200:
-                    if time.monotonic() > deadline or self.procs[-1].poll() is not None:
-                        raise RuntimeError("shard did not become healthy: "
-                                           + (self.dir / f"shard-{len(self.procs) - 1}.log")
-                                           .read_text(errors="replace")[-2000:])
-                    time.sleep(0.1)
-        except BaseException:
-            self.__exit__()
-            raise
+        self._cluster.__enter__()
+        self.relay_port = self._cluster.target.relay_port
+        self.pids = [p.popen.pid for p in self._cluster.procs]
         return self
 
     def __exit__(self, *_: object) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        if self.redis is not None:
-            self.redis.terminate()
-            self.redis.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._cluster.stop()
 
     def owner(self) -> int:
         """Index of the shard holding the (only) active pair, from its ``/metrics``."""
-        for i, port in enumerate(self.ops):
+        for i, port in enumerate(self._cluster.ops_ports("shard")):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                 for line in resp.read().decode().splitlines():
                     if line.startswith("hubbub_relay_pairs ") and float(line.split()[1]) >= 1:
@@ -276,23 +220,14 @@ class _Cluster:
         raise RuntimeError("no shard reports the pair")
 
     def cores(self, shard: int) -> set[int]:
-        return set(os.sched_getaffinity(self.procs[shard].pid))
+        return set(os.sched_getaffinity(self.pids[shard]))
 
     def cpu_seconds(self, shard: int | None = None) -> float:
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for p in self.procs if shard is None else [self.procs[shard]]:
-            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        return sum(cpu_seconds(pid) for pid in (self.pids if shard is None
+                                                 else [self.pids[shard]]))
 
     def rss_bytes(self) -> int:
-        total = 0
-        for p in self.procs:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        return total
+        return sum(rss_bytes(pid) for pid in self.pids)
 
 
 # ------------------------------------------------------------------ measurements

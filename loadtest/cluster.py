@@ -29,7 +29,7 @@ from hubbub.keys import load_or_create
 from loadtest.targets import Target
 
 
-__all__ = ["LocalCluster", "free_port", "free_port_block"]
+__all__ = ["LocalCluster", "cpu_seconds", "free_port", "free_port_block", "rss_bytes"]
 
 HOST = "127.0.0.1"
 
@@ -69,6 +69,20 @@ def free_port_block(size: int = 1) -> int:
 def free_port() -> int:
     """A port free for TCP and UDP on 127.0.0.1 right now (outside the ephemeral range)."""
     return free_port_block(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (``/proc``; 0 when unknown)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _http_status(url: str, timeout: float = 0.5) -> int:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from loadtest.cluster import LocalCluster
+from loadtest.cluster import LocalCluster, rss_bytes
 from loadtest.runner import SCENARIOS, _parser, locust_command
 
 
@@ -20,10 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_bytes(pid) / 1024 / 1024
 
 
 def test_soak_every_scenario() -> None:

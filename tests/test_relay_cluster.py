@@ -39,6 +39,7 @@ from loadtest.bench_relay import (
     request_relay_frame,
     ws_relay_connect,
 )
+from loadtest.cluster import rss_bytes
 
 
 KEY = "relay-test-key"
@@ -393,13 +394,6 @@ def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
     assert relay.metric('hubbub_relay_throttled_total{bucket="limit"}') > 0
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.mark.parametrize("mode", ["tcp", "ws"])
 def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
     uuid = _uuid("slowread")
@@ -407,7 +401,7 @@ def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
     reader = relay.ws(uuid) if mode == "ws" else relay.connect(uuid)
     writer = relay.connect(uuid)
     time.sleep(0.2)
-    rss_before = [_rss_kib(p.proc.pid) for p in relay.shards]
+    rss_before = [rss_bytes(p.proc.pid) // 1024 for p in relay.shards]
     writer.setblocking(False)
     block = encode_frame(b"m" * 60_000)
     pushed = 0
@@ -417,7 +411,7 @@ def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
             pushed += writer.send(block)
         except BlockingIOError:
             time.sleep(0.01)
-    rss_after = [_rss_kib(p.proc.pid) for p in relay.shards]
+    rss_after = [rss_bytes(p.proc.pid) // 1024 for p in relay.shards]
     growth = max(a - b for a, b in zip(rss_after, rss_before, strict=True))
     assert pushed < 48 * 1024 * 1024, f"relay took {pushed} bytes for a reader that reads nothing"
     assert growth < 24 * 1024, f"shard RSS grew {growth} KiB"
