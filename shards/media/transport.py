@@ -45,6 +45,7 @@ from hubbub.wire.webrtc.params import (
     random_token,
 )
 from hubbub.wire.webrtc.rtp import OutboundStream, RtpError, is_rtcp, read_rtp
+from hubbub.wire.wired.ratelimit import TokenBucket
 from shards.media import metrics
 from shards.media.metrics import Counts
 
@@ -68,27 +69,6 @@ before fan-out so one client cannot multiply its traffic by the number of listen
 DC_RATE, DC_BURST = 60.0, 120.0
 """Messages/s a data producer may send (Wired sends 15 location records per second)."""
 _SSRC = struct.Struct("!I")
-
-
-class Bucket:
-    """Token bucket: ``take(now)`` is True while the rate is respected."""
-
-    __slots__ = ("rate", "burst", "tokens", "last")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.last = 0.0
-
-    def take(self, now: float) -> bool:
-        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
 
 
 class _IceLink:
@@ -181,7 +161,7 @@ class Producer:
     consumers: list[Consumer] = field(default_factory=list)
     stats: rtcp.ReceiveStats = field(default_factory=rtcp.ReceiveStats)
     ssrc: int | None = None
-    bucket: Bucket = field(default_factory=lambda: Bucket(RTP_RATE, RTP_BURST))
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RTP_RATE, RTP_BURST))
     loudness: float = 0.0
     """Smoothed 127 − level (dBov) from ``ssrc-audio-level``: higher is louder."""
     heard: int = 0
@@ -190,7 +170,7 @@ class Producer:
     """False while other voices of the space are louder (``MEDIA_MAX_SPEAKERS``)."""
 
     def forward(self, plain: bytes, now: float) -> None:
-        if not self.bucket.take(now):
+        if not self.bucket.allow(now):
             self.counts.drop_rate += 1
             return
         try:
@@ -249,7 +229,7 @@ class DataProducer:
     transport: Transport
     spec: DataProducerSpec
     consumers: list[DataConsumer] = field(default_factory=list)
-    bucket: Bucket = field(default_factory=lambda: Bucket(DC_RATE, DC_BURST))
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(DC_RATE, DC_BURST))
 
     def close(self) -> None:
         for c in list(self.consumers):
@@ -477,7 +457,7 @@ class Transport:
         if dp is None or pp_id == 50:  # unknown stream or DCEP: negotiated channels only
             return
         self.counts.dc_in += 1
-        if not dp.bucket.take(time.monotonic()):
+        if not dp.bucket.allow(time.monotonic()):
             self.counts.dc_dropped += 1
             return
         for dc in list(dp.consumers):

@@ -12,24 +12,30 @@ from dataclasses import dataclass, field
 __all__ = ["Strikes", "TokenBucket"]
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; one message costs one token."""
+    """``rate`` tokens per second, at most ``burst`` saved up; one message costs one token.
+
+    It starts full. Also the per-packet limit of the media shard's producers, so ``allow`` is
+    kept to a few operations.
+    """
 
     rate: float
     burst: float
-    tokens: float = -1.0
+    tokens: float = field(init=False)
     stamp: float = 0.0
 
-    def allow(self, now: float, cost: float = 1.0) -> bool:
-        if self.tokens < 0:
-            self.tokens, self.stamp = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def allow(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 @dataclass
