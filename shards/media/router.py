@@ -182,17 +182,20 @@ class MediaRouter:
             return
         left = [u for u in s.spaces if u not in want]
         for uri in left:
-            members = self.spaces.get(uri)
-            if members is not None:
-                members.discard(s.id)
-                if not members:
-                    del self.spaces[uri]
+            self._remove_member(uri, s.id)
         s.spaces = want
         for uri in want:
             self.spaces.setdefault(uri, set()).add(s.id)
         if left:
             self._prune(s)
         self._refresh(s)
+
+    def _remove_member(self, uri: str, sid: str) -> None:
+        members = self.spaces.get(uri)
+        if members is not None:
+            members.discard(sid)
+            if not members:
+                del self.spaces[uri]
 
     def _shared(self, a: Session, b: Session) -> str | None:
         for uri in a.spaces:
@@ -394,11 +397,7 @@ class MediaRouter:
             if t is not None:
                 self._close_transport(s, t)
         for uri in s.spaces:
-            members = self.spaces.get(uri)
-            if members is not None:
-                members.discard(sid)
-                if not members:
-                    del self.spaces[uri]
+            self._remove_member(uri, sid)
         self.pushes.pop(sid, None)
         return s
 
