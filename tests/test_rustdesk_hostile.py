@@ -211,6 +211,24 @@ async def test_bindings_survive_redis_restart(tmp_path: Path) -> None:
         await reg2.redis.aclose()
 
 
+async def test_closed_stream_drops_liveness_only_while_its_gateway_owns_it() -> None:
+    with redis_server() as srv:
+        reg = Registry(srv.url, new_prefix(), "test", "h", presence=False)
+        store = Store(reg)
+        mine = Live("1.2.3.4", 5, time.time(), "mine", 21116, 1)
+        theirs = Live("1.2.3.4", 6, time.time(), "theirs", 21116, 1)
+        await reg.redis.set(store.live_key("moved"), theirs.pack())
+        await reg.redis.set(store.live_key("stayed"), mine.pack())
+        await reg.redis.set(store.live_key("garbage"), b"\xc1not msgpack")
+        assert not await store.drop_live("moved", "mine")  # the peer moved on: keep its record
+        assert await reg.redis.get(store.live_key("moved")) == theirs.pack()
+        assert not await store.drop_live("garbage", "mine")
+        assert not await store.drop_live("absent", "mine")
+        assert await store.drop_live("stayed", "mine")
+        assert await reg.redis.get(store.live_key("stayed")) is None
+        await reg.redis.aclose()
+
+
 def test_udp_nat_probes_are_rate_limited(one: One) -> None:
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("127.0.0.10", 0))

@@ -52,6 +52,7 @@ from hubbub.errors import RegistryError, RegistryUnavailable
 from hubbub.keys import ServerKey, server_key
 from hubbub.net import ProxyList, listen_socket
 from hubbub.runtime import Context
+from hubbub.tasks import TaskSet
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
@@ -170,7 +171,7 @@ class RendezvousService(Directory, PunchFlows):
         self.udp_port = self.cfg.rendezvous_port
         self._servers: list[asyncio.Server] = []
         self._ws: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "rendezvous")
         self._bg: list[asyncio.Task[None]] = []
         self._draining = False
         self._up = False
@@ -246,8 +247,7 @@ class RendezvousService(Directory, PunchFlows):
             task.cancel()
         for conn in list(self.conns):
             conn.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         for srv in self._servers:
             srv.close()
         if self._ws is not None:
@@ -261,16 +261,6 @@ class RendezvousService(Directory, PunchFlows):
     def load(self) -> dict[str, Any]:
         return {"rd_peers": len(self.peers), "rd_conns": len(self.conns),
                 "rd_streams": len(self.streams)}
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("rendezvous task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ UDP
     def on_datagram(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
@@ -292,7 +282,7 @@ class RendezvousService(Directory, PunchFlows):
                 metrics.DROPPED.labels("busy").inc()
                 return
             self._registering += 1
-            self._spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
+            self._tasks.spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
         elif kind == "test_nat_request":
             # Answered to the datagram's own source; rate-limited per IP so spoofed sources
             # cannot turn the server into a steady reflector.
@@ -307,7 +297,7 @@ class RendezvousService(Directory, PunchFlows):
             self._send_udp(message(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
         else:
             # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
-            self._spawn(self._hole_sent(msg.punch_hole_sent, (ip, port), True))
+            self._tasks.spawn(self._hole_sent(msg.punch_hole_sent, (ip, port), True))
 
     def _send_udp(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
         if self.udp is not None:
@@ -334,7 +324,7 @@ class RendezvousService(Directory, PunchFlows):
                 self._send_udp(RESP_REQUEST_PK, raw_addr)
             else:
                 self.lookups.add(peer_id)
-                self._spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr, update))
+                self._tasks.spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr, update))
                 return
         elif peer.ip != ip and not _loopback(ip):
             self._note_ip_change(peer_id, peer.ip, ip, now)
@@ -514,7 +504,7 @@ class RendezvousService(Directory, PunchFlows):
     def accepted(self, conn: TcpConn, main: bool) -> None:
         self.conns.add(conn)
         metrics.CONNECTIONS.labels(conn.transport_name).inc()
-        self._spawn(self.serve(conn, main))
+        self._tasks.spawn(self.serve(conn, main))
 
     def admit(self, ip: str) -> bool:
         if self._draining or len(self.conns) >= MAX_CONNECTIONS:
@@ -633,7 +623,7 @@ class RendezvousService(Directory, PunchFlows):
                 if peer is not None and peer.mode == MODE_STREAM:
                     self.peers.pop(peer_id)
                     self.dirty.pop(peer_id, None)
-                    self._spawn(self._drop_live(peer_id))
+                    self._tasks.spawn(self._drop_live(peer_id))
 
     async def _drop_live(self, peer_id: str) -> None:
         with contextlib.suppress(RegistryError):

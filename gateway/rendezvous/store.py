@@ -79,6 +79,18 @@ redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
 return 0
 """
 
+# Delete a liveness record only if the given gateway still owns it, in one step: a peer that
+# has just moved to another gateway keeps the record that gateway wrote.
+_DROP_LIVE_LUA = """
+local blob = redis.call('GET', KEYS[1])
+if not blob then return 0 end
+local ok, rec = pcall(cmsgpack.unpack, blob)
+if ok and type(rec) == 'table' and rec[4] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _IMPORT_LUA = """
 if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
@@ -149,6 +161,7 @@ class Store:
         self._register = self.redis.register_script(_REGISTER_LUA)
         self._change = self.redis.register_script(_CHANGE_LUA)
         self._import = self.redis.register_script(_IMPORT_LUA)
+        self._drop_live = self.redis.register_script(_DROP_LIVE_LUA)
 
     def peer_key(self, peer_id: str) -> str:
         return self.registry.key("rd", "peer", peer_id)
@@ -247,13 +260,12 @@ class Store:
                     await p.execute()
         return n
 
-    async def drop_live(self, peer_id: str, owner: str) -> None:
-        """Forget a stream-mode peer whose connection closed (only if we still own it)."""
+    async def drop_live(self, peer_id: str, owner: str) -> bool:
+        """Forget a stream-mode peer whose connection closed, only if ``owner`` still owns it;
+        True when it was forgotten."""
         async with self.gate, self.registry.guard("rd_drop"):
-            blob: Any = await self.redis.get(self.live_key(peer_id))
-            live = Live.unpack(blob)
-            if live is not None and live.owner == owner:
-                await self.redis.delete(self.live_key(peer_id))
+            n: Any = await self._drop_live(keys=[self.live_key(peer_id)], args=[owner])
+        return bool(n)
 
     # ------------------------------------------------------------- sinks
     async def sink_owner(self, addr: str) -> str | None:
