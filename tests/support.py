@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import secrets
@@ -87,6 +88,22 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     return client, server
+
+
+IO_MODULES = frozenset({"asyncio", "socket", "selectors", "websockets", "aiortc", "aioice",
+                        "redis", "uvloop"})
+"""What a sans-I/O module must not import."""
+
+
+def io_imports(path: Path) -> set[str]:
+    """The I/O packages (``IO_MODULES``) the Python module at ``path`` imports, anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & IO_MODULES
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

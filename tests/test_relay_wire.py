@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
-from pathlib import Path
 
 import pytest
+from support import ROOT, io_imports
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
 from hubbub.wire.rustdesk.framing import encode_frame
@@ -28,20 +27,12 @@ from shards.relay.pairing import TableFull, WaitingTable
 from shards.relay.ws import OP_BINARY, HandshakeError, WsReader, frame_header
 
 
-ROOT = Path(__file__).resolve().parent.parent
 SANS_IO = ["handshake.py", "ws.py", "pairing.py", "limiter.py", "lists.py"]
 
 
 @pytest.mark.parametrize("name", SANS_IO)
 def test_sans_io_modules_import_no_io(name: str) -> None:
-    tree = ast.parse((ROOT / "shards" / "relay" / name).read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "selectors"}
+    assert not io_imports(ROOT / "shards" / "relay" / name)
 
 
 # ------------------------------------------------------------------ TCP first message
