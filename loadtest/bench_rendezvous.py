@@ -21,12 +21,9 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,7 +31,7 @@ import redis
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from hubbub.wire.rustdesk.messages import kind, message, parse, pb
 from loadtest.bench import module_main
-from loadtest.cluster import LocalCluster, free_port, free_port_block
+from loadtest.cluster import LocalCluster, cpu_seconds, free_port, free_port_block
 
 
 __all__ = ["main", "run"]
@@ -108,11 +105,6 @@ def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any)
     out.put(sent)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _handled(ops_ports: list[int]) -> float:
     """Heartbeats the gateways have answered so far (their Prometheus counters)."""
     total = 0.0
@@ -136,9 +128,9 @@ def _heartbeats(gateways: int, n_ids: int, seconds: float) -> dict[str, Any]:
         gen = ctx.Process(target=_generator, args=(port, ids, seconds, OFFERED, q))
         gen.start()
         q.get(timeout=60)  # warmed up
-        h0, cpu0, t0 = _handled(ops), sum(_cpu_seconds(pid) for pid in pids), time.monotonic()
+        h0, cpu0, t0 = _handled(ops), sum(cpu_seconds(pid) for pid in pids), time.monotonic()
         sent = q.get(timeout=seconds + 30)
-        h1, cpu1, t1 = _handled(ops), sum(_cpu_seconds(pid) for pid in pids), time.monotonic()
+        h1, cpu1, t1 = _handled(ops), sum(cpu_seconds(pid) for pid in pids), time.monotonic()
         gen.join(5)
     wall = max(1e-6, t1 - t0)
     done = h1 - h0
@@ -179,20 +171,11 @@ def _answer_punches(port: int, peer_id: str, stop: threading.Event) -> None:
 def _punch_rtt(count: int) -> dict[str, Any]:
     with LocalCluster(gateways=1, shards=0) as cluster:
         p1 = cluster.target.rendezvous_port
-        p2 = free_port_block(4) + 1
-        env = dict(cluster.base_env, RENDEZVOUS_PORT=str(p2), SPACES_PORT=str(free_port()),
-                   HONCHO_PROCESS_NAME="gateway.2")
-        ops = free_port()
-        log = open(cluster.workdir / "gateway-b.log", "wb")  # noqa: SIM115 - closed below
-        g2 = subprocess.Popen([sys.executable, "-m", "hubbub", "gateway", "--ops-port",
-                               str(ops)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                              cwd=cluster.workdir)
+        p2 = free_port_block(4) + 1  # its NAT-test port is p2 - 1, its WebSocket port p2 + 2
+        cluster.add("gateway", RENDEZVOUS_PORT=str(p2), SPACES_PORT=str(free_port()))
         stop = threading.Event()
         b = threading.Thread(target=_answer_punches, args=(p1, "777000111", stop), daemon=True)
         try:
-            deadline = time.monotonic() + 20
-            while not cluster.serves(p2) and time.monotonic() < deadline:
-                time.sleep(0.05)
             b.start()
             time.sleep(0.5)
             samples = []
@@ -226,12 +209,6 @@ def _punch_rtt(count: int) -> dict[str, Any]:
                         failures += 1
         finally:
             stop.set()
-            g2.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                g2.wait(5)
-            if g2.poll() is None:
-                g2.kill()
-            log.close()
     samples.sort()
     p50 = statistics.median(samples) if samples else float("nan")
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("nan")

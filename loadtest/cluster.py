@@ -183,10 +183,17 @@ class LocalCluster:
             time.sleep(0.05)
         raise LoadTestError("redis-server did not start")
 
-    def _spawn(self, role: str) -> _Proc:
+    def add(self, role: str, **env: str) -> _Proc:
+        """Start one more ``role`` process, with ``env`` over the cluster's settings, and wait
+        until it is healthy; it is stopped with the cluster."""
+        proc = self._spawn(role, env)
+        self._wait_healthy(proc, time.monotonic() + self.start_timeout)
+        return proc
+
+    def _spawn(self, role: str, extra: Mapping[str, str] | None = None) -> _Proc:
         ops = free_port()
         log_path = self.workdir / f"{role}-{len(self.procs)}.log"
-        env = dict(self.base_env)
+        env = dict(self.base_env, **(extra or {}))
         index = sum(1 for p in self.procs if p.role == role) + 1
         env["HONCHO_PROCESS_NAME"] = f"{role}.{index}"
         with open(log_path, "wb") as log:
@@ -218,14 +225,6 @@ class LocalCluster:
 
     def ops_ports(self, role: str) -> list[int]:
         return [p.ops_port for p in self.procs if p.role == role]
-
-    def serves(self, port: int, timeout: float = 0.5) -> bool:
-        """Whether something accepts TCP connections on ``port`` (a capability is present)."""
-        try:
-            with socket.create_connection((HOST, port), timeout=timeout):
-                return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         for p in self.procs:
