@@ -13,7 +13,6 @@ import contextlib
 import os
 import struct
 import time
-from collections import deque
 from typing import Any, cast
 
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
@@ -28,7 +27,8 @@ from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 from hubbub.wire.webrtc import stun
 from hubbub.wire.webrtc.framing import Rfc4571Decoder, frame
 from hubbub.wire.webrtc.params import random_token
-from hubbub.wire.webrtc.rtp import is_rtcp
+from hubbub.wire.webrtc.rtp import RtpError, is_rtcp, read_rtp
+from shards.media.transport import IceLink
 
 
 __all__ = ["MediaPeer", "opus_rtp_parameters"]
@@ -48,39 +48,6 @@ def opus_rtp_parameters(ssrc: int, pt: int = 111, level_id: int = 1) -> dict[str
         "encodings": [{"ssrc": ssrc, "dtx": False}],
         "rtcp": {"cname": random_token(8), "reducedSize": True},
     }
-
-
-class _Link:
-    role = "controlling"
-    state = "completed"
-
-    def __init__(self, peer: MediaPeer) -> None:
-        self.peer = peer
-        self.queue: deque[bytes] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed = False
-
-    def feed(self, data: bytes) -> None:
-        if len(self.queue) < 256:
-            self.queue.append(data)
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
-
-    async def _recv(self) -> bytes:
-        while not self.queue:
-            if self.closed:
-                raise ConnectionError
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-        return self.queue.popleft()
-
-    async def _send(self, data: bytes) -> None:
-        self.peer.sendto(data)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
 
 
 class _TcpFramer(asyncio.Protocol):
@@ -117,7 +84,7 @@ class MediaPeer(asyncio.DatagramProtocol):
             RTCDtlsFingerprint(f["algorithm"], f["value"])
             for f in options["dtlsParameters"]["fingerprints"]]
         self.certificate = certificate
-        self.link = _Link(self)
+        self.link = IceLink(self.sendto, role="controlling", limit=256)
         self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
         self.dtls._set_role("client")
         self.sctp: RTCSctpTransport | None = None
@@ -164,11 +131,10 @@ class MediaPeer(asyncio.DatagramProtocol):
                 return
             self.rtp_received += 1
             if self.keep:
-                b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", plain)
-                off = 12 + 4 * (b0 & 15)
-                if b0 & 0x10:
-                    off += 4 + 4 * struct.unpack_from("!H", plain, off + 2)[0]
-                self.received.append((ssrc, b1 & 0x7F, seq, ts, plain[off:]))
+                with contextlib.suppress(RtpError):
+                    rtp = read_rtp(plain)
+                    self.received.append((rtp.ssrc, rtp.payload_type, rtp.seq, rtp.timestamp,
+                                          plain[rtp.payload_offset:]))
 
     def sendto(self, data: bytes) -> None:
         if self.tcp is not None:

@@ -29,12 +29,10 @@ def test_pinned_aiortc_internals_still_exist() -> None:
     """The SFU subclasses aiortc and reads private attributes: fail loudly when they move."""
     assert (version("aiortc"), version("aioice"), version("pylibsrtp")) == (
         "1.16.0", "0.13.0", "1.0.0")
-    dtls = RTCDtlsTransport.__new__(RTCDtlsTransport)
     for name in ("_set_role", "_recv_next", "_write_ssl", "_send_data", "start", "stop"):
         assert callable(getattr(RTCDtlsTransport, name))
     src = RTCDtlsTransport.__init__.__code__.co_names
     assert "_rx_srtp" in src and "_tx_srtp" in src and "_data_receiver" in src
-    assert dtls is not None
     for name in ("_receive", "_send", "_set_state", "_transmit_reconfig", "start", "stop"):
         assert callable(getattr(RTCSctpTransport, name))
     init = RTCSctpTransport.__init__.__code__.co_names

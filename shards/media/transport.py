@@ -2,11 +2,11 @@
 
 ICE is our own ICE-lite responder (``hubbub.wire.webrtc.ice``). DTLS and SCTP are aiortc's
 ``RTCDtlsTransport`` and ``RTCSctpTransport``, driven through a small stand-in for the ICE
-transport (``_IceLink``: ``_recv``/``_send``/``role``), so aiortc never owns a socket. SRTP
+transport (``IceLink``: ``_recv``/``_send``/``role``), so aiortc never owns a socket. SRTP
 packets never enter aiortc: ``on_srtp`` unprotects them with the DTLS transport's session and
 forwards them to the producer's consumers (unprotect → header rewrite → protect → sendto).
 
-aiortc internals used here (pinned versions; ``tests/test_media_internals.py`` guards them):
+aiortc internals used here (pinned versions; ``tests/test_media_shard.py`` guards them):
 ``RTCDtlsTransport._set_role/_rx_srtp/_tx_srtp``, ``RTCSctpTransport._receive/_send/
 _outbound_queue/_association_state/_outbound_streams_count/_inbound_streams_max``.
 """
@@ -20,6 +20,7 @@ import secrets
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
     from shards.media.mux import UdpMux
 
-__all__ = ["Consumer", "DataConsumer", "DataProducer", "Producer", "Transport"]
+__all__ = ["Consumer", "DataConsumer", "DataProducer", "IceLink", "Producer", "Transport"]
 
 log = logging.getLogger("hubbub.media.transport")
 
@@ -71,20 +72,28 @@ DC_RATE, DC_BURST = 60.0, 120.0
 _SSRC = struct.Struct("!I")
 
 
-class _IceLink:
-    """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook."""
+class IceLink:
+    """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook.
 
-    role = "controlled"
+    Args:
+        send: sends one packet to the peer.
+        role: the ICE role (a shard is ICE-lite, so ``controlled``; its clients control).
+        limit: DTLS records kept until the handshake reads them; more are dropped.
+    """
+
     state = "completed"
 
-    def __init__(self, owner: Transport) -> None:
-        self._owner = owner
+    def __init__(self, send: Callable[[bytes], None], role: str = "controlled",
+                 limit: int = DTLS_QUEUE) -> None:
+        self.role = role
+        self._send_packet = send
+        self._limit = limit
         self._queue: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def feed(self, data: bytes) -> None:
-        if self._closed or len(self._queue) >= DTLS_QUEUE:
+        if self._closed or len(self._queue) >= self._limit:
             return
         self._queue.append(data)
         if self._waiter is not None and not self._waiter.done():
@@ -99,7 +108,7 @@ class _IceLink:
         return self._queue.popleft()
 
     async def _send(self, data: bytes) -> None:
-        self._owner.send_raw(data)
+        self._send_packet(data)
 
     def close(self) -> None:
         self._closed = True
@@ -258,7 +267,7 @@ class Transport:
         self.mux = mux
         self.counts = counts
         self.ice = IceLite(random_token(16), random_token(32))
-        self.link = _IceLink(self)
+        self.link = IceLink(self.send_raw)
         self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
         self.sctp: _Sctp | None = None
         self.remote_dtls: RTCDtlsParameters | None = None
