@@ -26,6 +26,7 @@ from support import (
 
 from gateway.rendezvous.store import Live, Store
 from hubbub.wire.rustdesk.messages import pb
+from loadtest.cluster import rss_bytes
 from registry import Registry
 from registry.codec import pack
 
@@ -38,10 +39,7 @@ class One:
     redis_url: str
 
     def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.gw.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return rss_bytes(self.gw.proc.pid) // 1024
 
 
 @pytest.fixture(scope="module")

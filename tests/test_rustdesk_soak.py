@@ -7,13 +7,13 @@ import random
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from rustdesk_sim import TcpClient, close_all, msg
 from support import Cluster, free_port, free_port_block
 
 from hubbub.wire.rustdesk.messages import parse, pb
+from loadtest.cluster import rss_bytes
 
 
 pytestmark = pytest.mark.slow
@@ -23,13 +23,6 @@ pytestmark = pytest.mark.slow
 def _close_sockets() -> Iterator[None]:
     yield
     close_all()
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def test_soak_heartbeats_and_punches(cluster: Cluster) -> None:
@@ -50,7 +43,7 @@ def test_soak_heartbeats_and_punches(cluster: Cluster) -> None:
             time.sleep(0.1)  # devices start over time, not all in one millisecond
     time.sleep(1.0)
     rng = random.Random(5)
-    rss0 = [_rss_kb(g.proc.pid) for g in gws]
+    rss0 = [rss_bytes(g.proc.pid) // 1024 for g in gws]
     punches = ok = 0
     end = time.monotonic() + 25
     while time.monotonic() < end:
@@ -82,6 +75,6 @@ def test_soak_heartbeats_and_punches(cluster: Cluster) -> None:
         time.sleep(0.5)
     assert ok == punches
     for g, before in zip(gws, rss0, strict=True):
-        assert _rss_kb(g.proc.pid) - before < 20_000
+        assert rss_bytes(g.proc.pid) // 1024 - before < 20_000
     for _, s in devices:
         s.close()
