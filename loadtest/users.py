@@ -52,13 +52,13 @@ __all__ = [
 
 log = logging.getLogger("hubbub.loadtest")
 
-# Devices of this load-generator process that are registered; controllers pick targets here.
 class _Peer(Protocol):
     id: str
     ip: str
 
 
 ONLINE: dict[str, _Peer] = {}
+"""Devices of this load-generator process that are registered; controllers pick targets here."""
 _PLAYERS = itertools.count()
 _ids: tuple[int, itertools.count[int]] = (0, itertools.count())
 
@@ -69,6 +69,24 @@ def _new_id() -> str:
     if _ids[0] != os.getpid():
         _ids = (os.getpid(), itertools.count(random.randrange(100_000_000, 900_000_000, 1000)))
     return str(next(_ids[1]))
+
+
+def _tick_device(device: Device | WsDevice) -> bool:
+    """One tick of a device's client timer; ``ONLINE`` lists it while it is registered.
+
+    Returns False when the tick failed (the device client has reported it).
+    """
+    known = device.id  # a refused registration may renumber the device
+    try:
+        device.tick()
+    except (OSError, HubbubError, websocket.WebSocketException):
+        ONLINE.pop(known, None)
+        return False
+    if device.confirmed:
+        ONLINE[device.id] = device
+    return True
+
+
 _STOPPING = (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP)
 SETTLE = 2.0
 """Seconds after its first registration before a device expects to be reported online."""
@@ -211,14 +229,8 @@ class DeviceUser(_HubbubUser):
 
     @task
     def tick(self) -> None:
-        known = self.device.id
-        try:
-            self.device.tick()
-        except (OSError, HubbubError):
-            ONLINE.pop(known, None)
-            return  # already reported
-        if self.device.confirmed:
-            ONLINE[self.device.id] = self.device
+        if not _tick_device(self.device):
+            return
         self.elapsed += 1.0
         if self.list_open and self.elapsed >= self.next_query:
             self.next_query = self.elapsed + self.online_every
@@ -261,13 +273,7 @@ class WebDeviceUser(_HubbubUser):
 
     @task
     def tick(self) -> None:
-        try:
-            self.device.tick()
-        except (OSError, HubbubError, websocket.WebSocketException):
-            ONLINE.pop(self.device.id, None)
-            return  # reported by the client
-        if self.device.confirmed:
-            ONLINE[self.device.id] = self.device
+        _tick_device(self.device)
 
 
 class _ControllerBase(_HubbubUser):
@@ -293,13 +299,7 @@ class _ControllerBase(_HubbubUser):
 
     def _device_timer(self) -> None:
         while True:
-            known = self.device.id
-            try:
-                self.device.tick()
-                if self.device.confirmed:
-                    ONLINE[self.device.id] = self.device
-            except (OSError, HubbubError):
-                ONLINE.pop(known, None)
+            _tick_device(self.device)
             gevent.sleep(1.0)
 
     def on_stop(self) -> None:
@@ -307,7 +307,6 @@ class _ControllerBase(_HubbubUser):
             self._heart.kill(block=True, timeout=2)
         ONLINE.pop(self.device.id, None)
         self.device.stop()
-
 
 
 class ControllerUser(_ControllerBase):
