@@ -486,6 +486,16 @@ async def bootstrap(p: WiredPeer, uri: str, ssrc: int) -> dict[str, Any]:
     return info
 
 
+async def rtc_before_join(p: WiredPeer) -> None:
+    """Capabilities, both transports and the client's capabilities, with no space joined."""
+    await p.send("get_router_rtp_capabilities", None)
+    await p.expect("router_rtp_capabilities")
+    for kind in ("producer", "consumer"):
+        await p.send("create_transport", {"type": kind})
+        await p.expect("transport_created")
+    await p.send("set_rtp_capabilities", CLIENT_CAPS)
+
+
 async def test_reference_media_flow(hosts: Hosts, open_peer: Any) -> None:
     uri = space("media")
     a = await open_peer(0)
@@ -540,12 +550,7 @@ async def test_late_joiner_with_media_ready_gets_exact_sequence(hosts: Hosts,
     c.skip_all()
     # b sets up all of WebRTC, producing included, before joining.
     b = await open_peer(1)
-    await b.send("get_router_rtp_capabilities", None)
-    await b.expect("router_rtp_capabilities")
-    for kind in ("producer", "consumer"):
-        await b.send("create_transport", {"type": kind})
-        await b.expect("transport_created")
-    await b.send("set_rtp_capabilities", CLIENT_CAPS)
+    await rtc_before_join(b)
     await b.send("produce_data", {"streamId": 0, "ordered": False, "maxRetransmits": 0})
     dp_b = await b.expect("data_producer_id")
     await b.send("produce", rtp_parameters(5555))
@@ -704,12 +709,7 @@ async def test_webrtc_before_join_with_two_shards(cluster: Cluster) -> None:
     a = await WiredPeer.open(url)
     b = await WiredPeer.open(url)
     try:
-        await a.send("get_router_rtp_capabilities", None)
-        await a.expect("router_rtp_capabilities")
-        for kind in ("producer", "consumer"):
-            await a.send("create_transport", {"type": kind})
-            await a.expect("transport_created")
-        await a.send("set_rtp_capabilities", CLIENT_CAPS)
+        await rtc_before_join(a)
         await a.send("produce", rtp_parameters(7777))
         pa_prod = await a.expect("producer_id")
         await asyncio.sleep(2.5)  # the shards publish their loads: a's shard is now busier

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 from support import Cluster, HubbubProcess, free_port, free_port_block
@@ -20,11 +21,27 @@ CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayload
         "headerExtensions": []}
 
 
+def _env(rtc_ports: int) -> dict[str, str]:
+    """Ports for one gateway and two-slot shards with ``rtc_ports`` WebRTC ports in all."""
+    rtc = free_port_block(rtc_ports)
+    return {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + rtc_ports - 1),
+            "SHARD_SLOTS": "2", "RELAY_PORT": str(free_port_block(3)),
+            "SPACES_PORT": str(free_port()), "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+
+
+async def _consumer_transport(c: WiredClient) -> Any:
+    """``transport_created`` for a consumer transport, asked again until the gateway has seen
+    a shard."""
+    deadline = time.monotonic() + 5
+    while True:
+        await c.send("create_transport", {"type": "consumer"})
+        with contextlib.suppress(TimeoutError, AssertionError):
+            return await c.wait_for("transport_created", timeout=0.5)
+        assert time.monotonic() < deadline, c.frames
+
+
 async def test_wired_clients_through_gateway_and_shard(cluster: Cluster) -> None:
-    rtc = free_port_block(4)
-    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3), "SHARD_SLOTS": "2",
-           "RELAY_PORT": str(free_port_block(3)), "SPACES_PORT": str(free_port()),
-           "RENDEZVOUS_PORT": str(free_port_block(4) + 1), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    env = {**_env(rtc_ports=4), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
     shard = cluster.start("shard", env=env)
     cluster.start("gateway", env=env)
     url = f"ws://127.0.0.1:{env['SPACES_PORT']}/"
@@ -87,22 +104,13 @@ async def test_wired_clients_through_gateway_and_shard(cluster: Cluster) -> None
 
 
 async def test_killed_shard_closes_sockets_with_1012(cluster: Cluster) -> None:
-    rtc = free_port_block(4)
-    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3), "SHARD_SLOTS": "2",
-           "RELAY_PORT": str(free_port_block(3)), "SPACES_PORT": str(free_port()),
-           "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+    env = _env(rtc_ports=4)
     shard = cluster.start("shard", env=env)
     cluster.start("gateway", env=env)
     a = await WiredClient.connect(f"ws://127.0.0.1:{env['SPACES_PORT']}/")
     try:
         await a.join(URI)
-        deadline = time.monotonic() + 5
-        while True:  # until the gateway has seen the shard
-            await a.send("create_transport", {"type": "consumer"})
-            with contextlib.suppress(TimeoutError, AssertionError):
-                created = await a.wait_for("transport_created", timeout=0.5)
-                break
-            assert time.monotonic() < deadline, a.frames
+        created = await _consumer_transport(a)
         assert created["options"]["iceCandidates"][0]["address"] == "127.0.0.1"
         shard.kill(signal.SIGKILL)  # no media.lost: the gateway sees the presence expire
         code, reason = await a.wait_closed(timeout=8)
@@ -112,10 +120,7 @@ async def test_killed_shard_closes_sockets_with_1012(cluster: Cluster) -> None:
 
 
 async def test_spaces_spread_over_shards(cluster: Cluster) -> None:
-    rtc = free_port_block(8)
-    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 7), "SHARD_SLOTS": "2",
-           "RELAY_PORT": str(free_port_block(3)), "SPACES_PORT": str(free_port()),
-           "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+    env = _env(rtc_ports=8)
     shards = [cluster.start("shard", env=env) for _ in range(2)]
     cluster.start("gateway", env=env)
     url = f"ws://127.0.0.1:{env['SPACES_PORT']}/"
@@ -124,13 +129,7 @@ async def test_spaces_spread_over_shards(cluster: Cluster) -> None:
         ports = []
         for i, (c, uri) in enumerate(zip(clients, [URI, URI + "?2", URI], strict=True)):
             await c.join(uri)
-            deadline = time.monotonic() + 5
-            while True:
-                await c.send("create_transport", {"type": "consumer"})
-                with contextlib.suppress(TimeoutError, AssertionError):
-                    created = await c.wait_for("transport_created", timeout=0.5)
-                    break
-                assert time.monotonic() < deadline, c.frames
+            created = await _consumer_transport(c)
             ports.append(created["options"]["iceCandidates"][0]["port"])
             if i == 0:
                 await asyncio.sleep(2.5)  # the first shard's load reaches the gateway
