@@ -27,7 +27,7 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
-from loadtest.media_peer import MediaPeer, opus_rtp_parameters
+from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters
 
 
 __all__ = ["main", "markdown", "run"]
@@ -46,26 +46,23 @@ def _shard_main(conn: Connection, core: int | None) -> None:
     if core is not None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {core})
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    with runner:
+    with _runner() as runner:
         runner.run(_shard(conn))
 
 
-async def _shard(conn: Connection) -> None:
-    from shards.media.metrics import Counts
-    from shards.media.mux import UdpMux
-    from shards.media.router import MediaRouter
+def _runner() -> asyncio.Runner:
+    """An event loop runner on uvloop, as the shard runs."""
+    try:
+        import uvloop
 
-    loop = asyncio.get_running_loop()
-    counts = Counts()
-    mux = UdpMux(counts)
-    await loop.create_datagram_endpoint(lambda: mux, local_addr=("127.0.0.1", 0))
-    router = MediaRouter(mux, RTCCertificate.generateCertificate(), counts, "127.0.0.1")
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover
+        return asyncio.Runner()
+
+
+async def _shard(conn: Connection) -> None:
+    router = await local_router()
+    counts = router.counts
     done = asyncio.Event()
 
     def on_command() -> None:
@@ -96,7 +93,7 @@ async def _shard(conn: Connection) -> None:
                 t.check_consent(mono)
                 t.send_reports(now)
 
-    loop.add_reader(conn.fileno(), on_command)
+    asyncio.get_running_loop().add_reader(conn.fileno(), on_command)
     task = asyncio.ensure_future(reports())
     await done.wait()
     task.cancel()
@@ -303,13 +300,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     data_cases = [10] if quick else [10, 20]
     seconds = 3.0 if quick else 6.0
     try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    try:
-        with runner:
+        with _runner() as runner:
             return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core),
                                                300))
     finally:

@@ -28,10 +28,13 @@ from hubbub.wire.webrtc import stun
 from hubbub.wire.webrtc.framing import Rfc4571Decoder, frame
 from hubbub.wire.webrtc.params import random_token
 from hubbub.wire.webrtc.rtp import RtpError, is_rtcp, read_rtp
+from shards.media.metrics import Counts
+from shards.media.mux import UdpMux
+from shards.media.router import MediaRouter
 from shards.media.transport import IceLink
 
 
-__all__ = ["MediaPeer", "opus_rtp_parameters"]
+__all__ = ["MediaPeer", "local_router", "opus_rtp_parameters", "wait_for"]
 
 
 def opus_rtp_parameters(ssrc: int, pt: int = 111, level_id: int = 1) -> dict[str, Any]:
@@ -48,6 +51,14 @@ def opus_rtp_parameters(ssrc: int, pt: int = 111, level_id: int = 1) -> dict[str
         "encodings": [{"ssrc": ssrc, "dtx": False}],
         "rtcp": {"cname": random_token(8), "reducedSize": True},
     }
+
+
+async def local_router(host: str = "127.0.0.1") -> MediaRouter:
+    """A shard's ``MediaRouter`` on its own UDP mux bound to ``host`` (no ICE-TCP)."""
+    counts = Counts()
+    mux = UdpMux(counts)
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: mux, local_addr=(host, 0))
+    return MediaRouter(mux, RTCCertificate.generateCertificate(), counts, host)
 
 
 class _TcpFramer(asyncio.Protocol):

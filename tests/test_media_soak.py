@@ -10,9 +10,7 @@ import tracemalloc
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
-from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
-from shards.media.metrics import Counts
-from shards.media.mux import UdpMux
+from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters, wait_for
 from shards.media.router import MediaRouter
 
 
@@ -69,11 +67,8 @@ async def _round(router: MediaRouter, cert: RTCCertificate, n: int) -> None:
 
 
 async def test_churn_leaves_nothing_behind() -> None:
-    loop = asyncio.get_running_loop()
-    counts = Counts()
-    mux = UdpMux(counts)
-    await loop.create_datagram_endpoint(lambda: mux, local_addr=("127.0.0.1", 0))
-    router = MediaRouter(mux, RTCCertificate.generateCertificate(), counts, "127.0.0.1")
+    router = await local_router()
+    counts, mux = router.counts, router.mux
     cert = RTCCertificate.generateCertificate()
     tracemalloc.start()
     try:
