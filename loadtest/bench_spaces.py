@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from hubbub.wire.wired.positions import RECORD_SIZE
 from loadtest.cluster import LocalCluster
 
 
@@ -85,12 +86,12 @@ class Player:
     def _on_batch(self, frame: bytes) -> None:
         now = time.time()
         self.batches += 1
-        n = (len(frame) - 1) // 21
+        n = (len(frame) - 1) // RECORD_SIZE
         self.records += n
         if not self.observer:
             return
         for i in range(n):
-            off = 1 + i * 21
+            off = 1 + i * RECORD_SIZE
             sent = _STAMP.unpack_from(frame, off + 1)[0]
             if not 0 < sent <= now:
                 continue
@@ -109,7 +110,7 @@ def _pct(values: list[float], q: float) -> float:
 async def _move(p: Player, until: float) -> None:
     """Send a record once per tick, at a fixed random phase in the middle of the tick."""
     phase = random.uniform(0.2, 0.6) * TICK
-    pad = bytes(12)
+    pad = bytes(RECORD_SIZE - 1 - _STAMP.size)
     while True:
         now = time.time()
         target = math.floor(now / TICK) * TICK + phase
