@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import statistics
 import struct
@@ -36,7 +35,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from hubbub.wire.wired.positions import RECORD_SIZE
-from loadtest.cluster import LocalCluster
+from loadtest.cluster import LocalCluster, cpu_seconds
 
 
 __all__ = ["run"]
@@ -129,8 +128,7 @@ def _cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += cpu_seconds(pid)
     return total
 
 
