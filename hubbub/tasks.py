@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any
 
 
@@ -42,8 +42,12 @@ class TaskSet:
         for task in list(self._tasks):
             task.cancel()
 
+    async def close(self) -> None:
+        """Cancel every task still running and wait until they have all ended."""
+        tasks = list(self._tasks)
+        self.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def __iter__(self) -> Iterator[asyncio.Future[Any]]:
-        return iter(list(self._tasks))

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import ast
 import random
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from aioice import stun as aioice_stun
+from support import ROOT, io_imports
 
 from hubbub.wire.webrtc import ice, params, rtcp, rtp, stun
 
 
-ROOT = Path(__file__).resolve().parent.parent
 TXID = bytes(range(12))
 
 
 def test_no_io_imports_in_wire_webrtc() -> None:
     for path in (ROOT / "hubbub" / "wire" / "webrtc").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            for name in names:
-                assert name.split(".")[0] not in ("asyncio", "socket", "aiortc", "aioice"), \
-                    f"{path.name} imports {name}"
+        assert not io_imports(path), path.name
 
 
 # ------------------------------------------------------------------ STUN

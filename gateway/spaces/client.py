@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.spaces import metrics
+from hubbub.tasks import TaskSet
 from hubbub.wire.wired import outbound
 from hubbub.wire.wired.connection import ServerConnection as WiredConnection
 from hubbub.wire.wired.inbound import Limits
@@ -60,7 +61,7 @@ class Client:
                                     resume_gap=RESUME_GAP)
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "spaces socket")
         self._queue: deque[tuple[bytes, bool]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
@@ -75,16 +76,13 @@ class Client:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run work for this socket outside its message loop (cancelled when it goes)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
 
     # -------------------------------------------------------------- sending
     def start(self) -> None:

@@ -11,8 +11,6 @@ Wired client reconnects onto a live shard.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +18,7 @@ from typing import Any, Protocol
 
 from gateway.spaces import metrics
 from hubbub.errors import NoListener, RegistryUnavailable, RemoteError, RequestTimeout
+from hubbub.tasks import TaskSet
 from hubbub.wire.wired import outbound
 from registry import ProcessRecord, Registry
 
@@ -68,7 +67,7 @@ class MediaRelay:
         self.sessions: dict[str, MediaClient] = {}
         self.capabilities: Any = None
         self._place = registry.redis.register_script(_PLACE)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "spaces media")
         self._looked = -1e18
         registry.on("media.push", self._on_push)
         registry.on("media.lost", self._on_lost)
@@ -144,7 +143,7 @@ class MediaRelay:
         """The socket is gone: tell its shard to drop every transport (in the background)."""
         self.sessions.pop(client.session, None)
         if client.shard is not None:
-            self._spawn(self._quiet(client, "close", None))
+            self._tasks.spawn(self._quiet(client, "close", None))
 
     async def handle(self, client: MediaClient, subject: str, data: Any) -> None:
         """Relay one WebRTC subject; replies or an ``error`` message go to the client."""
@@ -260,18 +259,8 @@ class MediaRelay:
         if client is not None and client.shard == sender:
             self._lose(client, str(payload.get("reason", "")))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
+        await self._tasks.close()
 
 def _pairs(reply: Any) -> list[tuple[str, Any]]:
     """Well-formed ``[subject, data]`` pairs of a shard reply (anything else is dropped)."""
