@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import uvloop
+
 from hubbub import metrics
 from hubbub.config import Config
 from hubbub.errors import HubbubError, LeaseLost
@@ -35,6 +37,7 @@ __all__ = [
     "Service",
     "admin_token",
     "host_name",
+    "loop_runner",
     "run_process",
 ]
 
@@ -250,16 +253,15 @@ class _Runner:
         return self.exit_code
 
 
+def loop_runner() -> asyncio.Runner:
+    """An event loop runner on uvloop, as every hubbub process runs."""
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
 def run_process(cfg: Config, factory: ServiceFactory) -> int:
     """Run one role until it is stopped; returns the exit code."""
     setup_logging(cfg.log_level, process_name(cfg))
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep a fallback anyway
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with loop_runner() as runner:
         code = runner.run(_Runner(cfg, factory).run())
     sys.stdout.flush()
     return code

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from hubbub.runtime import loop_runner
 from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters
 
 
@@ -46,18 +47,8 @@ def _shard_main(conn: Connection, core: int | None) -> None:
     if core is not None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {core})
-    with _runner() as runner:
+    with loop_runner() as runner:
         runner.run(_shard(conn))
-
-
-def _runner() -> asyncio.Runner:
-    """An event loop runner on uvloop, as the shard runs."""
-    try:
-        import uvloop
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        return asyncio.Runner()
 
 
 async def _shard(conn: Connection) -> None:
@@ -300,7 +291,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     data_cases = [10] if quick else [10, 20]
     seconds = 3.0 if quick else 6.0
     try:
-        with _runner() as runner:
+        with loop_runner() as runner:
             return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core),
                                                300))
     finally:

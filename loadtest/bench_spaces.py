@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from hubbub.runtime import loop_runner
 from hubbub.wire.wired.positions import RECORD_SIZE
 from loadtest.cluster import LocalCluster, cpu_seconds
 
@@ -192,13 +193,7 @@ def _setup(gateways: int, players: int, seconds: float) -> dict[str, float]:
     env = {"SPACES_SOCKETS_PER_IP": "100000", "LOG_LEVEL": "warning"}
     with LocalCluster(gateways=gateways, shards=0, env=env) as cluster:
         url = f"ws://{cluster.target.host}:{cluster.target.spaces_port}/"
-        try:
-            import uvloop
-
-            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        except ImportError:  # pragma: no cover
-            runner = asyncio.Runner()
-        with runner:
+        with loop_runner() as runner:
             try:
                 pids = [p.popen.pid for p in cluster.procs if p.role == "gateway"]
                 return runner.run(asyncio.wait_for(_bench(url, players, seconds, pids), 180))
