@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from gateway.spaces import metrics
+from gateway.spaces.store import shard_key
 from hubbub.errors import NoListener, RegistryUnavailable, RemoteError, RequestTimeout
 from hubbub.tasks import TaskSet
 from hubbub.wire.wired import outbound
@@ -128,7 +129,7 @@ class MediaRelay:
         return won.decode() if isinstance(won, bytes) else str(won)
 
     def _shard_key(self, uri: str) -> str:
-        return self.registry.key("space", uri, "shard")
+        return shard_key(self.registry, uri)
 
     async def _any_shard(self) -> str | None:
         """The least loaded usable shard, for work that does not bind a session to it."""

@@ -28,7 +28,7 @@ import orjson
 from registry import Registry
 
 
-__all__ = ["Member", "SpaceStore"]
+__all__ = ["Member", "SpaceStore", "shard_key"]
 
 MAX_PLAYERS = 256
 """Players per space: a playerId is one byte (a location record's byte 0); ``_JOIN`` spells
@@ -114,6 +114,12 @@ def _opt(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def shard_key(registry: Registry, uri: str) -> str:
+    """The key naming the media shard a space is placed on (written by the media relay, removed
+    with the space's last member)."""
+    return registry.key("space", uri, "shard")
+
+
 class SpaceStore:
     """The Redis side of spaces for one gateway process."""
 
@@ -136,7 +142,7 @@ class SpaceStore:
         return self.registry.key("space", uri, "members")
 
     def shard_key(self, uri: str) -> str:
-        return self.registry.key("space", uri, "shard")
+        return shard_key(self.registry, uri)
 
     def gateway_key(self, gateway: str) -> str:
         return self.registry.key("spaces", "gw", gateway)
