@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 scripts/setup.sh --dev
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
-mypy hubbub gateway shards registry loadtest
+mypy hubbub gateway shards registry loadtest tests
 if [ "$#" -gt 0 ]; then
   exec pytest "$@"
 fi

@@ -42,11 +42,14 @@ class TaskSet:
         for task in list(self._tasks):
             task.cancel()
 
+    async def wait(self) -> None:
+        """Wait until every task running now has ended (however it ends)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel every task still running and wait until they have all ended."""
-        tasks = list(self._tasks)
         self.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.wait()
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -331,7 +331,7 @@ class Ws:
         self.ws.close()
 
 
-def punch_request(peer_id: str, licence_key: str, nat_type: int = pb.ASYMMETRIC,
+def punch_request(peer_id: str, licence_key: str, nat_type: pb.NatType = pb.ASYMMETRIC,
                   **kw: Any) -> bytes:
     """What the desktop client sends to connect to ``peer_id``."""
     return msg(punch_hole_request=pb.PunchHoleRequest(

@@ -80,6 +80,15 @@ def redis_server(appendonly: bool = False, bind: str = "127.0.0.1") -> Iterator[
             srv.stop()
 
 
+def shard_env(slots: int = 1, rtc_ports: int = 4, **extra: str) -> dict[str, str]:
+    """Settings for shards on free ports: ``slots`` slots sharing ``rtc_ports`` WebRTC ports and
+    a relay port block; ``extra`` goes on top."""
+    rtc = free_port_block(rtc_ports)
+    return {"SHARD_SLOTS": str(slots), "RTC_MIN_PORT": str(rtc),
+            "RTC_MAX_PORT": str(rtc + rtc_ports - 1), "RELAY_PORT": str(free_port_block(3)),
+            **extra}
+
+
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
     """(client end, server end) of one loopback TCP connection."""
     with socket.socket() as listener:

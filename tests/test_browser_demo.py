@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import Cluster, HubbubProcess, free_port, free_port_block
+from support import Cluster, HubbubProcess, free_port, free_port_block, shard_env
 
 
 pytestmark = pytest.mark.browser
@@ -30,11 +30,9 @@ FLAGS = [
 
 
 def media_env() -> dict[str, str]:
-    rtc = free_port_block(4)
-    return {"SPACES_PORT": str(free_port()), "RENDEZVOUS_PORT": str(free_port_block(4) + 1),
-            "RELAY_PORT": str(free_port_block(3)), "SHARD_SLOTS": "2",
-            "RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3),
-            "MEDIASOUP_LISTEN_IP": "127.0.0.1", "MEDIASOUP_ANNOUNCED_IP": "127.0.0.1"}
+    return shard_env(2, SPACES_PORT=str(free_port()),
+                     RENDEZVOUS_PORT=str(free_port_block(4) + 1),
+                     MEDIASOUP_LISTEN_IP="127.0.0.1", MEDIASOUP_ANNOUNCED_IP="127.0.0.1")
 
 
 @pytest.fixture

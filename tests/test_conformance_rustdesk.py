@@ -32,7 +32,15 @@ from conformance_rustdesk import (
     verify_idpk,
 )
 from nacl.signing import SigningKey
-from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
+from support import (
+    Cluster,
+    HubbubProcess,
+    RedisServer,
+    free_port,
+    free_port_block,
+    new_prefix,
+    shard_env,
+)
 
 from hubbub.wire.rustdesk import rendezvous_pb2 as pb
 
@@ -775,10 +783,7 @@ def _recv_exact(t: Tcp, n: int, timeout: float = TIMEOUT_RELAY) -> bytes:
 
 def test_relay_pairs_and_pipes(env: Env) -> None:
     relay_port = free_port_block(3)
-    rtc = free_port_block(4)
-    env.cluster.start("shard", env={"KEY": "_", "RELAY_PORT": str(relay_port),
-                                    "SHARD_SLOTS": "1", "RTC_MIN_PORT": str(rtc),
-                                    "RTC_MAX_PORT": str(rtc + 3)})
+    env.cluster.start("shard", env=shard_env(KEY="_", RELAY_PORT=str(relay_port)))
     pub = env.gw.pub
     # Wrong key: closed without a reply.
     bad = Tcp(H, relay_port)

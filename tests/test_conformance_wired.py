@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conformance_wired import WiredPeer
-from support import Cluster, RedisServer, free_port, free_port_block, new_prefix
+from support import Cluster, RedisServer, free_port, free_port_block, new_prefix, shard_env
 
 
 NULLABLE_STR = (str, type(None))
@@ -48,9 +48,7 @@ class Hosts:
 @pytest.fixture(scope="module")
 def hosts(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     cluster = Cluster(redis_srv.url, new_prefix(), Path(tmp_path_factory.mktemp("wired")))
-    rtc = free_port_block(4)
-    base = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3), "SHARD_SLOTS": "1",
-            "RELAY_PORT": str(free_port_block(3)), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    base = shard_env(MEDIASOUP_LISTEN_IP="127.0.0.1")
     try:
         cluster.start("shard", env=base)
         ports = []
@@ -696,9 +694,7 @@ async def test_abrupt_disconnect_and_chat_outside_spaces(hosts: Hosts, open_peer
 
 async def test_webrtc_before_join_with_two_shards(cluster: Cluster) -> None:
     """A client that sets up WebRTC before joining still meets later players' media."""
-    rtc = free_port_block(8)
-    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 7), "SHARD_SLOTS": "2",
-           "RELAY_PORT": str(free_port_block(3)), "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    env = shard_env(2, 8, MEDIASOUP_LISTEN_IP="127.0.0.1")
     for _ in range(2):
         cluster.start("shard", env=env)
     port = free_port()

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
-from support import Cluster, HubbubProcess, free_port, free_port_block
+from support import Cluster, HubbubProcess, free_port, free_port_block, shard_env
 from wired_client import WiredClient
 
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
@@ -23,10 +23,8 @@ CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayload
 
 def _env(rtc_ports: int) -> dict[str, str]:
     """Ports for one gateway and two-slot shards with ``rtc_ports`` WebRTC ports in all."""
-    rtc = free_port_block(rtc_ports)
-    return {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + rtc_ports - 1),
-            "SHARD_SLOTS": "2", "RELAY_PORT": str(free_port_block(3)),
-            "SPACES_PORT": str(free_port()), "RENDEZVOUS_PORT": str(free_port_block(4) + 1)}
+    return shard_env(2, rtc_ports, SPACES_PORT=str(free_port()),
+                     RENDEZVOUS_PORT=str(free_port_block(4) + 1))
 
 
 async def _consumer_transport(c: WiredClient) -> Any:

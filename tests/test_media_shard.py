@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcsctptransport import RTCSctpTransport
-from support import Cluster, HubbubProcess, free_port_block, http_get
+from support import Cluster, HubbubProcess, http_get, shard_env
 
 from hubbub.errors import RemoteError
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
@@ -64,10 +64,7 @@ class Gateway:
 
 @pytest.fixture
 async def shard(cluster: Cluster) -> AsyncIterator[tuple[HubbubProcess, Gateway, str]]:
-    rtc = free_port_block(4)
-    env = {"RELAY_PORT": str(free_port_block(3)), "SHARD_SLOTS": "2",
-           "RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3),
-           "MEDIASOUP_LISTEN_IP": "127.0.0.1"}
+    env = shard_env(2, MEDIASOUP_LISTEN_IP="127.0.0.1")
     proc = cluster.start("shard", env=env)
     reg = Registry(cluster.redis_url, cluster.prefix, "gateway", "test", ttl=1.5)
     gw = Gateway(reg)

@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, Cluster, free_port, free_port_block, http_get
+from support import ROOT, Cluster, free_port, free_port_block, http_get, shard_env
 
 
 def _ports_env() -> dict[str, str]:
     """Free ports for every listener a gateway or shard may bind."""
-    rdv = free_port_block(4) + 1
-    relay = free_port_block(3)
-    rtc = free_port_block(10)
-    return {"RENDEZVOUS_PORT": str(rdv), "RELAY_PORT": str(relay),
-            "SPACES_PORT": str(free_port()), "RTC_MIN_PORT": str(rtc),
-            "RTC_MAX_PORT": str(rtc + 9), "SHARD_SLOTS": "2"}
+    return shard_env(2, 10, RENDEZVOUS_PORT=str(free_port_block(4) + 1),
+                     SPACES_PORT=str(free_port()))
 
 
 def _free(port: int) -> bool:

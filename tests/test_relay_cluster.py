@@ -29,6 +29,7 @@ from support import (
     http_get,
     new_prefix,
     redis_server,
+    shard_env,
 )
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
@@ -90,11 +91,10 @@ class Relay:
         return total
 
 
-def _env(relay: int, rtc: int, **extra: str) -> dict[str, str]:
-    env = {"RELAY_PORT": str(relay), "SHARD_SLOTS": "2", "RTC_MIN_PORT": str(rtc),
-           "RTC_MAX_PORT": str(rtc + 3), "RELAY_TIMEOUT": str(TIMEOUT), "KEY": KEY,
-           "LIMIT_SPEED": "8", "SINGLE_BANDWIDTH": "0", "TOTAL_BANDWIDTH": "0",
-           "TRUSTED_PROXIES": PROXY}
+def _env(relay: int, **extra: str) -> dict[str, str]:
+    env = shard_env(2, RELAY_PORT=str(relay), RELAY_TIMEOUT=str(TIMEOUT), KEY=KEY,
+                    LIMIT_SPEED="8", SINGLE_BANDWIDTH="0", TOTAL_BANDWIDTH="0",
+                    TRUSTED_PROXIES=PROXY)
     env.update(extra)
     return env
 
@@ -106,7 +106,7 @@ def relay(request: pytest.FixtureRequest, redis_srv: RedisServer,
     workdir = tmp_path_factory.mktemp("relay")
     cluster = Cluster(redis_srv.url, new_prefix(), workdir)
     port = free_port_block(3)
-    env = _env(port, free_port_block(4), RELAY_PUMP=str(request.param))
+    env = _env(port, RELAY_PUMP=str(request.param))
     try:
         shards = [cluster.start("shard", env=env) for _ in range(2)]
         yield Relay(cluster, port, shards, workdir)
@@ -455,7 +455,7 @@ def test_ports_load_and_usage(relay: Relay) -> None:
 # ------------------------------------------------------------------ shard failure
 def test_killed_shard_leaves_pairs_on_other_shard_running(cluster: Cluster) -> None:
     port = free_port_block(3)
-    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5")
+    env = _env(port, RELAY_TIMEOUT="5")
     shards = [cluster.start("shard", env=env) for _ in range(2)]
     relay = Relay(cluster, port, shards, cluster.workdir)
     try:
@@ -506,7 +506,7 @@ def test_request_relay_frame_helper_matches_spec_tag() -> None:
 
 def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
     port = free_port_block(3)
-    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
+    env = _env(port, RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
     shards = [cluster.start("shard", env=env) for _ in range(2)]
     relay = Relay(cluster, port, shards, cluster.workdir)
     per_host = 16 * 1024 * 1024 / 8  # 2 MiB/s for the host, 1 MiB/s for each of 2 shards
@@ -535,7 +535,7 @@ def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
 def test_fast_pair_is_downgraded_to_limit_speed(cluster: Cluster) -> None:
     port = free_port_block(3)
     # SINGLE 8 Mb/s = 1 MiB/s; after 1 s a pair averaging above half of it drops to 2 Mb/s.
-    env = _env(port, free_port_block(4), RELAY_TIMEOUT="5", SINGLE_BANDWIDTH="8",
+    env = _env(port, RELAY_TIMEOUT="5", SINGLE_BANDWIDTH="8",
                DOWNGRADE_START_CHECK="1", DOWNGRADE_THRESHOLD="0.5", LIMIT_SPEED="2")
     shards = [cluster.start("shard", env=env)]
     relay = Relay(cluster, port, shards, cluster.workdir)
@@ -559,7 +559,7 @@ def test_pairs_form_and_run_while_redis_is_down(tmp_path: Path) -> None:
     with redis_server() as srv:
         cluster = Cluster(srv.url, new_prefix(), tmp_path)
         port = free_port_block(3)
-        shards = [cluster.start("shard", env=_env(port, free_port_block(4), RELAY_TIMEOUT="10"))
+        shards = [cluster.start("shard", env=_env(port, RELAY_TIMEOUT="10"))
                   for _ in range(2)]
         relay = Relay(cluster, port, shards, tmp_path)
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import netns
 import pytest
-from support import Cluster, free_port_block, new_prefix, redis_server
+from support import Cluster, free_port_block, new_prefix, redis_server, shard_env
 
 from loadtest.bench_relay import recv_exact, relay_connect
 
@@ -25,9 +25,7 @@ def test_each_host_pairs_its_own_halves(tmp_path: Path) -> None:
     with netns.hosts(2) as (root, hosts), redis_server(bind=f"127.0.0.1 {root}") as srv:
         c = Cluster(f"redis://{root}:{srv.port}/0", new_prefix(), tmp_path)
         port = free_port_block(3)
-        rtc = free_port_block(4)
-        env = {"SHARD_SLOTS": "2", "RELAY_PORT": str(port), "RTC_MIN_PORT": str(rtc),
-               "RTC_MAX_PORT": str(rtc + 3), "RELAY_TIMEOUT": "5"}
+        env = shard_env(2, RELAY_PORT=str(port), RELAY_TIMEOUT="5")
         socks = []
         try:
             shards = [c.start("shard", env=env, host=h) for h in hosts for _ in range(2)]

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from support import Cluster, free_port_block
+from support import Cluster, free_port_block, shard_env
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from loadtest.bench_relay import WsClient, recv_exact, relay_connect, ws_relay_connect
@@ -73,10 +73,8 @@ def _messages(seed: int) -> list[bytes]:
 
 def test_many_mixed_pairs_carry_every_byte(cluster: Cluster) -> None:
     port = free_port_block(3)
-    rtc = free_port_block(4)
-    env = {"RELAY_PORT": str(port), "SHARD_SLOTS": "2", "RTC_MIN_PORT": str(rtc),
-           "RTC_MAX_PORT": str(rtc + 3), "RELAY_TIMEOUT": "20", "SINGLE_BANDWIDTH": "0",
-           "TOTAL_BANDWIDTH": "0"}
+    env = shard_env(2, RELAY_PORT=str(port), RELAY_TIMEOUT="20", SINGLE_BANDWIDTH="0",
+                    TOTAL_BANDWIDTH="0")
     for _ in range(2):
         cluster.start("shard", env=env)
     kinds = [("tcp", "tcp"), ("ws", "tcp"), ("tcp", "ws"), ("ws", "ws")]
@@ -86,8 +84,11 @@ def test_many_mixed_pairs_carry_every_byte(cluster: Cluster) -> None:
     def side(me: _End, peer_msgs: list[bytes], mine: list[bytes]) -> Callable[[], None]:
         def run() -> None:
             try:
-                sender = threading.Thread(target=lambda: [me.send(m) for m in mine],
-                                          daemon=True)
+                def send_all() -> None:
+                    for m in mine:
+                        me.send(m)
+
+                sender = threading.Thread(target=send_all, daemon=True)
                 sender.start()
                 expect = b"".join(peer_msgs)
                 got = me.recv_total(len(expect))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from rustdesk_sim import Peer, TcpClient, close_all, msg, verify_signed
-from support import Cluster, free_port, free_port_block
+from support import Cluster, free_port, free_port_block, shard_env
 
 from gateway.rendezvous.logic import split_host_port
 from hubbub.wire.rustdesk.framing import encode_frame
@@ -24,9 +24,7 @@ def _close_sockets() -> Iterator[None]:
 
 def test_b_initiated_relay_through_the_advertised_shard(cluster: Cluster, tmp_path: Path) -> None:
     relay_port = free_port_block(3)
-    rtc = free_port_block(4)
-    env = {"KEY": "_", "RELAY_PORT": str(relay_port), "SHARD_SLOTS": "1",
-           "RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 3)}
+    env = shard_env(KEY="_", RELAY_PORT=str(relay_port))
     port = free_port_block(4) + 1
     cluster.start("shard", env=env)
     cluster.start("gateway", "-p", str(port), "--spaces-port", str(free_port()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -76,7 +75,7 @@ async def settle(svc: RendezvousService) -> None:
     for _ in range(50):
         if not svc._tasks:
             return
-        await asyncio.gather(*list(svc._tasks), return_exceptions=True)
+        await svc._tasks.wait()
 
 
 def udp(svc: RendezvousService) -> FakeUdp:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from support import Cluster, HubbubProcess, free_port, free_port_block, http_get
+from support import Cluster, HubbubProcess, free_port, free_port_block, http_get, shard_env
 from websockets.exceptions import ConnectionClosed
 from wired_client import WiredClient
 
@@ -572,9 +572,7 @@ def test_web_routes_unit(tmp_path: Path, path: str) -> None:
 
 
 async def test_real_shard_answers_media_subjects(cluster: Cluster) -> None:
-    rtc = free_port_block(8)
-    env = {"RTC_MIN_PORT": str(rtc), "RTC_MAX_PORT": str(rtc + 7), "SHARD_SLOTS": "1",
-           "RELAY_PORT": str(free_port_block(3))}
+    env = shard_env(rtc_ports=8)
     cluster.start("shard", env=env)
     _, port = start_gateway(cluster, **env)
     a = await connect(port)
