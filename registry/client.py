@@ -25,13 +25,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
     RedisError,
     TimeoutError as RedisTimeoutError,
 )
-from redis.retry import Retry
 
 from hubbub import metrics
 from hubbub.errors import (
@@ -430,7 +430,7 @@ class Registry:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         channel = msg.get("channel", b"")
