@@ -17,16 +17,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def listen_socket(host: str, port: int, kind: int = socket.SOCK_STREAM,
-                  rcvbuf: int = 0, backlog: int = 1024) -> socket.socket:
-    """A bound, non-blocking socket (listening, for TCP) with ``SO_REUSEPORT``.
+                  rcvbuf: int = 0, backlog: int = 1024,
+                  reuse_port: bool = True) -> socket.socket:
+    """A bound, non-blocking socket (listening, for TCP), by default with ``SO_REUSEPORT``.
 
-    ``::`` accepts IPv4 too (as mapped addresses), so one socket serves both families.
+    Every listener of every process is built here so that all follow one rule: ``::`` (the
+    default when ``BIND`` is unset) accepts IPv4 too, as mapped addresses, so one socket serves
+    both families; a specific address narrows it.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if rcvbuf:
