@@ -6,6 +6,7 @@ Sub-commands are looked up lazily so that ``hubbub status`` does not import aior
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that need the ``loadtest`` extra, which a runtime-only install leaves out.
+LOADTEST_COMMANDS = ("bench", "loadtest")
+LOADTEST_MODULES = ("locust", "websocket", "matplotlib")
+
+
+def _missing_loadtest_extra() -> list[str]:
+    return [m for m in LOADTEST_MODULES if importlib.util.find_spec(m) is None]
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: hubbub COMMAND [options]", "", "commands:"]
@@ -44,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         sys.stderr.write(f"hubbub: error: unknown command {name!r} (see 'hubbub --help')\n")
+        return 2
+    if name in LOADTEST_COMMANDS and (missing := _missing_loadtest_extra()):
+        sys.stderr.write(f"hubbub {name}: needs the load-test tools ({', '.join(missing)} "
+                         "missing): run scripts/setup.sh --loadtest, or pip install "
+                         "'hubbub[loadtest]'\n")
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     code: int = module.main(rest)
