@@ -155,6 +155,13 @@ SETTINGS: tuple[Setting, ...] = (
             "proxy addresses/CIDRs whose X-Real-IP / X-Forwarded-For headers are honoured"),
     Setting("admin_token", ("--admin-token",), ("ADMIN_TOKEN",), "", _str,
             "token that authorises admin commands (empty: generated into the data dir)", _ALL),
+    # --- operator console ---
+    Setting("console_port", ("--console-port",), ("CONSOLE_PORT",), 21114, _port,
+            "operator console and /api/ port (HTTPS with SSL_CERT/SSL_KEY; 0: off)",
+            ("gateway",)),
+    Setting("admin_password", ("--admin-password",), ("ADMIN_PASSWORD",), "", _str,
+            "password of the first console user 'admin' (empty: generated into the data dir)",
+            ("gateway",)),
     # --- RustDesk relay (hbbr) ---
     Setting("relay_port", ("--relay-port",), ("RELAY_PORT",), 21117, _port,
             "RustDesk relay port (TCP); WebSocket relay on port+2"),
@@ -178,9 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spaces_port", ("--spaces-port",), ("SPACES_PORT",), 4000, _port,
             "spaces WebSocket + HTTP port"),
     Setting("ssl_cert", ("--ssl-cert",), ("SSL_CERT",), "", _str,
-            "TLS certificate file for the spaces port (with SSL_KEY)"),
+            "TLS certificate file for the spaces and console ports (with SSL_KEY)"),
     Setting("ssl_key", ("--ssl-key",), ("SSL_KEY",), "", _str,
-            "TLS private key file for the spaces port (with SSL_CERT)"),
+            "TLS private key file for the spaces and console ports (with SSL_CERT)"),
     Setting("spaces_max_frame", ("--spaces-max-frame",), ("SPACES_MAX_FRAME",), 65536,
             _positive_int, "largest spaces WebSocket message in bytes (the Wired host: 16384)"),
     Setting("spaces_max_url", ("--spaces-max-url",), ("SPACES_MAX_URL",), 2048, _positive_int,
@@ -242,6 +249,8 @@ class Config:
     secure_tcp: bool = True
     trusted_proxies: tuple[str, ...] = ()
     admin_token: str = ""
+    console_port: int = 21114
+    admin_password: str = ""
     relay_port: int = 21117
     total_bandwidth: float = 1024.0
     single_bandwidth: float = 128.0

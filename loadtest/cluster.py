@@ -156,7 +156,7 @@ class LocalCluster:
             RELAY_PORT=str(self.target.relay_port), SPACES_PORT=str(self.target.spaces_port),
             RTC_MIN_PORT=str(rtc), RTC_MAX_PORT=str(rtc + 4 * max(1, self.shards) - 1),
             SHARD_SLOTS=str(max(1, self.shards)), DRAIN_TIMEOUT="2", PRESENCE_TTL="3",
-            LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+            LOG_LEVEL="warning", PYTHONUNBUFFERED="1", CONSOLE_PORT="0")
         self.base_env.update(self.env)
         for _ in range(self.shards):
             self._spawn("shard")

@@ -187,7 +187,7 @@ class Cluster:
         env.update(REDIS_URL=self.redis_url, HUBBUB_PREFIX=self.prefix,
                    HUBBUB_DATA=str(self.workdir / "data"), PRESENCE_TTL="1.5",
                    DRAIN_TIMEOUT="2", BIND="127.0.0.1", PUBLIC_IP="127.0.0.1",
-                   PYTHONUNBUFFERED="1", KEY="")
+                   PYTHONUNBUFFERED="1", KEY="", CONSOLE_PORT="0")
         for name, value in (extra or {}).items():
             if value is None:
                 env.pop(name, None)
