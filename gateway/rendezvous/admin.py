@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.rendezvous.store import Live, Store
+from gateway.rendezvous.logic import valid_custom_id
+from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_OK, Live, Store
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ops import Request, Response
@@ -27,7 +28,7 @@ from registry import Registry
 if TYPE_CHECKING:
     from gateway.rendezvous.service import RendezvousService
 
-__all__ = ["HELP", "local_command", "main", "ops_handler", "run_command"]
+__all__ = ["HELP", "change_id", "local_command", "main", "ops_handler", "run_command"]
 
 HELP = """commands:
   relay-servers, rs [host[:port],...|-]   show or set the relay list ('-': back to config)
@@ -37,6 +38,7 @@ HELP = """commands:
   ip-changes, ic [<id>]                   IDs seen from several IPs in the last 6 minutes
   id-changes, idc [<n>]                   last n ID changes (change ID)
   peer <id>                               registration and liveness of one ID
+  change-id <id> <new id>                 move a device's registration to a new ID
   stats                                   peers, connections and streams per gateway
   help, h                                 this text"""
 
@@ -69,6 +71,10 @@ def local_command(svc: RendezvousService, cmd: str, args: list[str]) -> dict[str
             svc.punch_log.clear()
             return {"ok": True, "lines": []}
         return {"ok": True, "lines": list(svc.punch_log)}
+    if cmd == "forget-peer" and args:
+        svc.peers.pop(args[0])
+        svc.dirty.pop(args[0], None)
+        return {"ok": True, "lines": []}
     return {"ok": False, "text": f"unknown command {cmd!r}"}
 
 
@@ -162,6 +168,10 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
                          f"{load.get('rd_conns', 0)} connections, "
                          f"{load.get('rd_streams', 0)} TCP/WS registrations")
         return "\n".join(lines) or "(no gateways)"
+    if cmd == "change-id":
+        if len(args) != 2:
+            return "usage: change-id <id> <new id>"
+        return (await change_id(registry, store, args[0], args[1]))[1]
     if cmd == "peer":
         if not args:
             return "usage: peer <id>"
@@ -170,6 +180,28 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
             return f"{args[0]}: not registered"
         return _describe(args[0], rec.uuid, rec.pk, rec.ip, live)
     return f"unknown command {argv[0]!r}\n{HELP}"
+
+
+async def change_id(registry: Registry, store: Store, old_id: str,
+                    new_id: str) -> tuple[bool, str]:
+    """An operator's change ID: the device's binding (uuid, key) moves to ``new_id`` under the
+    client's own rules (format, no taking another device's ID); every gateway forgets ``old_id``.
+
+    Returns:
+        Whether the ID changed, and a line saying what happened.
+    """
+    if not valid_custom_id(new_id):
+        return False, f"{new_id}: invalid ID (a letter, then 5-15 letters, digits, _ or -)"
+    rec = await store.peer(old_id)
+    if rec is None:
+        return False, f"{old_id}: not registered"
+    res = await store.change_id(old_id, new_id, rec.uuid)
+    if res == CHANGE_EXISTS:
+        return False, f"{new_id}: already taken by another device"
+    if res != CHANGE_OK:
+        return False, f"{old_id}: changed meanwhile, try again"
+    await _gather(registry, "forget-peer", [old_id])
+    return True, f"{old_id} -> {new_id}"
 
 
 def _describe(peer_id: str, uuid: bytes, pk: bytes, ip: str, live: Live | None) -> str:

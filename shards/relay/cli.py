@@ -29,7 +29,7 @@ from shards.relay import store
 from shards.relay.lists import LIST_NAMES, normalise_ip
 
 
-__all__ = ["format_usage", "main"]
+__all__ = ["format_usage", "gather_usage", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,21 +63,35 @@ def format_usage(replies: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+async def gather_usage(reg: Registry) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every live shard's ``relay.usage`` reply (asked in parallel), and a line per shard that
+    did not answer.
+
+    Raises:
+        RegistryUnavailable: Redis did not answer.
+    """
+    shards = await reg.processes("shard")
+
+    async def one(rec_id: str) -> dict[str, Any] | str:
+        try:
+            reply = await reg.request(rec_id, "relay.usage", None, timeout=2.0)
+        except HubbubError as exc:
+            return f"{rec_id}: {exc}"
+        return reply if isinstance(reply, dict) else f"{rec_id}: bad reply"
+
+    results = await asyncio.gather(*(one(rec.id) for rec in shards))
+    return ([r for r in results if isinstance(r, dict)],
+            [r for r in results if isinstance(r, str)])
+
+
 async def _run(args: argparse.Namespace, reg: Registry) -> int:
     if args.command == "usage":
         await reg.start()
         if not await reg.wait_ready(5.0):
             raise RegistryUnavailable("redis did not answer within 5s")
-        shards = await reg.processes("shard")
-        replies: list[dict[str, Any]] = []
-        for rec in shards:
-            try:
-                reply = await reg.request(rec.id, "relay.usage", None, timeout=2.0)
-            except HubbubError as exc:
-                sys.stderr.write(f"{rec.id}: {exc}\n")
-                continue
-            if isinstance(reply, dict):
-                replies.append(reply)
+        replies, errors = await gather_usage(reg)
+        for line in errors:
+            sys.stderr.write(line + "\n")
         if args.json:
             print(orjson.dumps(replies, option=orjson.OPT_INDENT_2).decode())
         else:
