@@ -58,6 +58,7 @@ from hubbub.wire.rustdesk.crypto import ServerKeyExchange
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
 from hubbub.wire.rustdesk.messages import message, parse, pb
 from hubbub.wire.rustdesk.stream import RendezvousStream
+from hubbub.ws_server import HeadFirstConnection
 from registry import ProcessRecord
 
 
@@ -204,7 +205,8 @@ class RendezvousService(Directory, PunchFlows):
         self._ws = await serve(self._ws_handler, sock=listen_socket(host, cfg.ws_port,
                                                                     socket.SOCK_STREAM),
                                max_size=DEFAULT_MAX_FRAME, ping_interval=None,
-                               process_request=self._ws_admit)
+                               process_request=self._ws_admit,
+                               create_connection=HeadFirstConnection)
         reg = self.registry
         reg.on("rd.push", self._on_push)
         reg.on("rd.deliver", self._on_deliver)

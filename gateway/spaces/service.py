@@ -46,12 +46,15 @@ from hubbub.wire.wired.events import (
 )
 from hubbub.wire.wired.inbound import MEDIA_SUBJECTS, Limits
 from hubbub.wire.wired.positions import stamp
+from hubbub.ws_server import HeadFirstConnection
 
 
-__all__ = ["SpacesService"]
+__all__ = ["KICK", "SpacesService"]
 
 log = logging.getLogger("hubbub.spaces")
 
+KICK = "spaces.kick"
+"""Inbox request ``{socket}``: close that player's socket (operator console)."""
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
 MAX_UNFINISHED = 100_000
@@ -112,7 +115,8 @@ class SpacesService:
             self._serve, sock=sock, ssl=tls, process_request=self._process_request,
             max_size=cfg.spaces_max_frame, ping_interval=ping, ping_timeout=ping,
             close_timeout=2, max_queue=32, server_header="hubbub",
-            compression=None, extensions=deflate.extensions())
+            compression=None, extensions=deflate.extensions(),
+            create_connection=HeadFirstConnection)
         self._alive_ttl = min(cfg.presence_ttl, MAX_ALIVE_TTL)
         # The lease must exist before the first member does, or another gateway reaps us.
         await self.store.keep_alive(self._alive_ttl)
@@ -124,6 +128,7 @@ class SpacesService:
         ports["spaces"] = self.port
         self.registry.set_info(ports=ports)
         self.ctx.ops.route("/spaces", self._admin_spaces, admin=True)
+        self.registry.on(KICK, self._kick)
         self._serving = True
         log.info("spaces host on %s:%d (%s)", cfg.bind_host, self.port, "wss" if tls else "ws")
 
@@ -156,6 +161,14 @@ class SpacesService:
     def load(self) -> dict[str, Any]:
         return {"spaces_sockets": len(self.clients), "spaces_players": self.hub.players,
                 "spaces_spaces": len(self.hub.local)}
+
+    def _kick(self, payload: Any, _sender: str) -> bool:
+        """An operator disconnects a player: close the socket holding it (1008)."""
+        client = self.clients.get(str(payload.get("socket"))) if isinstance(payload, dict) else None
+        if client is None:
+            return False
+        client.abort(1008, "disconnected by an operator")
+        return True
 
     async def _admin_spaces(self, request: OpsRequest) -> OpsResponse:
         """Admin view (ops port): this gateway's spaces, players and media sessions."""
