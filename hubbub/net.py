@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Mapping
 
 
-__all__ = ["ProxyList", "listen_socket", "normalise_ip"]
+__all__ = ["ProxyList", "host_port", "listen_socket", "normalise_ip", "server_tls"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,6 +44,24 @@ def listen_socket(host: str, port: int, kind: int = socket.SOCK_STREAM,
         sock.close()
         raise
     return sock
+
+
+def server_tls(cert: str, key: str) -> ssl.SSLContext | None:
+    """The TLS context of a listener serving ``SSL_CERT``/``SSL_KEY`` (None when unset).
+
+    Raises:
+        OSError, ssl.SSLError: the files cannot be read or do not hold a matching pair.
+    """
+    if not (cert and key):
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def normalise_ip(text: str) -> str:

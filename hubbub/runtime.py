@@ -27,6 +27,7 @@ from hubbub import metrics
 from hubbub.config import Config
 from hubbub.errors import HubbubError, LeaseLost
 from hubbub.logs import setup_logging
+from hubbub.net import host_port
 from hubbub.ops import OpsServer
 from registry import Registry, SlotLease
 
@@ -223,8 +224,8 @@ class _Runner:
             return await self._shutdown(lease)
         self.started = True
         self.registry.beat_soon()
-        log.info("%s %s ready (ops http://%s:%d)", cfg.role, self.registry.id,
-                 cfg.bind_host, self.ops.port)
+        log.info("%s %s ready (ops http://%s)", cfg.role, self.registry.id,
+                 host_port(cfg.bind_host, self.ops.port))
         await self.stop.wait()
         return await self._shutdown(lease)
 

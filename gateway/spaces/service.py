@@ -32,7 +32,7 @@ from gateway.spaces.media import MediaRelay
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
-from hubbub.net import ProxyList, listen_socket
+from hubbub.net import ProxyList, host_port, listen_socket, server_tls
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from hubbub.wire.wired import outbound
@@ -101,13 +101,10 @@ class SpacesService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
-        tls: ssl.SSLContext | None = None
-        if cfg.tls:
-            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            try:
-                tls.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
+        try:
+            tls = server_tls(cfg.ssl_cert, cfg.ssl_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
         sock = listen_socket(cfg.bind_host, cfg.spaces_port)
         self.port = sock.getsockname()[1]
         ping = cfg.spaces_idle_timeout / 2
@@ -130,7 +127,8 @@ class SpacesService:
         self.ctx.ops.route("/spaces", self._admin_spaces, admin=True)
         self.registry.on(KICK, self._kick)
         self._serving = True
-        log.info("spaces host on %s:%d (%s)", cfg.bind_host, self.port, "wss" if tls else "ws")
+        log.info("spaces host on %s (%s)", host_port(cfg.bind_host, self.port),
+                 "wss" if tls else "ws")
 
     async def drain(self) -> None:
         """Stop accepting; close sockets (1001) so clients reconnect to another gateway."""
