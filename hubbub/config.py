@@ -215,7 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("announced_ip", ("--announced-ip",), ("MEDIASOUP_ANNOUNCED_IP", "ANNOUNCED_IP"), "",
             _str, "address in WebRTC candidates (default: PUBLIC_IP)"),
     Setting("listen_ip", ("--listen-ip",), ("MEDIASOUP_LISTEN_IP",), "", _str,
-            "address the WebRTC sockets bind (default: BIND if set, else 0.0.0.0)"),
+            "address the WebRTC sockets bind (default: BIND if set, else all IPv4 and IPv6)"),
     Setting("media_max_speakers", ("--media-max-speakers",), ("MEDIA_MAX_SPEAKERS",), 0,
             _non_negative_int, "loudest voices forwarded per space (0: every voice)", ("shard",)),
 )
@@ -309,8 +309,9 @@ class Config:
 
     @property
     def rtc_listen_ip(self) -> str:
-        """Address of the shards' WebRTC sockets: MEDIASOUP_LISTEN_IP, else BIND, else 0.0.0.0."""
-        return self.listen_ip or self.bind or "0.0.0.0"
+        """Address of the shards' WebRTC sockets: MEDIASOUP_LISTEN_IP, else BIND, else ``::``
+        (IPv4 and IPv6, as every listener)."""
+        return self.listen_ip or self.bind or "::"
 
     @property
     def rtc_announced_ip(self) -> str:

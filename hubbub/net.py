@@ -29,7 +29,10 @@ def listen_socket(host: str, port: int, kind: int = socket.SOCK_STREAM,
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:
+            # Restart without waiting out TIME_WAIT. Not for UDP, where it would let two
+            # sockets share a port that SO_REUSEPORT is not meant to share.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

@@ -168,7 +168,8 @@ class MediaPeer(asyncio.DatagramProtocol):
                 self.tcp, _ = await loop.create_connection(lambda: _TcpFramer(self),
                                                            *self.server)
             else:
-                await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+                local = "::1" if ":" in self.server[0] else "127.0.0.1"
+                await loop.create_datagram_endpoint(lambda: self, local_addr=(local, 0))
             while not self.ice_ok.is_set():
                 self._check(use_candidate=True)
                 with contextlib.suppress(TimeoutError):

@@ -1,7 +1,12 @@
-"""With ``BIND`` unset every listener of every process answers on IPv4 and IPv6 alike."""
+"""With ``BIND`` unset every listener of every process answers on IPv4 and IPv6 alike.
+
+WebRTC media over UDP on both families is covered where a peer can complete ICE
+(tests/test_media_flow.py).
+"""
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 
@@ -51,8 +56,11 @@ def test_every_listener_serves_both_families(cluster: Cluster) -> None:
     gateway = cluster.start("gateway", env=unbound)
     shard = cluster.start("shard", env=unbound)
     relay = int(env["RELAY_PORT"])
+    res = cluster.hubbub("status", "--json")
+    [shard_info] = [p for p in json.loads(res.stdout) if p["role"] == "shard"]
     tcp_ports = {"nat test": rendezvous - 1, "rendezvous": rendezvous,
-                 "rendezvous ws": rendezvous + 2, "relay": relay, "relay ws": relay + 2}
+                 "rendezvous ws": rendezvous + 2, "relay": relay, "relay ws": relay + 2,
+                 "ice-tcp": int(shard_info["ports"]["webrtc_tcp"])}
     for family, host in FAMILIES:
         for proc in (gateway, shard):
             assert _http_status(host, proc.ops_port, "/healthz") == 200, (proc.role, host)

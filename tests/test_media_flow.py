@@ -11,6 +11,7 @@ import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from hubbub.errors import RemoteProtocolError
+from hubbub.net import listen_socket
 from hubbub.wire.webrtc import params
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from shards.media.metrics import Counts
@@ -393,3 +394,38 @@ async def test_lost_path_is_replaced_by_the_next_valid_check(router: MediaRouter
     udp = ("127.0.0.1", 40002)
     t.on_stun(stun.binding_request(b"b" * 12, user, pw), udp, 2.0, udp)
     assert t.addr == udp and router.mux.by_addr[udp] is t
+
+
+@pytest.mark.parametrize("announced", ["127.0.0.1", "::1"])
+async def test_dual_stack_sockets_carry_media_for_both_families(announced: str) -> None:
+    """The shard's default ``::`` sockets serve IPv4 peers (as mapped addresses) and IPv6."""
+    counts = Counts()
+    mux = UdpMux(counts)
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(
+        lambda: mux, sock=listen_socket("::", 0, socket.SOCK_DGRAM, reuse_port=False))
+    tcp = await loop.create_server(mux.tcp_protocol, sock=listen_socket("::", 0, reuse_port=False))
+    r = MediaRouter(mux, CERT, counts, announced, tcp.sockets[0].getsockname()[1])
+    try:
+        spaces = {"space-a": 3}
+        for use_tcp in (False, True):
+            a, b = f"A{use_tcp}", f"B{use_tcp}"
+            send = await publisher(r, a, spaces, use_tcp)
+            ssrc = 2222 + use_tcp
+            call(r, a, "produce", opus_rtp_parameters(ssrc), spaces)
+            recv, _ = await subscriber(r, b, spaces, use_tcp)
+            call(r, b, "resume_audio", None, spaces)
+            for seq in range(20):
+                send.send_rtp(ssrc, 111, seq, 960 * seq, b"\x02" * 60)
+            assert await wait_for(lambda peer=recv: peer.rtp_received >= 15), (announced, use_tcp)
+            await send.close()
+            await recv.close()
+    finally:
+        for sid in list(r.sessions):
+            r.close_session(sid)
+        assert mux.sock is not None
+        mux.sock.close()
+        tcp.close()
+        for conn in list(mux.tcp.values()):
+            conn.close()
+        await asyncio.sleep(0.05)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from hubbub.errors import HubbubError, RegistryError, ServiceError
+from hubbub.net import listen_socket
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
 from shards.media import metrics
@@ -60,8 +62,9 @@ class MediaService:
         last: OSError | None = None
         for port in ports_range:
             try:
-                await loop.create_datagram_endpoint(lambda: self.mux,
-                                                    local_addr=(cfg.rtc_listen_ip, port))
+                sock = listen_socket(cfg.rtc_listen_ip, port, socket.SOCK_DGRAM,
+                                     reuse_port=False)
+                await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
                 break
             except OSError as exc:
                 last = exc
@@ -87,8 +90,8 @@ class MediaService:
         loop = asyncio.get_running_loop()
         for port in [self.mux.port] + [p for p in ports if p != self.mux.port]:
             try:
-                self._tcp = await loop.create_server(self.mux.tcp_protocol,
-                                                     host=self.ctx.cfg.rtc_listen_ip, port=port)
+                sock = listen_socket(self.ctx.cfg.rtc_listen_ip, port, reuse_port=False)
+                self._tcp = await loop.create_server(self.mux.tcp_protocol, sock=sock)
                 return port
             except OSError:
                 continue
