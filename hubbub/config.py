@@ -83,6 +83,24 @@ def _str_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _host_ports(text: str) -> tuple[str, ...]:
+    entries = _str_list(text)
+    for entry in entries:
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {entry!r}")
+    return entries
+
+
+def _replicas(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return -1
+    value = int(text)
+    if value < -1:
+        raise ValueError(f"must be auto, -1 or >= 0, got {value}")
+    return value
+
+
 def _cidr_list(text: str) -> tuple[str, ...]:
     entries = _str_list(text)
     parse_networks(entries)
@@ -108,6 +126,20 @@ SETTINGS: tuple[Setting, ...] = (
     # --- cluster and process ---
     Setting("redis_url", ("--redis-url",), ("REDIS_URL",), "redis://127.0.0.1:6379/0", _str,
             "Redis of the cluster (the embedded one by default)", _ALL),
+    Setting("redis_sentinels", ("--redis-sentinels",), ("REDIS_SENTINELS",), (), _host_ports,
+            "Sentinels (host:port,...) that name the Redis primary; REDIS_URL then only gives "
+            "its user, password and TLS", _ALL),
+    Setting("redis_sentinel_master", ("--redis-sentinel-master",), ("REDIS_SENTINEL_MASTER",),
+            "hubbub", _str, "name of the primary the Sentinels monitor", _ALL),
+    Setting("redis_sentinel_password", ("--redis-sentinel-password",),
+            ("REDIS_SENTINEL_PASSWORD",), "", _str,
+            "password of the Sentinels themselves (empty: none)", _ALL),
+    Setting("redis_cluster_nodes", ("--redis-cluster-nodes",), ("REDIS_CLUSTER_NODES",), (),
+            _host_ports, "Redis Cluster nodes (host:port,...) to discover the cluster from; "
+            "REDIS_URL then only gives user, password and TLS", _ALL),
+    Setting("redis_min_replicas", ("--redis-min-replicas",), ("REDIS_MIN_REPLICAS",), -1,
+            _replicas, "replicas that must hold a binding or admin change before it is "
+            "acknowledged (WAIT); -1 or auto: 1 while the primary has a replica, else 0", _ALL),
     Setting("prefix", ("--prefix",), ("HUBBUB_PREFIX",), "hubbub:", _str,
             "prefix of every Redis key and channel", _ALL),
     Setting("data_dir", ("--data-dir",), ("HUBBUB_DATA",), "./data", _str,
@@ -227,6 +259,11 @@ class Config:
 
     role: str = "gateway"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "hubbub"
+    redis_sentinel_password: str = ""
+    redis_cluster_nodes: tuple[str, ...] = ()
+    redis_min_replicas: int = -1
     prefix: str = "hubbub:"
     data_dir: str = "./data"
     host_id: str = ""
@@ -422,6 +459,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("invalid value for SSL_CERT/SSL_KEY: set both or neither")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"invalid value for LOG_LEVEL: {cfg.log_level!r}")
+    if cfg.redis_sentinels and cfg.redis_cluster_nodes:
+        raise ConfigError("invalid value for REDIS_SENTINELS/REDIS_CLUSTER_NODES: set one or "
+                          "neither")
     if not cfg.prefix:
         raise ConfigError("invalid value for HUBBUB_PREFIX: must not be empty")
 

@@ -29,7 +29,7 @@ from hubbub.errors import HubbubError, LeaseLost
 from hubbub.logs import setup_logging
 from hubbub.net import host_port
 from hubbub.ops import OpsServer
-from registry import Registry, SlotLease
+from registry import RedisTarget, Registry, SlotLease
 
 
 __all__ = [
@@ -143,7 +143,7 @@ class _Runner:
         self.exit_code = 0
         self.services: list[Service] = []
         self.started = False
-        self.registry = Registry(cfg.redis_url, cfg.prefix, cfg.role, host_name(cfg),
+        self.registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, cfg.role, host_name(cfg),
                                  ttl=cfg.presence_ttl)
         self.registry.on_fatal = self._fatal
         self.ops = OpsServer(cfg.bind_host, cfg.ops_port, self.healthy, admin_token(cfg))

@@ -12,10 +12,10 @@ import orjson
 
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryUnavailable
-from registry import ProcessRecord, Registry
+from registry import ProcessRecord, RedisTarget, Registry
 
 
-__all__ = ["format_table", "main"]
+__all__ = ["format_table", "format_topology", "main"]
 
 
 def _load(rec: ProcessRecord) -> str:
@@ -61,15 +61,34 @@ async def _ping(reg: Registry, rec: ProcessRecord) -> str:
     return f"{(time.perf_counter() - start) * 1000:.1f}ms"
 
 
-async def _fetch(url: str, prefix: str, ping: bool) -> tuple[list[ProcessRecord], list[str]]:
-    reg = Registry(url, prefix, "status", "-", presence=False)
+def format_topology(topo: dict[str, Any]) -> str:
+    """The control plane in one or a few lines: mode, and the primary or the cluster nodes."""
+    mode = topo.get("mode", "?")
+    if mode == "cluster":
+        lines = [f"control plane: Redis Cluster, {len(topo.get('nodes', []))} primaries"]
+        for n in topo.get("nodes", []):
+            replicas = ",".join(n.get("replicas", [])) or "none"
+            lines.append(f"  primary {n['primary']}  slots {n['slots']}  replicas {replicas}")
+        return "\n".join(lines)
+    replicas = ",".join(topo.get("replicas", [])) or "none"
+    if mode == "sentinel":
+        return (f"control plane: Redis Sentinel ({topo.get('target', '')}), primary "
+                f"{topo.get('primary', '?')}, replicas {replicas}")
+    return (f"control plane: {topo.get('target', 'single Redis')} (role "
+            f"{topo.get('role', '?')}), replicas {replicas}")
+
+
+async def _fetch(target: RedisTarget, prefix: str, ping: bool
+                 ) -> tuple[list[ProcessRecord], list[str], dict[str, Any]]:
+    reg = Registry(target, prefix, "status", "-", presence=False)
     try:
         async with asyncio.timeout(10.0):
             if ping:
                 await reg.start()
+            topo = await reg.topology()
             records = await reg.processes()
             rtts = list(await asyncio.gather(*(_ping(reg, r) for r in records))) if ping else []
-            return records, rtts
+            return records, rtts, topo
     except TimeoutError:
         raise RegistryUnavailable("redis did not answer within 10s") from None
     finally:
@@ -83,10 +102,11 @@ def main(argv: Sequence[str]) -> int:
                         help="also send each process a request through its inbox and show the RTT")
     add_setting_flags(parser, "status")
     cfg, args = parse_config(parser, "status", argv)
+    target = RedisTarget.from_config(cfg)
     try:
-        records, rtts = asyncio.run(_fetch(cfg.redis_url, cfg.prefix, args.ping))
+        records, rtts, topo = asyncio.run(_fetch(target, cfg.prefix, args.ping))
     except RegistryUnavailable as exc:
-        sys.stderr.write(f"hubbub status: cannot reach Redis at {cfg.redis_url}: "
+        sys.stderr.write(f"hubbub status: cannot reach Redis ({target.describe()}): "
                          f"{str(exc).splitlines()[0]}\n")
         return 1
     if args.json:
@@ -94,6 +114,7 @@ def main(argv: Sequence[str]) -> int:
             dict(r.info, ping=rtts[i]) if rtts else r.info for i, r in enumerate(records)]
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
+        print(format_topology(topo))
         print(format_table(records, rtts))
         print(f"{len(records)} live process(es)")
     return 0

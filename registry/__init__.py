@@ -1,7 +1,8 @@
 """The Redis control plane: presence, inboxes, request/reply, shard slot leases."""
 
-from registry.client import Handler, ProcessRecord, Registry
+from registry.client import DurableScript, Handler, ProcessRecord, Registry
 from registry.leases import SlotLease
+from registry.target import RedisTarget
 
 
-__all__ = ["Handler", "ProcessRecord", "Registry", "SlotLease"]
+__all__ = ["DurableScript", "Handler", "ProcessRecord", "RedisTarget", "Registry", "SlotLease"]

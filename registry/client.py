@@ -2,9 +2,14 @@
 
 It keeps the process's presence key alive (TTL refreshed every TTL/3, together with its load and
 state), routes messages to and from process inboxes (pub/sub, msgpack envelopes), runs
-request/reply with a reply channel per request and a timeout, and survives Redis restarts: the
-heartbeat rewrites presence and runs the tick hooks (lease refresh) as soon as Redis answers again,
-and the subscriber re-subscribes every channel it had.
+request/reply (a reply comes back to the requester's inbox, matched by request id) with a
+timeout, and survives Redis restarts and fail-overs: the heartbeat rewrites presence and runs the
+tick hooks (lease refresh) as soon as Redis answers again, and the subscriber re-subscribes every
+channel it had (on the new primary after a fail-over).
+
+The deployment mode (single Redis, Sentinel, Cluster) is hidden in ``registry.links``; callers
+build keys with ``key`` and put keys that one script or transaction touches together under one
+``tag``, so they share a cluster slot in every mode.
 
 Callers get typed errors (``RegistryUnavailable``, ``NoListener``, ``RequestTimeout``,
 ``RemoteError``) or bounded waits, never hangs.
@@ -21,12 +26,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
     RedisError,
@@ -43,6 +45,8 @@ from hubbub.errors import (
 )
 from hubbub.tasks import TaskSet
 from registry.codec import Envelope, Kind, decode, encode, pack, unpack
+from registry.links import Build, Subscriber, open_links
+from registry.target import RedisTarget
 
 
 __all__ = ["Handler", "ProcessRecord", "Registry"]
@@ -54,9 +58,6 @@ Handler = Callable[[Any, str], Any]
 
 RawHandler = Callable[[bytes], Any]
 """A channel handler: receives the raw published bytes."""
-
-MAX_CONNECTIONS = 64
-"""Redis connections per process for commands (pub/sub has its own)."""
 
 MAX_INFLIGHT = 2048
 """Inbox handler tasks allowed at once; beyond this, requests are refused as busy."""
@@ -100,11 +101,24 @@ def new_process_id(role: str, host: str) -> str:
     return f"{role}:{host}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+class DurableScript:
+    """A registered script run through ``Registry.durable`` (``await script(keys=, args=)``)."""
+
+    def __init__(self, registry: Registry, script: Any) -> None:
+        self._registry = registry
+        self._script = script
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        def build(pipe: Any) -> Awaitable[Any]:
+            return cast(Awaitable[Any], self._script(keys=keys, args=args, client=pipe))
+        return (await self._registry.durable(str(keys[0]), build))[0]
+
+
 class Registry:
     """The control-plane client of one process.
 
     Args:
-        url: Redis URL.
+        target: the Redis deployment (a bare URL means a single Redis).
         prefix: prefix of every key and channel.
         role: ``gateway``, ``shard`` or a tool name (tools pass ``presence=False``).
         host: cluster-wide host name.
@@ -115,7 +129,7 @@ class Registry:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         prefix: str,
         role: str,
         host: str,
@@ -132,28 +146,19 @@ class Registry:
         self._presence = presence
         self._info: dict[str, Any] = dict(info or {})
         self._state = "up"
-        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
-        common: dict[str, Any] = {
-            "socket_connect_timeout": 2.0,
-            "retry": retry,
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-        }
-        # A blocking pool makes bursts queue for a connection instead of failing with
-        # "Too many connections"; its timeout keeps the wait bounded.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=5.0, socket_timeout=5.0, **common)
-        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
-        # Pub/sub blocks on reads by design, so it gets a client without a socket timeout.
-        self._sub_redis: aioredis.Redis = aioredis.Redis.from_url(url, **common)
+        self._links = open_links(target)
+        self.mode = self._links.mode
+        self.redis: aioredis.Redis = self._links.redis
         self._handlers: dict[str, Handler] = {}
         self._channels: dict[str, RawHandler] = {}
+        self._broadcasts: set[str] = set()
         self._ticks: list[Callable[[], Awaitable[None]]] = []
         self._sources: list[Callable[[], dict[str, Any]]] = []
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
         self._tasks = TaskSet(log, "registry handler")
         self._bg: list[asyncio.Task[None]] = []
-        self._pubsub: PubSub | None = None
+        self._sub: Subscriber | None = None
         self._subscribed = asyncio.Event()
         self._first_beat = asyncio.Event()
         self._last_ok = 0.0
@@ -166,12 +171,17 @@ class Registry:
         """A Redis key under this cluster's prefix."""
         return self.prefix + ":".join(str(p) for p in parts)
 
-    def inbox(self, process_id: str) -> str:
-        return self.key("inbox", process_id)
+    def tag(self, value: str | int) -> str:
+        """``value`` as a key part that puts every key built with it in one cluster slot.
 
-    @property
-    def _reply_pattern(self) -> str:
-        return self.key("reply", self.id, "*")
+        In Cluster mode it is a hash tag (``{value}``); elsewhere the bare value, so the keys
+        of a single Redis or Sentinel deployment keep their names.
+        """
+        return "{" + str(value) + "}" if self._links.sharded else str(value)
+
+    def inbox(self, process_id: str) -> str:
+        # Tagged by the process, so in Cluster mode an inbox lives on one node.
+        return self.key("inbox", self.tag(process_id))
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -214,10 +224,7 @@ class Registry:
                         p.delete(self.key("proc", self.id))
                         p.zrem(self.key("procs"), self.id)
                         await p.execute()
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
-        with contextlib.suppress(Exception):
-            await self._sub_redis.aclose()
+        await self._links.aclose()
 
     # -------------------------------------------------------------- presence
     def set_info(self, **fields: Any) -> None:
@@ -339,23 +346,64 @@ class Registry:
         """Handle inbox messages of ``msg_type``; a request's reply is the return value."""
         self._handlers[msg_type] = handler
 
-    async def subscribe(self, channel: str, handler: RawHandler) -> None:
-        """Receive every message published on ``channel`` (kept across reconnects)."""
+    async def subscribe(self, channel: str, handler: RawHandler, broadcast: bool = False) -> None:
+        """Receive every message published on ``channel`` (kept across reconnects).
+
+        ``broadcast``: the channel goes to every process (classic pub/sub in every mode, which
+        is also what a Lua script's ``PUBLISH`` reaches); otherwise it is sharded pub/sub in
+        Cluster mode, delivered only through the node that owns the channel's slot.
+        """
         self._channels[channel] = handler
-        if self._pubsub is not None and self._subscribed.is_set():
+        if broadcast:
+            self._broadcasts.add(channel)
+        if self._sub is not None and self._subscribed.is_set():
             with contextlib.suppress(*_REDIS_ERRORS, RedisError):
-                await self._pubsub.subscribe(channel)
+                await self._sub.add(channel, broadcast)
 
     async def unsubscribe(self, channel: str) -> None:
-        if self._channels.pop(channel, None) is not None and self._pubsub is not None:
+        self._broadcasts.discard(channel)
+        if self._channels.pop(channel, None) is not None and self._sub is not None:
             with contextlib.suppress(*_REDIS_ERRORS, RedisError):
-                await self._pubsub.unsubscribe(channel)
+                await self._sub.remove(channel)
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """Publish raw bytes; returns the number of receivers."""
+    async def publish(self, channel: str, data: bytes, broadcast: bool = False) -> int:
+        """Publish raw bytes; returns the number of receivers (see ``subscribe``; a broadcast
+        in Cluster mode counts only the receivers on the node that took it)."""
         async with self.guard("publish"):
-            n: int = await self.redis.publish(channel, data)
-        return n
+            return await self._links.publish(channel, data, broadcast)
+
+    def queue_publish(self, pipe: Any, channel: str, data: bytes, broadcast: bool = False) -> None:
+        """Add a publish to a pipeline of ``self.redis`` (see ``publish``)."""
+        self._links.queue_publish(pipe, channel, data, broadcast)
+
+    async def durable(self, key: str, build: Build) -> list[Any]:
+        """Run the commands ``build`` queues on a pipeline (all on ``key``'s slot, in order,
+        not as a transaction: use one script for atomicity), then wait until the required
+        replicas hold them (``REDIS_MIN_REPLICAS``, bounded by ``WAIT``).
+
+        Returns:
+            The commands' results.
+
+        Raises:
+            RegistryUnavailable: Redis did not answer, or too few replicas confirmed in time;
+                the write may have happened and must not be acknowledged as done.
+        """
+        async with self.guard("durable"):
+            return await self._links.durable(key, build)
+
+    def durable_script(self, lua: str) -> DurableScript:
+        """A Lua script whose every call is acknowledged only once the required replicas hold
+        its writes (see ``durable``); its keys must share one ``tag``."""
+        return DurableScript(self, self.redis.register_script(lua))
+
+    async def topology(self) -> dict[str, Any]:
+        """The deployment mode and the primary/nodes in use.
+
+        Raises:
+            RegistryUnavailable: Redis (or the Sentinels) did not answer.
+        """
+        async with self.guard("topology"):
+            return await self._links.topology()
 
     async def send(self, target: str, msg_type: str, payload: Any) -> bool:
         """Fire-and-forget to ``target``'s inbox; False when nobody listens there.
@@ -386,8 +434,7 @@ class Registry:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            env = Envelope(Kind.REQUEST, msg_type, rid, self.key("reply", self.id, rid), self.id,
-                           payload)
+            env = Envelope(Kind.REQUEST, msg_type, rid, self.inbox(self.id), self.id, payload)
             if await self.publish(self.inbox(target), encode(env)) == 0:
                 raise NoListener(f"no process listens on {target}")
             try:
@@ -401,23 +448,22 @@ class Registry:
 
     async def _subscriber_loop(self) -> None:
         backoff = 0.1
+        failed = False
         while True:
-            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+            sub = self._links.subscriber(self._dispatch, failed)
             try:
                 done = [self.inbox(self.id), *self._channels]
-                await pubsub.subscribe(*done)
-                await pubsub.psubscribe(self._reply_pattern)
+                await sub.open([(c, c in self._broadcasts) for c in done])
                 # Channels added while those commands were in flight are not in ``done``.
                 while missing := [c for c in self._channels if c not in done]:
-                    await pubsub.subscribe(*missing)
+                    for channel in missing:
+                        await sub.add(channel, channel in self._broadcasts)
                     done += missing
-                self._pubsub = pubsub
+                self._sub = sub
                 self._subscribed.set()
                 backoff = 0.1
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None:
-                        self._dispatch(msg)
+                failed = False
+                await sub.pump()
             except asyncio.CancelledError:
                 raise
             except (*_REDIS_ERRORS, RedisError) as exc:
@@ -425,12 +471,12 @@ class Registry:
                 if self._subscribed.is_set():
                     log.warning("inbox subscription lost (%s); resubscribing", exc)
                 self._subscribed.clear()
-                self._pubsub = None
+                self._sub = None
+                failed = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await sub.aclose()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         channel = msg.get("channel", b"")

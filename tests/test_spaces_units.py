@@ -9,6 +9,7 @@ from gateway.spaces import channel
 from gateway.spaces.channel import ChannelMessage
 from gateway.spaces.client import MAX_QUEUED_BYTES, Client
 from gateway.spaces.hub import Membership
+from gateway.spaces.store import shard_key
 from hubbub.wire.wired.inbound import Limits
 
 
@@ -154,7 +155,7 @@ async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix:
 
         gw.processes = counted  # type: ignore[method-assign]
         uri = "https://example.org/placed.glb"
-        await gw.redis.set(gw.key("space", uri, "shard"), b"gone-shard")
+        await gw.redis.set(shard_key(gw, uri), b"gone-shard")
         # The space sits on a shard this gateway does not know and no shard is live: one look
         # at the shard list, not one more right behind it.
         assert await relay.place(uri) is None
@@ -166,7 +167,7 @@ async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix:
         reads = 0
         assert await relay.place(uri) == shard.id
         assert reads == 1
-        assert await gw.redis.get(gw.key("space", uri, "shard")) == shard.id.encode()
+        assert await gw.redis.get(shard_key(gw, uri)) == shard.id.encode()
     finally:
         await shard.close()
         await gw.close()

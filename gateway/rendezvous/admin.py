@@ -22,7 +22,7 @@ from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ops import Request, Response
 from hubbub.runtime import host_name
-from registry import Registry
+from registry import RedisTarget, Registry
 
 
 if TYPE_CHECKING:
@@ -244,7 +244,8 @@ def main(argv: Sequence[str]) -> int:
     cfg, args = parse_config(parser, "admin", argv)
 
     async def run() -> str:
-        registry = Registry(cfg.redis_url, cfg.prefix, "admin", host_name(cfg), presence=False)
+        registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, "admin", host_name(cfg),
+                            presence=False)
         await registry.start()
         try:
             if not await registry.wait_ready(5.0):

@@ -21,7 +21,7 @@ from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.runtime import host_name
 from hubbub.wire.rustdesk.addr import normalize_host
-from registry import Registry
+from registry import RedisTarget, Registry
 
 
 __all__ = ["main", "read_peers"]
@@ -82,7 +82,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
 
     async def run() -> tuple[int, int, int]:
-        registry = Registry(cfg.redis_url, cfg.prefix, "admin", host_name(cfg), presence=False)
+        registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, "admin", host_name(cfg),
+                            presence=False)
         await registry.start()
         try:
             if not await registry.wait_ready(5.0):

@@ -217,7 +217,7 @@ class RendezvousService(Directory, PunchFlows):
         # Subscribe once the inbox is up (a channel added mid-subscribe could be missed); the
         # relay loop also reloads the settings every few seconds as a safety net.
         await reg.wait_ready(2.0)
-        await reg.subscribe(self.store.admin_channel, self._on_admin_changed)
+        await reg.subscribe(self.store.admin_channel, self._on_admin_changed, broadcast=True)
         ports = dict(reg.presence_info().get("ports") or {})
         ports.update(rendezvous=cfg.rendezvous_port, rendezvous_udp=cfg.rendezvous_port,
                      rendezvous_nat=cfg.nat_port, rendezvous_ws=cfg.ws_port)

@@ -158,23 +158,26 @@ class Store:
         # The shared client has a bounded connection pool (other capabilities use it too):
         # bursts wait here instead of failing with "too many connections".
         self.gate = asyncio.Semaphore(REDIS_CONCURRENCY)
-        self._register = self.redis.register_script(_REGISTER_LUA)
-        self._change = self.redis.register_script(_CHANGE_LUA)
-        self._import = self.redis.register_script(_IMPORT_LUA)
+        # Binding writes are answered only once the replicas hold them (REDIS_MIN_REPLICAS).
+        self._register = registry.durable_script(_REGISTER_LUA)
+        self._change = registry.durable_script(_CHANGE_LUA)
+        self._import = registry.durable_script(_IMPORT_LUA)
         self._drop_live = self.redis.register_script(_DROP_LIVE_LUA)
 
+    # Every ID-server key carries one slot tag: a change of ID moves a binding between two
+    # IDs (and the history) in one script, which Redis Cluster allows only within one slot.
     def peer_key(self, peer_id: str) -> str:
-        return self.registry.key("rd", "peer", peer_id)
+        return self.registry.key(self.registry.tag("rd"), "peer", peer_id)
 
     def live_key(self, peer_id: str) -> str:
-        return self.registry.key("rd", "live", peer_id)
+        return self.registry.key(self.registry.tag("rd"), "live", peer_id)
 
     def sink_key(self, addr: str) -> str:
-        return self.registry.key("rd", "sink", addr)
+        return self.registry.key(self.registry.tag("rd"), "sink", addr)
 
     @property
     def admin_key(self) -> str:
-        return self.registry.key("rd", "admin")
+        return self.registry.key(self.registry.tag("rd"), "admin")
 
     @property
     def admin_channel(self) -> str:
@@ -182,7 +185,7 @@ class Store:
 
     @property
     def idhist_key(self) -> str:
-        return self.registry.key("rd", "idhist")
+        return self.registry.key(self.registry.tag("rd"), "idhist")
 
     # ------------------------------------------------------------- peers
     async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
@@ -280,12 +283,15 @@ class Store:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def set_admin(self, name: str, value: str | None) -> None:
-        async with self.gate, self.registry.guard("rd_admin"):
+        def change(p: Any) -> None:
             if value is None:
-                await self.redis.hdel(self.admin_key, name)
+                p.hdel(self.admin_key, name)
             else:
-                await self.redis.hset(self.admin_key, name, value)
-            await self.redis.publish(self.admin_channel, name.encode())
+                p.hset(self.admin_key, name, value)
+        async with self.gate:
+            await self.registry.durable(self.admin_key, change)
+            # Every gateway listens (a broadcast channel in every deployment mode).
+            await self.registry.publish(self.admin_channel, name.encode(), broadcast=True)
 
     async def id_history(self, count: int = 100) -> list[str]:
         async with self.gate, self.registry.guard("rd_admin"):

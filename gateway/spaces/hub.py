@@ -231,8 +231,9 @@ class Hub:
         async with self.gate, self.registry.guard("spaces_positions"):
             async with self.registry.redis.pipeline(transaction=False) as p:
                 for uri, records in out.items():
-                    p.publish(self.channel(uri), channel.encode(ChannelMessage(
-                        channel.POSITIONS, gateway=gw, frame=b"".join(records.values()))))
+                    self.registry.queue_publish(p, self.channel(uri), channel.encode(
+                        ChannelMessage(channel.POSITIONS, gateway=gw,
+                                       frame=b"".join(records.values()))))
                 await p.execute()
 
     def _deliver_tick(self, boundary: float) -> None:

@@ -24,7 +24,7 @@ import orjson
 
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryUnavailable
-from registry import Registry
+from registry import RedisTarget, Registry
 from shards.relay import store
 from shards.relay.lists import LIST_NAMES, normalise_ip
 
@@ -127,7 +127,7 @@ async def _run(args: argparse.Namespace, reg: Registry) -> int:
     return 0
 
 
-async def _main(args: argparse.Namespace, url: str, prefix: str) -> int:
+async def _main(args: argparse.Namespace, url: RedisTarget, prefix: str) -> int:
     reg = Registry(url, prefix, "admin", "-", presence=False)
     try:
         async with asyncio.timeout(15.0):
@@ -142,7 +142,7 @@ def main(argv: Sequence[str]) -> int:
     parser = _parser()
     cfg, args = parse_config(parser, "admin", argv)
     try:
-        return asyncio.run(_main(args, cfg.redis_url, cfg.prefix))
+        return asyncio.run(_main(args, RedisTarget.from_config(cfg), cfg.prefix))
     except RegistryUnavailable as exc:
         sys.stderr.write(f"hubbub relay: error: {exc}\n")
         return 1

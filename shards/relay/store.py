@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from registry import Registry
 from shards.relay.lists import LIST_NAMES, MAX_ENTRIES, IpLists, format_list, parse_list
@@ -67,7 +68,7 @@ async def modify(registry: Registry, name: str, add: Iterable[str] = (),
     async with registry.guard("relay_lists"):
         if add and await registry.redis.scard(key) + len(add) > MAX_ENTRIES:
             raise ValueError(f"{name} would exceed {MAX_ENTRIES} entries")
-        async with registry.redis.pipeline(transaction=True) as p:
+        def change(p: Any) -> None:
             if clear:
                 p.delete(key)
             if add:
@@ -75,7 +76,8 @@ async def modify(registry: Registry, name: str, add: Iterable[str] = (),
             if remove:
                 p.srem(key, *remove)
             p.smembers(key)
-            result = await p.execute()
+        # Answered only once the replicas hold the change (REDIS_MIN_REPLICAS).
+        result = await registry.durable(key, change)
     await notify_shards(registry, name)
     return _decode(result[-1])
 
