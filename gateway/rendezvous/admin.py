@@ -38,6 +38,7 @@ HELP = """commands:
   ip-changes, ic [<id>]                   IDs seen from several IPs in the last 6 minutes
   id-changes, idc [<n>]                   last n ID changes (change ID)
   peer <id>                               registration and liveness of one ID
+  remove <id>                             forget an ID's binding on every gateway at once
   change-id <id> <new id>                 move a device's registration to a new ID
   stats                                   peers, connections and streams per gateway
   help, h                                 this text"""
@@ -172,6 +173,12 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
         if len(args) != 2:
             return "usage: change-id <id> <new id>"
         return (await change_id(registry, store, args[0], args[1]))[1]
+    if cmd == "remove":
+        if len(args) != 1:
+            return "usage: remove <id>"
+        if not await store.remove_peer(args[0]):
+            return f"{args[0]}: not registered"
+        return f"{args[0]}: removed (a device still running under it registers it again)"
     if cmd == "peer":
         if not args:
             return "usage: peer <id>"

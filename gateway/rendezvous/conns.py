@@ -49,6 +49,8 @@ class Conn:
         self.addr = addr
         self.addr_key = f"{addr[0]}:{addr[1]}"
         self.registered_id: str | None = None
+        self.registered_uuid = b""
+        self.registered_gen = b""  # the binding generation the registration was made under
         self.sink = False
         self.keep_alive = 0.0
         self.secure = False

@@ -68,6 +68,9 @@ class PunchFlows:
     def _udp_target(self, ip: str, port: int) -> tuple[Any, ...]:
         raise NotImplementedError
 
+    def drop_local(self, peer_id: str, keep: bytes | None = None) -> None:
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- flows
     def _add_sink(self, conn: Conn) -> bool:
         """Hold A's connection for B's answer; True when Redis must learn about it."""
@@ -78,14 +81,20 @@ class PunchFlows:
         return True
 
     async def _target(self, peer_id: str, sink: str | None) -> tuple[bool, Live | None]:
-        """(exists, freshest liveness) of B; also records A's sink in the same round trip."""
-        now = time.time()
-        local = self.peers.get(peer_id, now)
+        """(exists, freshest liveness) of B; also records A's sink in the same round trip.
+
+        What this process heard of B counts only if it was heard under the binding this very
+        read returns (bindings.py): a removed, moved or re-keyed ID is never served from here.
+        """
         rec, live = await self.store.lookup(
             peer_id, None if sink is None else (sink, self.registry.id))
+        self.drop_local(peer_id, None if rec is None else rec.gen)  # no-op when current
+        if rec is None:
+            return False, None
+        local = self.peers.get(peer_id, time.time())
         if local is not None and (live is None or local.seen >= live.seen):
             live = Live(local.ip, local.port, local.seen, self.token, self.udp_port, local.mode)
-        return rec is not None, live
+        return True, live
 
     async def punch_request(self, conn: Conn, req: pb.PunchHoleRequest) -> None:
         first = self._add_sink(conn)

@@ -33,14 +33,12 @@ from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
 from gateway.rendezvous.logic import (
     online_bitmap,
     parse_mask,
-    valid_custom_id,
     valid_register_id,
 )
 from gateway.rendezvous.punch import PunchFlows
+from gateway.rendezvous.rebinding import Rebinding
 from gateway.rendezvous.relays import Directory
 from gateway.rendezvous.store import (
-    CHANGE_EXISTS,
-    CHANGE_NOT_OWNER,
     MODE_STREAM,
     MODE_UDP,
     ONLINE_WINDOW,
@@ -119,6 +117,7 @@ class LocalPeer:
     flushed: float
     mode: int
     reg_ip: str  # the IP of the durable binding; liveness records omit it when equal
+    gen: bytes  # the binding generation it was verified under (see bindings.py)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -132,7 +131,7 @@ class _Udp(asyncio.DatagramProtocol):
         metrics.DROPPED.labels("udp_error").inc()
 
 
-class RendezvousService(Directory, PunchFlows):
+class RendezvousService(Directory, Rebinding, PunchFlows):
     """hbbs on every gateway: ports ``-p`` (UDP+TCP), ``-p - 1`` (TCP), ``-p + 2`` (WS)."""
 
     name = "rendezvous"
@@ -146,6 +145,9 @@ class RendezvousService(Directory, PunchFlows):
             "-" if ctx.cfg.key is None else ctx.cfg.key, Path(ctx.cfg.data_dir))
         self.network = parse_mask(self.cfg.mask)
         self.proxies = ProxyList(self.cfg.trusted_proxies)
+        # Local entries follow the invalidation rule of gateway/rendezvous/bindings.py: each
+        # carries the binding generation it was verified under, and is dropped on a
+        # BindingChanged, on any read showing another generation, or at its TTL.
         self.peers: BoundedMap[str, LocalPeer] = BoundedMap(MAX_PEERS, PEER_TTL)
         self.dirty: dict[str, LocalPeer] = {}
         self.streams: dict[str, Conn] = {}
@@ -173,6 +175,7 @@ class RendezvousService(Directory, PunchFlows):
         self._servers: list[asyncio.Server] = []
         self._ws: Server | None = None
         self._tasks = TaskSet(log, "rendezvous")
+        self.rechecks: set[str] = set()
         self._bg: list[asyncio.Task[None]] = []
         self._draining = False
         self._up = False
@@ -218,6 +221,8 @@ class RendezvousService(Directory, PunchFlows):
         # relay loop also reloads the settings every few seconds as a safety net.
         await reg.wait_ready(2.0)
         await reg.subscribe(self.store.admin_channel, self._on_admin_changed, broadcast=True)
+        await reg.subscribe(self.store.bindings_channel, self._on_binding_changed,
+                            broadcast=True)
         ports = dict(reg.presence_info().get("ports") or {})
         ports.update(rendezvous=cfg.rendezvous_port, rendezvous_udp=cfg.rendezvous_port,
                      rendezvous_nat=cfg.nat_port, rendezvous_ws=cfg.ws_port)
@@ -372,7 +377,7 @@ class RendezvousService(Directory, PunchFlows):
             self._send_udp(RESP_REQUEST_PK, raw_addr)
         else:
             now = time.time()
-            peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip)
+            peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip, rec.gen)
             self.peers.put(peer_id, peer, now)
             self.dirty[peer_id] = peer
             self._flush_soon.set()
@@ -389,20 +394,21 @@ class RendezvousService(Directory, PunchFlows):
     async def _udp_register_pk(self, rpk: pb.RegisterPk, ip: str, port: int,
                                raw_addr: tuple[Any, ...]) -> None:
         try:
-            result = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
+            got = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
         finally:
             self._registering -= 1
-        if result is not None:
-            self._send_udp(_reg_response(result), raw_addr)
+        if got is not None:
+            self._send_udp(_reg_response(got[0]), raw_addr)
 
     async def register_pk(self, rpk: pb.RegisterPk, ip: str, port: int, mode: int,
-                          transport: str) -> int | None:
-        """hbbs's RegisterPk rules; None means drop silently."""
+                          transport: str) -> tuple[int, bytes] | None:
+        """hbbs's RegisterPk rules: (result, binding generation); None means drop silently."""
         if not rpk.uuid or not rpk.pk:
             return None
         peer_id = rpk.id
         now = time.time()
         result: int
+        gen = b""
         if not valid_register_id(peer_id):
             result = Result.INVALID_ID_FORMAT
         elif not self.ip_limiter.allow(ip, peer_id, now):
@@ -414,8 +420,8 @@ class RendezvousService(Directory, PunchFlows):
         else:
             try:
                 live = Live("", port, now, self.token, self.udp_port, mode)
-                res = await self.store.register_pk(peer_id, bytes(rpk.uuid), bytes(rpk.pk), ip,
-                                                   live)
+                res, gen = await self.store.register(peer_id, bytes(rpk.uuid), bytes(rpk.pk),
+                                                     ip, live)
             except RegistryUnavailable:
                 result = Result.SERVER_ERROR
             else:
@@ -427,15 +433,15 @@ class RendezvousService(Directory, PunchFlows):
                     now = time.time()
                     peer = self.peers.get(peer_id, now)
                     if peer is None:
-                        peer = LocalPeer(ip, port, now, now, mode, ip)
+                        peer = LocalPeer(ip, port, now, now, mode, ip, gen)
                         self.peers.put(peer_id, peer, now)
                     else:
                         peer.ip, peer.port, peer.mode, peer.seen = ip, port, mode, now
-                        peer.reg_ip = ip
+                        peer.reg_ip, peer.gen = ip, gen
                         peer.flushed = now
                         self.dirty.pop(peer_id, None)
         metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
-        return int(result)
+        return int(result), gen
 
     async def _limited_result(self, rpk: pb.RegisterPk, ip: str) -> int:
         """The answer for an ID over its RegisterPk rate: UUID_MISMATCH wins, as in hbbs."""
@@ -470,10 +476,10 @@ class RendezvousService(Directory, PunchFlows):
         now = time.time()
         owner = self.token
         items = [(pid, Live("" if p.ip == p.reg_ip else p.ip, p.port, p.seen, owner,
-                          self.udp_port, p.mode))
+                          self.udp_port, p.mode), p.gen)
                  for pid, p in batch.items()]
         try:
-            n = await self.store.flush_live(items, now)
+            n, refused = await self.store.flush_bound(items, now)
         except RegistryError:
             # Put them back (newer updates win) so the next flush retries.
             for pid, p in batch.items():
@@ -481,6 +487,12 @@ class RendezvousService(Directory, PunchFlows):
             raise
         for p in batch.values():
             p.flushed = now
+        for pid in refused:
+            # Heard under a binding that is gone or changed (a missed BindingChanged); an entry
+            # re-registered meanwhile carries its new generation and stays.
+            cur = self.peers.get(pid, now)
+            if cur is None or cur.gen == batch[pid].gen:
+                self.drop_local(pid)
         metrics.LIVE_FLUSHED.inc(n)
 
     async def _sweep_loop(self) -> None:
@@ -607,7 +619,8 @@ class RendezvousService(Directory, PunchFlows):
         now = time.time()
         peer = self.peers.get(peer_id, now)
         if peer is None:
-            peer = LocalPeer(conn.addr[0], conn.addr[1], now, 0.0, MODE_STREAM, conn.addr[0])
+            peer = LocalPeer(conn.addr[0], conn.addr[1], now, 0.0, MODE_STREAM, conn.addr[0],
+                             conn.registered_gen)
             self.peers.put(peer_id, peer, now)
         else:
             self.peers.touch(peer_id, now)
@@ -692,13 +705,11 @@ class RendezvousService(Directory, PunchFlows):
         try:
             lives = await self.store.lives(asked)
         except RegistryUnavailable:
-            lives = [None] * len(asked)
-        flags = []
-        for peer_id, live in zip(asked, lives, strict=True):
-            local = self.peers.get(peer_id, now)
-            on = (live is not None and live.online(now)) or (
-                local is not None and now - local.seen < ONLINE_WINDOW)
-            flags.append(on)
+            # Only then are local entries, unconfirmed by any read, the best answer there is.
+            lives = [None if (p := self.peers.get(i, now)) is None
+                     else Live(p.ip, p.port, p.seen, self.token, self.udp_port, p.mode)
+                     for i in asked]
+        flags = [live is not None and live.online(now) for live in lives]
         flags += [False] * (len(ids) - len(asked))
         return message(online_response=pb.OnlineResponse(states=online_bitmap(flags)))
 
@@ -711,7 +722,7 @@ class RendezvousService(Directory, PunchFlows):
         got = await self.register_pk(rpk, ip, port, MODE_STREAM, conn.transport_name)
         if got is None:
             return False
-        result = got
+        result, gen = got
         if result != Result.OK:
             await conn.send_message(_reg_response(result))
             return True
@@ -720,36 +731,10 @@ class RendezvousService(Directory, PunchFlows):
             old.registered_id = None
         self.streams[rpk.id] = conn
         conn.registered_id = rpk.id
+        conn.registered_uuid, conn.registered_gen = bytes(rpk.uuid), gen
         conn.keep_alive = float(KEEP_ALIVE)
         await conn.send_message(_reg_response(result, KEEP_ALIVE))
         return True
-
-    async def change_id(self, rpk: pb.RegisterPk, ip: str) -> int:
-        now = time.time()
-        if not valid_custom_id(rpk.id):
-            result = Result.INVALID_ID_FORMAT
-        elif not rpk.uuid:
-            result = Result.UUID_MISMATCH
-        elif (not self.change_limiter.allow(rpk.uuid.hex(), now)
-              or not self.ip_limiter.allow(ip, rpk.id, now)):
-            result = Result.TOO_FREQUENT
-        else:
-            try:
-                res = await self.store.change_id(rpk.old_id, rpk.id, bytes(rpk.uuid))
-            except RegistryUnavailable:
-                result = Result.SERVER_ERROR
-            else:
-                if res == CHANGE_NOT_OWNER:
-                    result = Result.UUID_MISMATCH
-                elif res == CHANGE_EXISTS:
-                    result = Result.ID_EXISTS
-                else:
-                    result = Result.OK
-                    self.peers.pop(rpk.old_id)
-                    self.dirty.pop(rpk.old_id, None)
-                    log.info("id changed: %s -> %s", rpk.old_id, rpk.id)
-        metrics.REGISTRATIONS.labels("change_id", pb.RegisterPkResponse.Result.Name(result)).inc()
-        return int(result)
 
     # ----------------------------------------------------------------- admin
     async def _load_admin(self) -> None:

@@ -1,7 +1,9 @@
 """Redis state of the ID server.
 
 Durable (no TTL, kept by AOF):
-    ``rd:peer:<id>``   hash ``u`` uuid, ``k`` Ed25519 pk, ``ip`` last registered IP text
+    ``rd:peer:<id>``   hash ``u`` uuid, ``k`` Ed25519 pk, ``ip`` last registered IP text,
+                       ``g`` generation: a fresh random token on every write that changes the
+                       binding (absent in rows written before it existed: generation ``b""``)
     ``rd:idhist``      list of ID changes ``"<old> <new> <unix time>"`` (newest first, capped)
     ``rd:admin``       hash of run-time settings changed by ``hubbub admin``
 Volatile:
@@ -10,6 +12,9 @@ Volatile:
                        when the peer counts as offline; written in batches, only when the address
                        or owner changes or the TTL needs extending
     ``rd:sink:<addr>`` id of the gateway process holding controller ``addr``'s connection
+Channel:
+    ``rd:bindings``    a ``BindingChanged`` for every change of a binding, published by the
+                       script that makes it (see ``gateway.rendezvous.bindings``)
 
 Ownership checks run as Lua scripts so two gateways can never bind one ID to two devices.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, VERSION
 from registry import Registry
 
 
@@ -48,35 +55,70 @@ CHANGE_OK = 0
 CHANGE_NOT_OWNER = 2
 CHANGE_EXISTS = 3
 
+_FIELDS = ["u", "k", "ip", "g"]
+
+# Every script that changes a binding writes a fresh generation and publishes a
+# BindingChanged ([version, kind, id, new id, generation]) in the same atomic step, so the
+# news is on its way to every gateway before the caller can answer the device.
 _REGISTER_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
+local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip', 'g')
 local res = 0
+local gen = cur[4] or ''
 if not cur[1] then
-  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
+  gen = ARGV[6]
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', gen)
   res = 1
 else
-  if cur[1] ~= ARGV[1] then return 2 end
-  if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
+  if cur[1] ~= ARGV[1] then return {2, ''} end
+  if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return {2, ''} end
   if cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
-    redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3])
+    gen = ARGV[6]
+    redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', gen)
     res = 1
   end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-return res
+if res == 1 then
+  redis.call('PUBLISH', ARGV[7], cmsgpack.pack({tonumber(ARGV[8]), ARGV[9], ARGV[10], '', gen}))
+end
+return {res, gen}
 """
 
+# The liveness moves with the binding: the device is reachable under its new ID at once,
+# through whichever gateway hears it, before it re-registers.
 _CHANGE_LUA = """
 local old = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
 if not old[1] or old[1] ~= ARGV[1] then return 2 end
 if KEYS[1] == KEYS[2] then return 0 end
 local other = redis.call('HGET', KEYS[2], 'u')
 if other and other ~= ARGV[1] then return 3 end
-redis.call('HSET', KEYS[2], 'u', old[1], 'k', old[2] or '', 'ip', old[3] or '')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'u', old[1], 'k', old[2] or '', 'ip', old[3] or '', 'g', ARGV[6])
+local live = redis.call('GET', KEYS[3])
+local ttl = redis.call('PTTL', KEYS[3])
 redis.call('DEL', KEYS[1], KEYS[3])
+if live and ttl > 0 then redis.call('SET', KEYS[5], live, 'PX', ttl) end
 redis.call('LPUSH', KEYS[4], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+redis.call('PUBLISH', ARGV[7], cmsgpack.pack({tonumber(ARGV[8]), ARGV[9], ARGV[2], ARGV[3],
+                                              ARGV[6]}))
 return 0
+"""
+
+_REMOVE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], cmsgpack.pack({tonumber(ARGV[2]), ARGV[3], ARGV[4], '', ''}))
+return 1
+"""
+
+# A gateway's liveness write counts only while the binding it heard the peer under stands:
+# a removed, moved or re-keyed ID never gets liveness back from a gateway that missed the news.
+_FLUSH_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'u', 'g')
+if not cur[1] or (cur[2] or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 # Delete a liveness record only if the given gateway still owns it, in one step: a peer that
@@ -93,7 +135,9 @@ return 0
 
 _IMPORT_LUA = """
 if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', ARGV[5])
+  redis.call('PUBLISH', ARGV[6], cmsgpack.pack({tonumber(ARGV[7]), ARGV[8], ARGV[9], '',
+                                                ARGV[5]}))
   return 1
 end
 return 0
@@ -135,14 +179,20 @@ class PeerRecord:
     uuid: bytes
     pk: bytes
     ip: str
+    gen: bytes = b""  # changes whenever the binding does
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> PeerRecord | None:
-        """The record in an ``HMGET u k ip`` reply; None when the ID is not bound."""
-        u, k, ip = row
+        """The record in an ``HMGET u k ip g`` reply; None when the ID is not bound."""
+        u, k, ip, g = row
         if u is None:
             return None
-        return cls(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"))
+        return cls(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"),
+                   bytes(g or b""))
+
+
+def new_gen() -> bytes:
+    return secrets.token_bytes(8)
 
 
 def _text(value: Any) -> str:
@@ -162,6 +212,8 @@ class Store:
         self._register = registry.durable_script(_REGISTER_LUA)
         self._change = registry.durable_script(_CHANGE_LUA)
         self._import = registry.durable_script(_IMPORT_LUA)
+        self._remove = registry.durable_script(_REMOVE_LUA)
+        self._flush_bound = self.redis.register_script(_FLUSH_LUA)
         self._drop_live = self.redis.register_script(_DROP_LIVE_LUA)
 
     # Every ID-server key carries one slot tag: a change of ID moves a binding between two
@@ -184,41 +236,72 @@ class Store:
         return self.registry.key("rd", "admin-changed")
 
     @property
+    def bindings_channel(self) -> str:
+        return self.registry.key("rd", "bindings")
+
+    def _news(self, kind: str, peer_id: str) -> list[Any]:
+        """The script arguments of a ``BindingChanged`` (channel, version, kind, id)."""
+        return [self.bindings_channel, VERSION, kind, peer_id]
+
+    @property
     def idhist_key(self) -> str:
         return self.registry.key(self.registry.tag("rd"), "idhist")
 
     # ------------------------------------------------------------- peers
-    async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
-                          live: Live) -> int:
-        """Bind ``peer_id`` to ``uuid``/``pk``: REG_OK_SAME, REG_OK_CHANGED or REG_UUID_MISMATCH.
+    async def register(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
+                       live: Live) -> tuple[int, bytes]:
+        """Bind ``peer_id`` to ``uuid``/``pk``: (REG_OK_SAME, REG_OK_CHANGED or
+        REG_UUID_MISMATCH, the binding's generation).
 
         On success the liveness record is written in the same step, so every gateway can reach
         the peer as soon as it has its answer.
         """
         async with self.gate, self.registry.guard("rd_register"):
-            res = await self._register(
+            res: Any = await self._register(
                 keys=[self.peer_key(peer_id), self.live_key(peer_id)],
-                args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000)])
-        return int(res)
+                args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000), new_gen(),
+                      *self._news(KIND_KEY, peer_id)])
+        return int(res[0]), bytes(res[1] or b"")
 
-    async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
+    async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
+                          live: Live) -> int:
+        """``register`` without the generation."""
+        return (await self.register(peer_id, uuid, pk, ip, live))[0]
+
+    async def move_id(self, old_id: str, new_id: str, uuid: bytes) -> tuple[int, bytes]:
+        """Move ``old_id``'s binding and liveness to ``new_id``: (CHANGE_* result, the moved
+        binding's new generation)."""
+        gen = new_gen()
         async with self.gate, self.registry.guard("rd_change_id"):
             res = await self._change(
                 keys=[self.peer_key(old_id), self.peer_key(new_id), self.live_key(old_id),
-                      self.idhist_key],
-                args=[uuid, old_id, new_id, int(time.time()), IDHIST_MAX])
-        return int(res)
+                      self.idhist_key, self.live_key(new_id)],
+                args=[uuid, old_id, new_id, int(time.time()), IDHIST_MAX, gen,
+                      *self._news(KIND_MOVED, old_id)[:3]])
+        return int(res), gen
+
+    async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
+        """``move_id`` without the generation."""
+        return (await self.move_id(old_id, new_id, uuid))[0]
+
+    async def remove_peer(self, peer_id: str) -> bool:
+        """Forget ``peer_id``'s binding and liveness; False when it was not bound."""
+        async with self.gate, self.registry.guard("rd_remove"):
+            res = await self._remove(keys=[self.peer_key(peer_id), self.live_key(peer_id)],
+                                     args=self._news(KIND_REMOVED, peer_id))
+        return bool(res)
 
     async def import_peer(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
                           overwrite: bool) -> bool:
         async with self.gate, self.registry.guard("rd_import"):
             res = await self._import(keys=[self.peer_key(peer_id)],
-                                     args=[uuid, pk, ip, "1" if overwrite else "0"])
+                                     args=[uuid, pk, ip, "1" if overwrite else "0", new_gen(),
+                                           *self._news(KIND_KEY, peer_id)])
         return bool(res)
 
     async def peer(self, peer_id: str) -> PeerRecord | None:
         async with self.gate, self.registry.guard("rd_peer"):
-            row: Any = await self.redis.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
+            row: Any = await self.redis.hmget(self.peer_key(peer_id), _FIELDS)
         return PeerRecord.from_row(row)
 
     async def lookup(self, peer_id: str, sink: tuple[str, str] | None = None
@@ -231,7 +314,7 @@ class Store:
             async with self.redis.pipeline(transaction=False) as p:
                 if sink is not None:
                     p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
-                p.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
+                p.hmget(self.peer_key(peer_id), _FIELDS)
                 p.get(self.live_key(peer_id))
                 res = await p.execute()
         rec, live = PeerRecord.from_row(res[-2]), Live.unpack(res[-1])
@@ -262,6 +345,24 @@ class Store:
                 if n:
                     await p.execute()
         return n
+
+    async def flush_bound(self, items: Sequence[tuple[str, Live, bytes]], now: float
+                          ) -> tuple[int, list[str]]:
+        """``flush_live`` for peers heard under binding generation ``gen`` (third item): a
+        record is written only while that generation stands. Returns (written, refused IDs)."""
+        todo = [(pid, live, gen, int((ONLINE_WINDOW - (now - live.seen)) * 1000))
+                for pid, live, gen in items]
+        todo = [t for t in todo if t[3] > 0]
+        if not todo:
+            return 0, []
+        async with self.gate, self.registry.guard("rd_flush"):
+            async with self.redis.pipeline(transaction=False) as p:
+                for pid, live, gen, ttl_ms in todo:
+                    await self._flush_bound(keys=[self.peer_key(pid), self.live_key(pid)],
+                                            args=[gen, live.pack(), ttl_ms], client=p)
+                res = await p.execute()
+        refused = [t[0] for t, ok in zip(todo, res, strict=True) if not ok]
+        return len(todo) - len(refused), refused
 
     async def drop_live(self, peer_id: str, owner: str) -> bool:
         """Forget a stream-mode peer whose connection closed, only if ``owner`` still owns it;

@@ -1,0 +1,375 @@
+"""A change of binding takes effect on every gateway at once (real gateways, one Redis).
+
+Two gateways on different ports pin each client to a process: device B heartbeats to G1 (the
+"holder"); the change is handled by G1 or by G2; controllers punch through both right after
+the answer, with every cache warmed by earlier punches.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rustdesk_sim import Peer, TcpClient, close_all, msg, verify_signed
+from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
+from test_rustdesk_service import FakeConn, FakeUdp, settle
+
+from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, BindingChanged
+from gateway.rendezvous.service import LocalPeer, RendezvousService
+from gateway.rendezvous.store import CHANGE_OK, MODE_UDP
+from hubbub.config import Config
+from hubbub.runtime import Context
+from hubbub.wire.rustdesk.messages import pb
+from registry import Registry
+
+
+OK = pb.RegisterPkResponse.OK
+B_IP = "127.0.0.2"
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    gateways: tuple[HubbubProcess, HubbubProcess]
+    ports: tuple[int, int]
+    pub: str
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    close_all()
+
+
+@pytest.fixture(scope="module")
+def env(redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("rebind")
+    cluster = Cluster(redis_srv.url, new_prefix(), workdir)
+    try:
+        ports = (free_port_block(4) + 1, free_port_block(4) + 1)
+        gws = tuple(cluster.start("gateway", "-p", str(p), "--spaces-port", str(free_port()),
+                                  "-k", "_") for p in ports)
+        pub = (workdir / "data" / "id_ed25519.pub").read_text()
+        yield Env(cluster, (gws[0], gws[1]), ports, pub)
+    finally:
+        cluster.stop_all()
+
+
+def _id() -> str:
+    return str(1_000_000_000 + uuidlib.uuid4().int % 899_999_999)
+
+
+def _new_id() -> str:
+    return "Moved-" + uuidlib.uuid4().hex[:8]
+
+
+def _punch(env: Env, port: int, target: str) -> TcpClient:
+    a = TcpClient("127.0.0.1", port)
+    a.send(msg(punch_hole_request=pb.PunchHoleRequest(id=target, licence_key=env.pub,
+                                                      version="1.4.9")))
+    return a
+
+
+def _failure(a: TcpClient) -> int:
+    r = a.recv()
+    assert r is not None and r.WhichOneof("union") == "punch_hole_response", r
+    return int(r.punch_hole_response.failure)
+
+
+def _connects(env: Env, b: Peer, port: int, as_id: str) -> None:
+    """A controller on ``port`` asks for ``as_id``: B gets the PunchHole from the gateway it
+    last registered with and answers as ``b.id``; A gets an IdPk signed for ``as_id``."""
+    a = _punch(env, port, as_id)
+    ph = b.recv_udp(("punch_hole",))
+    assert ph is not None, f"no PunchHole for {as_id} through :{port}"
+    assert b.last_src == ("127.0.0.1", b.port)
+    t = TcpClient("127.0.0.1", env.ports[0], src_ip=B_IP)
+    t.send(msg(punch_hole_sent=pb.PunchHoleSent(socket_addr=ph.punch_hole.socket_addr, id=b.id,
+                                                version="1.4.9")))
+    r = a.recv()
+    assert r is not None and r.WhichOneof("union") == "punch_hole_response", r
+    assert verify_signed(env.pub, r.punch_hole_response.pk) == (as_id, b.pk)
+    a.close()
+    t.close()
+
+
+def _change(env: Env, port: int, old: str, new: str, uuid: bytes) -> int:
+    c = TcpClient("127.0.0.1", port)
+    c.send(msg(register_pk=pb.RegisterPk(old_id=old, id=new, uuid=uuid)))
+    r = c.recv()
+    c.close()
+    assert r is not None
+    return int(r.register_pk_response.result)
+
+
+def _online(env: Env, port: int, ids: list[str]) -> bytes:
+    c = TcpClient("127.0.0.1", port)
+    c.send(msg(online_request=pb.OnlineRequest(id="me", peers=ids)))
+    r = c.recv()
+    c.close()
+    assert r is not None
+    return bytes(r.online_response.states)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("handler", [0, 1], ids=["holder", "other"])
+def test_change_id_everywhere_at_once(env: Env, handler: int) -> None:
+    b = Peer("127.0.0.1", env.ports[0], _id(), src_ip=B_IP)
+    b.register()
+    old, new = b.id, _new_id()
+    # Warm every cache both gateways keep: local liveness, sinks, signed IdPks, punch logs.
+    for port in env.ports:
+        _connects(env, b, port, old)
+    assert b.heartbeat() is False
+    assert _change(env, env.ports[handler], old, new, b.uuid) == OK
+    b.id = new  # the client saves its new ID on OK
+    for port in env.ports:
+        assert _failure(_punch(env, port, old)) == pb.PunchHoleResponse.ID_NOT_EXIST
+        _connects(env, b, port, new)  # before B re-registers: its liveness moved with the ID
+    assert b.recv_udp(("punch_hole",), timeout=0.3) is None  # nothing for the old ID reached B
+    # The holder no longer vouches for the old ID: a late heartbeat under it is asked for the
+    # key (which the client then registers under its new ID).
+    b.id = old
+    assert _eventually(lambda: b.heartbeat() is True)
+    b.id = new
+    b.register()
+    time.sleep(1.3)  # past a liveness flush: nothing brings the old ID back
+    for port in env.ports:
+        assert _failure(_punch(env, port, old)) == pb.PunchHoleResponse.ID_NOT_EXIST
+        assert _online(env, port, [old, new]) == b"\x40"
+        _connects(env, b, port, new)
+    b.close()
+
+
+@pytest.mark.parametrize("handler", [0, 1], ids=["holder", "other"])
+def test_new_key_everywhere_at_once(env: Env, handler: int) -> None:
+    b = Peer("127.0.0.1", env.ports[0], _id(), src_ip=B_IP)
+    b.register()
+    for port in env.ports:
+        _connects(env, b, port, b.id)
+    # The device registers a new key through the handler (same socket, same machine).
+    b.sk = type(b.sk).generate()
+    b.port = env.ports[handler]
+    assert b.register_pk() == OK
+    for port in env.ports:
+        _connects(env, b, port, b.id)  # signed with the new key everywhere, at once
+    b.close()
+
+
+def test_admin_removal_everywhere_at_once(env: Env) -> None:
+    b = Peer("127.0.0.1", env.ports[0], _id(), src_ip=B_IP)
+    b.register()
+    for port in env.ports:
+        _connects(env, b, port, b.id)
+    res = env.cluster.hubbub("admin", "remove", b.id)
+    assert res.returncode == 0 and "removed" in res.stdout, res.stderr
+    for port in env.ports:
+        assert _failure(_punch(env, port, b.id)) == pb.PunchHoleResponse.ID_NOT_EXIST
+    assert _eventually(lambda: b.heartbeat() is True)  # the holder asks for the key again
+    b.register()
+    for port in env.ports:
+        _connects(env, b, port, b.id)
+    b.close()
+
+
+def test_stream_registration_follows_its_new_id(env: Env) -> None:
+    """A TCP-registered device: its stream on G1 answers to the new ID as soon as the change
+    handled by G2 is answered."""
+    b = Peer("127.0.0.1", env.ports[0], _id(), src_ip=B_IP)
+    s = TcpClient("127.0.0.1", env.ports[0], src_ip=B_IP)
+    s.send(msg(register_pk=pb.RegisterPk(id=b.id, uuid=b.uuid, pk=b.pk)))
+    r = s.recv()
+    assert r is not None and r.register_pk_response.result == OK
+    old, new = b.id, _new_id()
+    assert _change(env, env.ports[1], old, new, b.uuid) == OK
+    for port in reversed(env.ports):
+        assert _failure(_punch(env, port, old)) == pb.PunchHoleResponse.ID_NOT_EXIST
+        a = _punch(env, port, new)
+        got = s.recv()
+        assert got is not None and got.WhichOneof("union") == "punch_hole", got
+        a.close()
+    s.close()
+    b.close()
+
+
+# ------------------------------------------------------------------ in process, no sockets
+# Two services on one Redis that never subscribe: every BindingChanged is "missed" unless a
+# test hands it over, so these show what the read-time checks guarantee on their own.
+
+Msg = pb.RendezvousMessage
+R = pb.RegisterPkResponse
+
+
+class Conn(FakeConn):
+    def __init__(self, addr: tuple[str, int]) -> None:
+        super().__init__(addr)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+async def pair(redis_url: str, prefix: str, tmp_path: Path
+               ) -> AsyncIterator[tuple[RendezvousService, RendezvousService]]:
+    cfg = Config(role="gateway", redis_url=redis_url, prefix=prefix, data_dir=str(tmp_path),
+                 key="_", bind="127.0.0.1")
+    svcs, regs = [], []
+    for _ in range(2):
+        reg = Registry(redis_url, prefix, "gateway", "testhost", presence=False)
+        svc = RendezvousService(Context(cfg, reg, None, "testhost"))  # type: ignore[arg-type]
+        svc.udp = FakeUdp()  # type: ignore[assignment]
+        svcs.append(svc)
+        regs.append(reg)
+    try:
+        yield svcs[0], svcs[1]
+    finally:
+        for reg in regs:
+            await reg.redis.aclose()
+
+
+def _sent(svc: RendezvousService) -> list[tuple[Msg, tuple[Any, ...]]]:
+    assert isinstance(svc.udp, FakeUdp)
+    return svc.udp.take()
+
+
+async def _register(svc: RendezvousService, peer_id: str, src: tuple[str, int],
+                    uuid: bytes = b"dev", pk: bytes = b"p" * 32) -> int:
+    svc.on_datagram(Msg(register_pk=pb.RegisterPk(id=peer_id, uuid=uuid, pk=pk))
+                    .SerializeToString(), src)
+    await settle(svc)
+    ((m, _),) = _sent(svc)
+    return int(m.register_pk_response.result)
+
+
+async def _heartbeat(svc: RendezvousService, peer_id: str, src: tuple[str, int]) -> bool:
+    svc.on_datagram(Msg(register_peer=pb.RegisterPeer(id=peer_id)).SerializeToString(), src)
+    await settle(svc)
+    return bool(_sent(svc)[0][0].register_peer_response.request_pk)
+
+
+async def _ask(svc: RendezvousService, peer_id: str) -> tuple[Msg | None, list[Any]]:
+    """A punch request for ``peer_id``: (A's answer if any, what left by UDP)."""
+    a = Conn(("198.51.100.99", 50000))
+    await svc.handle(a, Msg(punch_hole_request=pb.PunchHoleRequest(
+        id=peer_id, licence_key=svc.key.licence)).SerializeToString(), main=True)
+    return (a.out[-1] if a.out else None), _sent(svc)
+
+
+async def test_a_gateway_that_missed_the_news_serves_nothing_stale(
+        pair: tuple[RendezvousService, RendezvousService]) -> None:
+    holder, other = pair
+    b = ("203.0.113.70", 41000)
+    assert await _register(holder, "515151515", b, uuid=b"dev-m") == R.OK
+    assert not await _heartbeat(holder, "515151515", b)
+    c = Conn(("203.0.113.70", 41001))
+    await other.handle(c, Msg(register_pk=pb.RegisterPk(
+        old_id="515151515", id="Renamed_515", uuid=b"dev-m")).SerializeToString(), main=True)
+    assert c.out[-1].register_pk_response.result == R.OK
+    assert "515151515" in holder.peers  # the news never arrived here
+    # A controller asking the holder for the old ID: the read shows no binding.
+    for svc in (holder, other):
+        answer, udp = await _ask(svc, "515151515")
+        assert answer is not None and answer.SerializeToString() == bytes.fromhex("5a00")
+        assert udp == []
+    assert "515151515" not in holder.peers
+    # The new ID is reachable through either at once (the liveness moved with the binding).
+    answer, udp = await _ask(holder, "Renamed_515")
+    assert answer is None and [(m.WhichOneof("union"), to) for m, to in udp] == [
+        ("punch_hole", b)]
+    # A late heartbeat under the old ID may still be answered from a fresh entry, but the
+    # flush that would publish it is refused and the entry dropped.
+    now = time.time()
+    holder.peers.put("515151515", LocalPeer(b[0], b[1], now, 0.0, MODE_UDP, b[0],
+                                            b"stale-gen"), now)
+    assert not await _heartbeat(holder, "515151515", b)
+    holder.dirty["515151515"] = holder.peers.get("515151515", now)  # type: ignore[assignment]
+    await holder._flush()
+    assert "515151515" not in holder.peers
+    assert await holder.store.lives(["515151515"]) == [None]
+    assert await _heartbeat(holder, "515151515", b)  # asked for its key again
+
+
+async def test_binding_news_on_every_change(
+        pair: tuple[RendezvousService, RendezvousService]) -> None:
+    first, second = pair
+    store = first.store
+    pubsub = first.registry.redis.pubsub()
+    await pubsub.subscribe(store.bindings_channel)
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    b = ("203.0.113.71", 41000)
+    assert await _register(first, "525252525", b, uuid=b"dev-n") == R.OK
+    assert await _register(first, "525252525", b, uuid=b"dev-n") == R.OK  # unchanged: silent
+    assert await _register(second, "525252525", b, uuid=b"dev-n", pk=b"q" * 32) == R.OK
+    assert await store.change_id("525252525", "Renamed_525", b"dev-n") == CHANGE_OK
+    assert await store.import_peer("Renamed_525", b"dev-n", b"r" * 32, b[0], True)
+    assert await store.remove_peer("Renamed_525")
+    assert not await store.remove_peer("Renamed_525")
+    news = []
+    while (m := await pubsub.get_message(timeout=0.5)) is not None:
+        ev = BindingChanged.unpack(m["data"])
+        assert ev is not None
+        news.append(ev)
+    await pubsub.aclose()
+    assert [(e.kind, e.peer_id, e.new_id) for e in news] == [
+        (KIND_KEY, "525252525", ""), (KIND_KEY, "525252525", ""),
+        (KIND_MOVED, "525252525", "Renamed_525"), (KIND_KEY, "Renamed_525", ""),
+        (KIND_REMOVED, "Renamed_525", "")]
+    assert len({e.gen for e in news[:4]}) == 4 and news[4].gen == b""
+    assert BindingChanged.unpack(news[2].pack()) == news[2]
+    for junk in (b"\xc1", b"\x90", BindingChanged("other", "x").pack(),
+                 BindingChanged(KIND_MOVED, "x").pack(), b"\x95\x02\xa3key\xa1x\xa0\xa0"):
+        assert BindingChanged.unpack(junk) is None
+        first._on_binding_changed(junk)  # dropped, never raised
+
+
+async def test_registration_streams_follow_their_binding(
+        pair: tuple[RendezvousService, RendezvousService]) -> None:
+    gw, other = pair
+    s = Conn(("203.0.113.72", 41000))
+
+    async def stream_register(conn: Conn, peer_id: str, pk: bytes = b"p" * 32) -> None:
+        await gw.handle(conn, Msg(register_pk=pb.RegisterPk(
+            id=peer_id, uuid=b"dev-s", pk=pk)).SerializeToString(), main=True)
+        assert conn.out[-1].register_pk_response.result == R.OK
+
+    await stream_register(s, "535353535")
+    gw._stream_alive(s)
+    # A new key registered elsewhere (same device): the stream stays, under the new binding.
+    assert await _register(other, "535353535", s.addr, uuid=b"dev-s", pk=b"q" * 32) == R.OK
+    rec = await gw.store.peer("535353535")
+    assert rec is not None
+    gw.binding_changed(BindingChanged(KIND_KEY, "535353535", "", rec.gen))
+    await settle(gw)
+    assert gw.streams.get("535353535") is s and s.registered_gen == rec.gen and not s.closed
+    gw._stream_alive(s)  # its next frame: heard here again, under the new binding
+    await gw._flush()
+    assert (await gw.store.lives(["535353535"]))[0].owner == gw.token  # type: ignore[union-attr]
+    # Moved: the stream answers to the new ID; a missed news is made up by the next punch.
+    res, gen = await other.store.move_id("535353535", "Stream_535", b"dev-s")
+    assert res == CHANGE_OK
+    gw.binding_changed(BindingChanged(KIND_MOVED, "535353535", "Stream_535", gen))
+    assert gw.streams.get("Stream_535") is s and s.registered_id == "Stream_535"
+    answer, _ = await _ask(gw, "Stream_535")
+    assert answer is None and s.out[-1].WhichOneof("union") == "punch_hole"
+    # Removed while this gateway was not listening: the next look-up finds no binding and
+    # the stream must register again.
+    assert await other.store.remove_peer("Stream_535")
+    answer, _ = await _ask(gw, "Stream_535")
+    assert answer is not None and answer.punch_hole_response.failure == \
+        pb.PunchHoleResponse.ID_NOT_EXIST
+    await settle(gw)
+    assert "Stream_535" not in gw.streams and s.closed and s.registered_id is None
