@@ -48,7 +48,7 @@ def summary(cfg: Config, gateways: int, shards: int) -> str:
         f"  spaces host          {'wss' if cfg.tls else 'ws'}://{ip}:{cfg.spaces_port}  "
         f"(demo: http://localhost:{cfg.spaces_port}/demo)",
         f"  WebRTC media         UDP/TCP {rtc} on {cfg.rtc_announced_ip}",
-        "  ops /healthz /metrics  gateways on 5100.., shards on 5200..",
+        "  ops /healthz /livez /readyz /metrics  gateways on 5100.., shards on 5200..",
         "  cluster view         hubbub status",
     ]
     if not cfg.public_ip:

@@ -1,4 +1,9 @@
-"""The ops HTTP endpoint every process serves: ``/healthz``, ``/metrics`` and admin routes.
+"""The ops HTTP endpoint every process serves: ``/healthz``, ``/livez``, ``/readyz``,
+``/metrics`` and admin routes.
+
+``/livez`` is 200 while the process serves at all (restart it only when this fails);
+``/readyz`` is 200 while it should get new clients (control plane reachable, not draining);
+``/healthz`` is 200 while both hold and every service is fit.
 
 Served by aiohttp (bounded head and body, keep-alive with timeouts) on one socket built by
 ``listen_socket``, so it follows the same dual-stack rule as every other listener. Routes see
@@ -56,10 +61,11 @@ class OpsServer:
     """
 
     def __init__(self, host: str, port: int, healthy: Callable[[], bool],
-                 admin_token: str = "") -> None:
+                 admin_token: str = "", ready: Callable[[], bool] | None = None) -> None:
         self.host = host
         self.port = port
         self.healthy = healthy
+        self.ready = ready or healthy
         self.admin_token = admin_token
         self._routes: dict[str, tuple[Route, bool]] = {}
         self._runner: web.AppRunner | None = None
@@ -107,6 +113,11 @@ class OpsServer:
         if req.path == "/healthz":
             ok = self.healthy()
             return Response(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+        if req.path == "/livez":
+            return Response(200, b"ok\n")
+        if req.path == "/readyz":
+            ok = self.ready()
+            return Response(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         if req.path == "/metrics":
             return Response(200, generate_latest(), CONTENT_TYPE_LATEST)
         for prefix, (handler, admin) in self._routes.items():

@@ -146,13 +146,18 @@ class _Runner:
         self.registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, cfg.role, host_name(cfg),
                                  ttl=cfg.presence_ttl)
         self.registry.on_fatal = self._fatal
-        self.ops = OpsServer(cfg.bind_host, cfg.ops_port, self.healthy, admin_token(cfg))
+        self.ops = OpsServer(cfg.bind_host, cfg.ops_port, self.healthy, admin_token(cfg),
+                             ready=self.ready)
 
     def healthy(self) -> bool:
         ok = (self.started and self.registry.healthy and not self.stop.is_set()
               and all(s.healthy() for s in self.services))
         metrics.UP.set(1 if ok else 0)
         return ok
+
+    def ready(self) -> bool:
+        """Worth routing new clients here: started, not draining, the control plane answers."""
+        return self.started and self.registry.healthy and not self.stop.is_set()
 
     def _fatal(self, exc: Exception) -> None:
         self.exit_code = EXIT_LEASE_LOST if isinstance(exc, LeaseLost) else 1

@@ -107,11 +107,24 @@ class DurableScript:
     def __init__(self, registry: Registry, script: Any) -> None:
         self._registry = registry
         self._script = script
+        self._loaded = False
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         def build(pipe: Any) -> Awaitable[Any]:
             return cast(Awaitable[Any], self._script(keys=keys, args=args, client=pipe))
-        return (await self._registry.durable(str(keys[0]), build))[0]
+        for attempt in range(2):
+            if attempt or not self._loaded:
+                # A cluster pipeline does not load scripts itself, and a promoted replica may
+                # not have them: load on every primary, then run.
+                async with self._registry.guard("script_load"):
+                    await self._registry.redis.script_load(self._script.script)
+                self._loaded = True
+            try:
+                return (await self._registry.durable(str(keys[0]), build))[0]
+            except RegistryUnavailable as exc:
+                if attempt or "NOSCRIPT" not in str(exc) and "No matching script" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Registry:
