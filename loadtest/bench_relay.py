@@ -35,6 +35,7 @@ import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,10 @@ from loadtest.cluster import LocalCluster, cpu_seconds, rss_bytes
 
 
 __all__ = [
+    "ABUSE_KINDS",
+    "AbusePair",
     "WsClient",
+    "abuse",
     "main",
     "relay_connect",
     "request_relay",
@@ -132,17 +136,27 @@ class WsClient:
         self.sock.sendall(self.frame(payload, opcode))
 
     def recv(self) -> tuple[int, bytes]:
-        """Next (opcode, payload); raises ConnectionError at EOF."""
+        """Next message as (opcode, payload), fragments joined; raises ConnectionError at EOF."""
+        parts: list[bytes] = []
+        first = 0
         while True:
-            msg = self._parse()
-            if msg is not None:
-                return msg
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("closed")
-            self._buf += chunk
+            frame = self._parse()
+            if frame is None:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("closed")
+                self._buf += chunk
+                continue
+            op, fin, payload = frame
+            if op >= 8:
+                return op, payload
+            if op:
+                first, parts = op, []
+            parts.append(payload)
+            if fin:
+                return first, b"".join(parts)
 
-    def _parse(self) -> tuple[int, bytes] | None:
+    def _parse(self) -> tuple[int, bool, bytes] | None:
         buf = self._buf
         if len(buf) < 2:
             return None
@@ -160,10 +174,10 @@ class WsClient:
             n = int.from_bytes(buf[2:10], "big")
         if len(buf) < hl + n:
             return None
-        op = buf[0] & 0x0F
+        op, fin = buf[0] & 0x0F, bool(buf[0] & 0x80)
         payload = bytes(buf[hl:hl + n])
         del buf[:hl + n]
-        return op, payload
+        return op, fin, payload
 
     def close(self) -> None:
         self.sock.close()
@@ -171,10 +185,11 @@ class WsClient:
 
 def ws_relay_connect(port: int, uuid: str, key: str = "", host: str = "127.0.0.1",
                      headers: dict[str, str] | None = None, timeout: float = 10.0,
-                     source: tuple[str, int] | None = None) -> WsClient:
-    """A WebSocket relay half that has sent its RequestRelay."""
+                     source: tuple[str, int] | None = None, extra: bytes = b"") -> WsClient:
+    """A WebSocket relay half that has sent its RequestRelay (plus ``extra``, raw bytes, in the
+    same write)."""
     c = WsClient.connect(port, host, headers=headers, timeout=timeout, source=source)
-    c.send(request_relay(uuid, key))
+    c.sock.sendall(c.frame(request_relay(uuid, key)) + extra)
     return c
 
 
@@ -187,6 +202,105 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
         buf += chunk
     return bytes(buf)
 
+
+
+# ------------------------------------------------------------------ abuse
+ABUSE_KINDS = ("tcp-huge", "ws-huge", "ws-fragments", "ws-ws-fragments")
+"""Mixed pairs whose writer starts a message and never finishes it, while the reader reads
+nothing: a 16 MiB TCP frame for a WebSocket side, a 16 MiB WebSocket frame for a TCP side, a
+fragmented WebSocket message kept just under the assembly cap for a TCP side, and an endless
+fragmented message for another WebSocket side."""
+MAX_RELAYED = 16 * 1024 * 1024
+FRAGMENT = 60 * 1024
+FRAGMENTS_HELD = 15  # 900 KiB: under the relay's 1 MiB assembly cap, so the pair stays open
+
+
+def _ws_header(opcode: int, n: int, fin: bool) -> bytes:
+    """A masked client frame header with a zero key (payload bytes then go as they are)."""
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        return first + bytes([0x80 | n]) + b"\0\0\0\0"
+    if n < 65536:
+        return first + bytes([0x80 | 126]) + n.to_bytes(2, "big") + b"\0\0\0\0"
+    return first + bytes([0x80 | 127]) + n.to_bytes(8, "big") + b"\0\0\0\0"
+
+
+class AbusePair:
+    """One abusive pair: ``writer`` pushes ``stream`` (``limit`` bytes at most), ``reader``
+    never reads."""
+
+    def __init__(self, port: int, kind: str, key: str = "",
+                 source: tuple[str, int] | None = None) -> None:
+        uuid = secrets.token_hex(8)
+        zeros = bytes(FRAGMENT)
+        self.limit = 1 << 62
+        if kind == "tcp-huge":
+            self.reader: socket.socket = ws_relay_connect(port + 2, uuid, key, source=source).sock
+            self.writer = relay_connect(port, uuid, key, source=source)
+            self.head = ((MAX_RELAYED - 1) << 2 | 3).to_bytes(4, "little")
+            self.block = zeros
+        elif kind == "ws-huge":
+            self.reader = relay_connect(port, uuid, key, source=source)
+            self.writer = ws_relay_connect(port + 2, uuid, key, source=source).sock
+            self.head = _ws_header(2, MAX_RELAYED - 1, True)
+            self.block = zeros
+        elif kind in ("ws-fragments", "ws-ws-fragments"):
+            self.reader = (relay_connect(port, uuid, key, source=source) if kind == "ws-fragments"
+                           else ws_relay_connect(port + 2, uuid, key, source=source).sock)
+            self.writer = ws_relay_connect(port + 2, uuid, key, source=source).sock
+            self.head = _ws_header(2, FRAGMENT, False) + zeros
+            self.block = _ws_header(0, FRAGMENT, False) + zeros
+            if kind == "ws-fragments":
+                self.limit = len(self.head) + (FRAGMENTS_HELD - 1) * len(self.block)
+        else:
+            raise ValueError(kind)
+        for s in (self.reader, self.writer):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.writer.setblocking(False)
+        self.pending = memoryview(self.head)
+        self.sent = 0
+        self.alive = True
+
+    def push(self) -> bool:
+        """Send what the socket takes now; False when it took nothing (or the pair ended)."""
+        moved = False
+        while self.alive and self.sent < self.limit:
+            if not self.pending:
+                self.pending = memoryview(self.block)
+            try:
+                n = self.writer.send(self.pending[:self.limit - self.sent])
+            except BlockingIOError:
+                break
+            except OSError:
+                self.alive = False
+                break
+            self.pending = self.pending[n:]
+            self.sent += n
+            moved = True
+        return moved
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.close()
+
+
+def abuse(port: int, pairs_per_kind: int, seconds: float, key: str = "",
+          source: tuple[str, int] | None = None,
+          sample: Callable[[], None] | None = None) -> list[AbusePair]:
+    """Open ``pairs_per_kind`` pairs of every ``ABUSE_KINDS`` kind and push for ``seconds``,
+    calling ``sample`` every 0.1 s; returns the pairs, still open."""
+    pairs = [AbusePair(port, kind, key, source) for kind in ABUSE_KINDS
+             for _ in range(pairs_per_kind)]
+    deadline = time.monotonic() + seconds
+    next_sample = 0.0
+    while (now := time.monotonic()) < deadline:
+        moved = [p.push() for p in pairs]
+        if sample is not None and now >= next_sample:
+            sample()
+            next_sample = now + 0.1
+        if not any(moved):
+            time.sleep(0.01)
+    return pairs
 
 
 # ------------------------------------------------------------------ cluster under test

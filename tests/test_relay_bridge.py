@@ -12,7 +12,11 @@ import pytest
 import uvloop
 from support import tcp_pair
 
+from hubbub.wire.rustdesk.framing import encode_frame
+from loadtest.bench_relay import WsClient
+from shards.relay import bridge
 from shards.relay.bridge import BridgePair
+from shards.relay.budget import PRESSURE_FLOOR, ShardMemory
 from shards.relay.limiter import Bucket
 from shards.relay.pair import Pair
 
@@ -87,3 +91,70 @@ async def _relay_pairs_both_ways() -> None:
     assert closed == ["peer_closed"] * len(pairs)
     for s in clients[1::2]:
         s.close()
+
+
+# ------------------------------------------------------------------ memory budgets
+async def _mixed_pair(memory: ShardMemory, closed: list[str]
+                      ) -> tuple[BridgePair, socket.socket, socket.socket]:
+    """A paired WebSocket half (client end ``w``) and TCP half (client end ``t``)."""
+    loop = asyncio.get_running_loop()
+    w, w_relay = tcp_pair()
+    t, t_relay = tcp_pair()
+    for s in (w, w_relay, t, t_relay):
+        s.setblocking(False)
+    w.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    w_relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    pair = BridgePair("m", (w_relay, t_relay), ("ws", "tcp"), (b"", b""), ("w", "t"), ("w", "t"),
+                      loop.time(), 0.0, Bucket(0.0, loop.time()),
+                      lambda _p, reason: closed.append(reason), memory=memory)
+    await pair.start()
+    return pair, w, t
+
+
+async def test_pair_over_the_shard_budget_is_paused_then_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fragmented message that keeps the shard over its budget: the sender is paused (the
+    relay reads no more of it) and the pair is closed once it stayed over too long."""
+    monkeypatch.setattr(bridge, "STALL_CLOSE", 0.5)
+    loop = asyncio.get_running_loop()
+    memory = ShardMemory(limit=64 * 1024)
+    closed: list[str] = []
+    pair, w, t = await _mixed_pair(memory, closed)
+    first = WsClient.frame(b"\0" * 300_000, 2, fin=False)
+    await loop.sock_sendall(w, first)
+    for _ in range(100):
+        if memory.used >= 300_000:
+            break
+        await asyncio.sleep(0.01)
+    assert memory.used == pair.held == 300_000
+    sender = pair.sides[0]
+    assert "memory" in sender._pauses
+    for _ in range(200):
+        if closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closed == ["memory"]
+    assert memory.used == 0
+    w.close()
+    t.close()
+
+
+async def test_pair_paused_for_memory_resumes_when_the_reader_catches_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over budget only while its reader lags: paused, resumed, and every byte arrives."""
+    loop = asyncio.get_running_loop()
+    memory = ShardMemory(limit=1)  # always over: only pairs holding PRESSURE_FLOOR are paused
+    closed: list[str] = []
+    pair, w, t = await _mixed_pair(memory, closed)
+    payload = os.urandom(3 << 20)
+    sending = asyncio.ensure_future(loop.sock_sendall(t, encode_frame(payload)))
+    await asyncio.sleep(0.3)  # the WebSocket reader reads nothing yet: the relay's queue fills
+    assert pair.held > PRESSURE_FLOOR and "memory" in pair.sides[1]._pauses and not closed
+    client = WsClient(w)
+    w.setblocking(True)
+    op, got = await asyncio.wait_for(loop.run_in_executor(None, client.recv), 20)
+    await sending
+    assert op == 2 and hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    assert not closed
+    w.close()
+    t.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import signal
 import socket
@@ -17,10 +16,19 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from relay_support import (
+    PROXY,
+    TIMEOUT,
+    Relay,
+    closed_within,
+    cross_shard_pair,
+    new_uuid,
+    relay_env,
+    running_relay,
+)
 from support import (
     Cluster,
     HubbubProcess,
@@ -29,89 +37,24 @@ from support import (
     http_get,
     new_prefix,
     redis_server,
-    shard_env,
 )
 
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from loadtest.bench_relay import (
     WsClient,
     recv_exact,
-    relay_connect,
     request_relay_frame,
-    ws_relay_connect,
 )
 from loadtest.cluster import rss_bytes
-
-
-KEY = "relay-test-key"
-TIMEOUT = 2.0
-PROXY = "127.0.0.9"
-
-
-@dataclass
-class Relay:
-    cluster: Cluster
-    port: int
-    shards: list[HubbubProcess]
-    workdir: Path
-
-    opened: list[socket.socket] = field(default_factory=list)
-
-    def connect(self, uuid: str, key: str = KEY, source_ip: str | None = None,
-                extra: bytes = b"") -> socket.socket:
-        src = (source_ip, 0) if source_ip else None
-        s = relay_connect(self.port, uuid, key, source=src, extra=extra)
-        self.opened.append(s)
-        return s
-
-    def ws(self, uuid: str, key: str = KEY, source_ip: str | None = None,
-           headers: dict[str, str] | None = None) -> WsClient:
-        src = (source_ip, 0) if source_ip else None
-        c = ws_relay_connect(self.port + 2, uuid, key, source=src, headers=headers)
-        self.opened.append(c.sock)
-        return c
-
-    def raw(self, port: int | None = None) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", port or self.port), timeout=5)
-        self.opened.append(s)
-        return s
-
-    def close_all(self) -> None:
-        for s in self.opened:
-            s.close()
-        self.opened.clear()
-
-    def metric(self, name: str) -> float:
-        """Sum of a metric over the live shards."""
-        total = 0.0
-        pattern = re.compile(rf"^{re.escape(name)} ([0-9.e+-]+)$", re.M)
-        for p in self.shards:
-            if p.proc.poll() is None:
-                total += sum(float(m) for m in pattern.findall(p.metrics()))
-        return total
-
-
-def _env(relay: int, **extra: str) -> dict[str, str]:
-    env = shard_env(2, RELAY_PORT=str(relay), RELAY_TIMEOUT=str(TIMEOUT), KEY=KEY,
-                    LIMIT_SPEED="8", SINGLE_BANDWIDTH="0", TOTAL_BANDWIDTH="0",
-                    TRUSTED_PROXIES=PROXY)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module", params=["splice", "buffered"])
 def relay(request: pytest.FixtureRequest, redis_srv: RedisServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """Two shards; every test using it runs once per TCP <-> TCP pump (``RELAY_PUMP``)."""
-    workdir = tmp_path_factory.mktemp("relay")
-    cluster = Cluster(redis_srv.url, new_prefix(), workdir)
-    port = free_port_block(3)
-    env = _env(port, RELAY_PUMP=str(request.param))
-    try:
-        shards = [cluster.start("shard", env=env) for _ in range(2)]
-        yield Relay(cluster, port, shards, workdir)
-    finally:
-        cluster.stop_all()
+    with running_relay(redis_srv.url, tmp_path_factory.mktemp("relay"),
+                       RELAY_PUMP=str(request.param)) as relay:
+        yield relay
 
 
 @pytest.fixture(autouse=True)
@@ -119,39 +62,6 @@ def _close_sockets(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "relay" in request.fixturenames:
         request.getfixturevalue("relay").close_all()
-
-
-def _closed(sock: socket.socket, within: float) -> bool:
-    """True when the peer closes ``sock`` within ``within`` seconds (data is discarded)."""
-    sock.settimeout(within)
-    deadline = time.monotonic() + within
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(65536):
-                return True
-    except (ConnectionError, OSError):
-        return True
-    return False
-
-
-def _uuid(tag: str) -> str:
-    return f"{tag}-{os.urandom(6).hex()}"
-
-
-def _cross_shard_pair(relay: Relay) -> tuple[socket.socket, socket.socket]:
-    """A paired TCP relay whose halves were accepted by different shards."""
-    for _ in range(40):
-        before = relay.metric('hubbub_relay_handoffs_total{outcome="sent"}')
-        uuid = _uuid("x")
-        a = relay.connect(uuid)
-        b = relay.connect(uuid)
-        a.sendall(b"ping")
-        assert recv_exact(b, 4) == b"ping"
-        if relay.metric('hubbub_relay_handoffs_total{outcome="sent"}') > before:
-            return a, b
-        a.close()
-        b.close()
-    raise AssertionError("halves never landed on different shards")
 
 
 def _pump(sock: socket.socket, total: int, seed: bytes, out: dict[str, str]) -> None:
@@ -191,7 +101,7 @@ def _run_threads(*targets: Callable[[], None], timeout: float = 60) -> None:
 
 # ------------------------------------------------------------------ pairing and data
 def test_cross_shard_pair_moves_64_mib_each_way_intact(relay: Relay) -> None:
-    a, b = _cross_shard_pair(relay)
+    a, b = cross_shard_pair(relay)
     size = 64 * 1024 * 1024
     a.settimeout(30)
     b.settimeout(30)
@@ -203,11 +113,11 @@ def test_cross_shard_pair_moves_64_mib_each_way_intact(relay: Relay) -> None:
     assert ab["sent"] == ab["got"]
     assert ba["sent"] == ba["got"]
     a.close()
-    assert _closed(b, 3), "closing one half must close the other"
+    assert closed_within(b, 3), "closing one half must close the other"
 
 
 def test_bytes_sent_before_pairing_are_forwarded(relay: Relay) -> None:
-    uuid = _uuid("early")
+    uuid = new_uuid("early")
     a = relay.connect(uuid, extra=encode_frame(b"hello from a") + b"raw-tail")
     time.sleep(0.2)
     b = relay.connect(uuid, extra=b"from b")
@@ -219,7 +129,7 @@ def test_bytes_sent_before_pairing_are_forwarded(relay: Relay) -> None:
 
 
 def test_ws_and_tcp_halves_are_bridged(relay: Relay) -> None:
-    uuid = _uuid("ws")
+    uuid = new_uuid("ws")
     w = relay.ws(uuid)
     t = relay.connect(uuid)
     t.sendall(encode_frame(b"") + encode_frame(b"to ws") + encode_frame(b"x" * 100_000))
@@ -235,11 +145,11 @@ def test_ws_and_tcp_halves_are_bridged(relay: Relay) -> None:
         frames += dec.feed(t.recv(65536))
     assert frames == [b"to tcp", b"again"]
     w.close()
-    assert _closed(t, 3)
+    assert closed_within(t, 3)
 
 
 def test_two_ws_halves_pair(relay: Relay) -> None:
-    uuid = _uuid("wsws")
+    uuid = new_uuid("wsws")
     w1 = relay.ws(uuid)
     w2 = relay.ws(uuid)
     w1.send(b"one")
@@ -253,34 +163,34 @@ def test_two_ws_halves_pair(relay: Relay) -> None:
 # ------------------------------------------------------------------ timeouts
 def test_unpaired_half_is_closed_after_the_timeout(relay: Relay) -> None:
     start = time.monotonic()
-    a = relay.connect(_uuid("alone"))
-    assert _closed(a, TIMEOUT + 3)
+    a = relay.connect(new_uuid("alone"))
+    assert closed_within(a, TIMEOUT + 3)
     assert time.monotonic() - start >= TIMEOUT - 0.2
 
 
 def test_idle_pair_is_closed(relay: Relay) -> None:
-    uuid = _uuid("idle")
+    uuid = new_uuid("idle")
     a = relay.connect(uuid)
     b = relay.connect(uuid)
     a.sendall(b"x")
     assert recv_exact(b, 1) == b"x"
     start = time.monotonic()
-    assert _closed(a, TIMEOUT + 3) and _closed(b, 1)
+    assert closed_within(a, TIMEOUT + 3) and closed_within(b, 1)
     assert time.monotonic() - start >= TIMEOUT - 0.2
 
 
 def test_silent_connection_is_closed(relay: Relay) -> None:
     s = relay.raw()
-    assert _closed(s, TIMEOUT + 3)
+    assert closed_within(s, TIMEOUT + 3)
 
 
 # ------------------------------------------------------------------ refusals
 def test_wrong_key_is_closed_silently(relay: Relay) -> None:
-    uuid = _uuid("key")
+    uuid = new_uuid("key")
     bad = relay.connect(uuid, key="wrong")
-    assert _closed(bad, 2)
+    assert closed_within(bad, 2)
     good = relay.connect(uuid)
-    assert _closed(good, TIMEOUT + 3), "the good half must not pair with a refused one"
+    assert closed_within(good, TIMEOUT + 3), "the good half must not pair with a refused one"
 
 
 @pytest.mark.parametrize("first", [
@@ -293,7 +203,7 @@ def test_hostile_first_frames_are_closed(relay: Relay, first: bytes) -> None:
     s = relay.raw()
     s.sendall(first)
     start = time.monotonic()
-    assert _closed(s, TIMEOUT + 3)
+    assert closed_within(s, TIMEOUT + 3)
     if first[:1] != b"G":
         assert time.monotonic() - start < 1.0
     assert all(p.healthy() for p in relay.shards)
@@ -312,15 +222,15 @@ def _admin(relay: Relay, *args: str) -> str:
 
 
 def test_blocklist_refuses_new_and_closes_running_pairs(relay: Relay) -> None:
-    uuid = _uuid("mid")
+    uuid = new_uuid("mid")
     a = relay.connect(uuid, source_ip="127.0.0.5")
     b = relay.connect(uuid)
     a.sendall(b"x")
     assert recv_exact(b, 1) == b"x"
     _admin(relay, "blocklist", "add", "::ffff:127.0.0.5", "127.0.0.4")
-    assert _closed(a, 3) and _closed(b, 1), "a running pair with a blocked IP must end"
-    refused = relay.connect(_uuid("blocked"), source_ip="127.0.0.4")
-    assert _closed(refused, 1)
+    assert closed_within(a, 3) and closed_within(b, 1), "a running pair with a blocked IP must end"
+    refused = relay.connect(new_uuid("blocked"), source_ip="127.0.0.4")
+    assert closed_within(refused, 1)
     assert _admin(relay, "blocklist", "list").split() == ["127.0.0.4", "127.0.0.5"]
     data = relay.workdir / "data" / "blocklist.txt"
     deadline = time.monotonic() + 3
@@ -329,16 +239,16 @@ def test_blocklist_refuses_new_and_closes_running_pairs(relay: Relay) -> None:
         time.sleep(0.05)
     assert data.read_text() == "127.0.0.4\n127.0.0.5\n"
     # Behind a trusted proxy the forwarded address counts; from anyone else the header does not.
-    proxied = relay.ws(_uuid("proxied"), source_ip=PROXY, headers={"X-Real-IP": "127.0.0.4"})
-    assert _closed(proxied.sock, 1)
-    uuid = _uuid("spoof")
+    proxied = relay.ws(new_uuid("proxied"), source_ip=PROXY, headers={"X-Real-IP": "127.0.0.4"})
+    assert closed_within(proxied.sock, 1)
+    uuid = new_uuid("spoof")
     spoofed = relay.ws(uuid, source_ip="127.0.0.6", headers={"X-Forwarded-For": "127.0.0.4"})
     partner = relay.connect(uuid)
     spoofed.send(b"not blocked")
     assert recv_exact(partner, len(encode_frame(b"not blocked"))) == encode_frame(b"not blocked")
     _admin(relay, "blocklist", "remove", "all")
     time.sleep(0.3)
-    uuid = _uuid("unblocked")
+    uuid = new_uuid("unblocked")
     a = relay.connect(uuid, source_ip="127.0.0.4")
     b = relay.connect(uuid)
     a.sendall(b"ok")
@@ -382,7 +292,7 @@ def _rate(a: socket.socket, b: socket.socket, seconds: float, skip: int = 128 * 
 def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
     _admin(relay, "blacklist", "add", "127.0.0.3")
     time.sleep(0.3)
-    uuid = _uuid("slow")
+    uuid = new_uuid("slow")
     a = relay.connect(uuid, source_ip="127.0.0.3")
     b = relay.connect(uuid)
     expected = 8 * 1024 * 1024 / 8  # LIMIT_SPEED=8 "Mb/s" in hbbr units = 1 MiB/s
@@ -396,7 +306,7 @@ def test_blacklisted_ip_is_limited_to_limit_speed(relay: Relay) -> None:
 
 @pytest.mark.parametrize("mode", ["tcp", "ws"])
 def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
-    uuid = _uuid("slowread")
+    uuid = new_uuid("slowread")
     reader: socket.socket | WsClient
     reader = relay.ws(uuid) if mode == "ws" else relay.connect(uuid)
     writer = relay.connect(uuid)
@@ -421,7 +331,7 @@ def test_slow_reader_keeps_memory_bounded(relay: Relay, mode: str) -> None:
 
 # ------------------------------------------------------------------ presence, admin
 def test_ports_load_and_usage(relay: Relay) -> None:
-    uuid = _uuid("usage")
+    uuid = new_uuid("usage")
     a = relay.connect(uuid)
     b = relay.connect(uuid)
     a.sendall(b"x" * 1000)
@@ -455,7 +365,7 @@ def test_ports_load_and_usage(relay: Relay) -> None:
 # ------------------------------------------------------------------ shard failure
 def test_killed_shard_leaves_pairs_on_other_shard_running(cluster: Cluster) -> None:
     port = free_port_block(3)
-    env = _env(port, RELAY_TIMEOUT="5")
+    env = relay_env(port, RELAY_TIMEOUT="5")
     shards = [cluster.start("shard", env=env) for _ in range(2)]
     relay = Relay(cluster, port, shards, cluster.workdir)
     try:
@@ -475,7 +385,7 @@ def _kill_scenario(relay: Relay, shards: list[HubbubProcess]) -> None:
         if held[0] and held[1]:
             break
         before = [pairs_of(p) for p in shards]
-        uuid = _uuid("kill")
+        uuid = new_uuid("kill")
         a = relay.connect(uuid)
         b = relay.connect(uuid)
         a.sendall(b"1")
@@ -491,8 +401,8 @@ def _kill_scenario(relay: Relay, shards: list[HubbubProcess]) -> None:
         b.sendall(b"and back")
         assert recv_exact(a, 8) == b"and back"
     for a, _ in held[0]:
-        assert _closed(a, 3)
-    uuid = _uuid("after")
+        assert closed_within(a, 3)
+    uuid = new_uuid("after")
     a = relay.connect(uuid)
     b = relay.connect(uuid)
     a.sendall(b"new")
@@ -506,13 +416,13 @@ def test_request_relay_frame_helper_matches_spec_tag() -> None:
 
 def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
     port = free_port_block(3)
-    env = _env(port, RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
+    env = relay_env(port, RELAY_TIMEOUT="5", TOTAL_BANDWIDTH="16")
     shards = [cluster.start("shard", env=env) for _ in range(2)]
     relay = Relay(cluster, port, shards, cluster.workdir)
     per_host = 16 * 1024 * 1024 / 8  # 2 MiB/s for the host, 1 MiB/s for each of 2 shards
     try:
         time.sleep(1.0)  # both shards have seen each other (presence ticks every 0.5 s)
-        uuid = _uuid("total")
+        uuid = new_uuid("total")
         a = relay.connect(uuid)
         b = relay.connect(uuid)
         a.sendall(b"1")
@@ -523,7 +433,7 @@ def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
         assert 0.8 * per_host / 2 <= rate <= 1.2 * per_host / 2, rate / (per_host / 2)
         shards[1 - owner].kill(signal.SIGKILL)
         time.sleep(2.5)  # the dead shard's presence expires; the survivor takes the whole host
-        uuid = _uuid("total2")
+        uuid = new_uuid("total2")
         a = relay.connect(uuid)
         b = relay.connect(uuid)
         rate = _rate(a, b, 1.5)
@@ -535,12 +445,12 @@ def test_total_bandwidth_is_shared_by_the_host_shards(cluster: Cluster) -> None:
 def test_fast_pair_is_downgraded_to_limit_speed(cluster: Cluster) -> None:
     port = free_port_block(3)
     # SINGLE 8 Mb/s = 1 MiB/s; after 1 s a pair averaging above half of it drops to 2 Mb/s.
-    env = _env(port, RELAY_TIMEOUT="5", SINGLE_BANDWIDTH="8",
+    env = relay_env(port, RELAY_TIMEOUT="5", SINGLE_BANDWIDTH="8",
                DOWNGRADE_START_CHECK="1", DOWNGRADE_THRESHOLD="0.5", LIMIT_SPEED="2")
     shards = [cluster.start("shard", env=env)]
     relay = Relay(cluster, port, shards, cluster.workdir)
     try:
-        uuid = _uuid("down")
+        uuid = new_uuid("down")
         a = relay.connect(uuid)
         b = relay.connect(uuid)
         stop = _flood(a)
@@ -559,12 +469,12 @@ def test_pairs_form_and_run_while_redis_is_down(tmp_path: Path) -> None:
     with redis_server() as srv:
         cluster = Cluster(srv.url, new_prefix(), tmp_path)
         port = free_port_block(3)
-        shards = [cluster.start("shard", env=_env(port, RELAY_TIMEOUT="10"))
+        shards = [cluster.start("shard", env=relay_env(port, RELAY_TIMEOUT="10"))
                   for _ in range(2)]
         relay = Relay(cluster, port, shards, tmp_path)
         try:
             time.sleep(1.0)  # each shard has listed the host's shards once
-            uuid = _uuid("before")
+            uuid = new_uuid("before")
             a = relay.connect(uuid)
             b = relay.connect(uuid)
             a.sendall(b"1")
@@ -574,7 +484,7 @@ def test_pairs_form_and_run_while_redis_is_down(tmp_path: Path) -> None:
             a.sendall(b"running pair")
             assert recv_exact(b, 12) == b"running pair"
             for i in range(8):  # owners by hashing: halves on different shards still meet
-                uuid = _uuid(f"down{i}")
+                uuid = new_uuid(f"down{i}")
                 x = relay.connect(uuid)
                 y = relay.connect(uuid)
                 x.sendall(b"ok")

@@ -24,10 +24,12 @@ from shards.relay.handshake import (
 from shards.relay.limiter import BYTES_PER_MBIT, Bucket, PairStats, mbps_to_bytes
 from shards.relay.lists import IpLists, format_list, normalise_ip, parse_list
 from shards.relay.pairing import TableFull, WaitingTable
-from shards.relay.ws import OP_BINARY, HandshakeError, WsReader, frame_header
+from shards.relay.reframe import Collect
+from shards.relay.ws import OP_BINARY, HandshakeError, WsDecoder, frame_header
 
 
-SANS_IO = ["handshake.py", "ws.py", "pairing.py", "limiter.py", "lists.py"]
+SANS_IO = ["handshake.py", "ws.py", "reframe.py", "budget.py", "pairing.py", "limiter.py",
+           "lists.py"]
 
 
 @pytest.mark.parametrize("name", SANS_IO)
@@ -129,25 +131,34 @@ def test_ws_oversized_head() -> None:
         WsFirstMessage().feed(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 9000)
 
 
-def test_ws_reader_fragments_text_and_control() -> None:
-    r = WsReader(1 << 20)
+def _decode_ws(data: bytes, max_message: int = 1 << 20) -> tuple[list[bytes], WsDecoder]:
+    sink = Collect()
+    dec = WsDecoder(sink, max_message)
+    assert dec.feed(data) == len(data)
+    return sink.messages, dec
+
+
+def test_ws_decoder_fragments_text_and_control() -> None:
     data = (WsClient.frame(b"ab", 2, fin=False) + WsClient.frame(b"x", 9)
             + WsClient.frame(b"cd", 0) + WsClient.frame(b"text", 1) + WsClient.frame(b"", 2))
-    assert r.feed(data) == [b"abcd", b""]
-    assert r.to_send == [frame_header(0xA, 1) + b"x"]
-    r.feed(WsClient.frame(b"\x03\xe8", 8))
-    assert r.closed and r.to_send[-1] == frame_header(8, 2) + b"\x03\xe8"
+    messages, dec = _decode_ws(data)
+    assert messages == [b"abcd", b""]
+    assert dec.replies() == [frame_header(0xA, 1) + b"x"]
+    dec.feed(WsClient.frame(b"\x03\xe8", 8))
+    assert dec.closed and dec.replies() == [frame_header(8, 2) + b"\x03\xe8"]
 
 
-def test_ws_reader_rejects_hostile_frames() -> None:
+def test_ws_decoder_rejects_hostile_frames() -> None:
     with pytest.raises(RemoteProtocolError):
-        WsReader(100).feed(bytes([0x82, 0x01]) + b"a")  # unmasked
+        _decode_ws(bytes([0x82, 0x01]) + b"a")  # unmasked
     with pytest.raises(FrameTooLarge):
-        WsReader(100).feed(WsClient.frame(b"a" * 101)[:14])
+        _decode_ws(WsClient.frame(b"a" * 101)[:14], 100)
+    with pytest.raises(FrameTooLarge):  # fragments add up
+        _decode_ws(WsClient.frame(b"a" * 60, 2, fin=False) + WsClient.frame(b"a" * 60, 0), 100)
     with pytest.raises(RemoteProtocolError):
-        WsReader(100).feed(WsClient.frame(b"a", 0))  # continuation without start
+        _decode_ws(WsClient.frame(b"a", 0))  # continuation without start
     with pytest.raises(RemoteProtocolError):
-        WsReader(100).feed(bytes([0xC2, 0x80]) + b"\0\0\0\0")  # RSV1
+        _decode_ws(bytes([0xC2, 0x80]) + b"\0\0\0\0")  # RSV1
 
 
 def test_ws_frame_header_lengths() -> None:
@@ -252,7 +263,7 @@ def test_trickled_first_frame_is_read_incrementally() -> None:
     got = [reader.feed(data[i:i + 1]) for i in range(len(data) - 5)]
     assert got[-1] is not None and got[-1].uuid == "t" * 200
     assert all(h is None for h in got[:-1])
-    assert reader._all.buffered() == 0
+    assert got[-1].leftover == b""
 
 
 def test_proxy_list_believes_only_trusted_peers() -> None:

@@ -2,111 +2,62 @@
 
 Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A raw
 TCP side's bytes go to the other socket unchanged (the default for TCP <-> TCP pairs unless
-``RELAY_PUMP=splice``). Otherwise a TCP side is decoded as BytesCodec frames, a WebSocket side as
-binary messages; each message is re-encoded for the other side, empty ones are dropped.
-Backpressure runs both ways: when one side's write buffer passes its high-water mark the other
-side stops reading, and a limited pair stops reading until its buckets refill.
+``RELAY_PUMP=splice``). On a pair with a WebSocket side each side's messages are streamed to the
+other side in that side's framing as they arrive (``reframe``); empty and text messages are
+dropped. Backpressure runs both ways: when one side's write buffer passes its high-water mark the
+other side stops reading, and a limited pair stops reading until its buckets refill. What a pair
+holds counts against its own and the shard's memory budget (``budget``).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Callable
 from typing import cast
 
-from hubbub.errors import RemoteProtocolError
-from hubbub.wire.rustdesk.framing import FrameDecoder, encode_header
+from hubbub.errors import FrameTooLarge, RemoteProtocolError
 from shards.relay import metrics
+from shards.relay.budget import (
+    PAIR_BUDGET,
+    PRESSURE_FLOOR,
+    RECHECK,
+    STALL_CLOSE,
+    ShardMemory,
+)
 from shards.relay.limiter import Bucket
 from shards.relay.pair import MIN_BUDGET, Pair
-from shards.relay.ws import OP_BINARY, WsReader, close_frame, frame_header
+from shards.relay.reframe import MAX_MESSAGE, Chunk, TcpDecoder, TcpEncoder, WsEncoder
+from shards.relay.ws import WsDecoder
 
 
-__all__ = ["MAX_MESSAGE", "BridgePair"]
+__all__ = ["HIGH_WATER", "MAX_MESSAGE", "RAW_HIGH_WATER", "READ_BUFFER", "BridgePair"]
 
-MAX_MESSAGE = 16 * 1024 * 1024
-"""Largest relayed message on a framed side; bounds a side's decode buffer."""
+log = logging.getLogger("hubbub.relay")
+
 HIGH_WATER = 256 * 1024
 RAW_HIGH_WATER = 1024 * 1024
 """Raw TCP sides move bulk bytes: a deeper write buffer means fewer pauses per byte."""
 READ_BUFFER = 256 * 1024
+IOV_MAX = 1024
 
 # Every side of every pair reads into this one buffer. That is safe because the loop calls
 # ``get_buffer`` and ``buffer_updated`` back to back and ``on_data`` consumes the bytes before
-# returning: decoders copy what they keep, and a raw side either writes the view out at once or
-# copies the part the kernel did not take. An idle pair therefore holds no read buffer at all.
+# returning: decoders copy what they keep, and writes either go to the socket at once or copy
+# the part the kernel did not take. An idle pair therefore holds no read buffer at all.
 _SHARED = memoryview(bytearray(READ_BUFFER))
 
 
-class _Codec(abc.ABC):
-    """Messages of one framed side: decode what it sends, encode what it receives."""
-
-    closed = False
-    """The side closed the stream in-band (a WebSocket close frame)."""
-
-    @abc.abstractmethod
-    def decode(self, data: memoryview) -> list[bytes]: ...
-
-    @abc.abstractmethod
-    def encode(self, payload: bytes) -> list[bytes]: ...
-
-    def replies(self) -> bytes:
-        """Bytes the protocol itself owes the side (WebSocket pongs, close echo)."""
-        return b""
-
-    def closing(self) -> bytes:
-        """Bytes to send before closing the side."""
-        return b""
-
-
-class _TcpCodec(_Codec):
-    def __init__(self) -> None:
-        self._dec = FrameDecoder(MAX_MESSAGE)
-
-    def decode(self, data: memoryview) -> list[bytes]:
-        return self._dec.feed(bytes(data))
-
-    def encode(self, payload: bytes) -> list[bytes]:
-        return [encode_header(len(payload)), payload]
-
-
-class _WsCodec(_Codec):
-    def __init__(self) -> None:
-        self._reader = WsReader(MAX_MESSAGE)
-
-    def decode(self, data: memoryview) -> list[bytes]:
-        msgs = self._reader.feed(data)
-        self.closed = self._reader.closed
-        return msgs
-
-    def encode(self, payload: bytes) -> list[bytes]:
-        return [frame_header(OP_BINARY, len(payload)), payload]
-
-    def replies(self) -> bytes:
-        out = b"".join(self._reader.to_send)
-        self._reader.to_send.clear()
-        return out
-
-    def closing(self) -> bytes:
-        return b"" if self._reader.closed else close_frame(1000)
-
-
-def make_codec(transport: str, framed: bool) -> _Codec | None:
-    """The side's codec; None for a raw side, whose bytes pass unchanged."""
-    if transport == "ws":
-        return _WsCodec()
-    return _TcpCodec() if framed else None
-
-
 class _Side(asyncio.BufferedProtocol):
-    def __init__(self, pair: BridgePair, idx: int, codec: _Codec | None) -> None:
+    def __init__(self, pair: BridgePair, idx: int, encoder: TcpEncoder | WsEncoder | None
+                 ) -> None:
         self.pair = pair
         self.idx = idx
-        self.codec = codec
+        self.encoder = encoder  # writes what the other side sends; None on a raw pair
+        self.decoder: TcpDecoder | WsDecoder | None = None
         self.transport: asyncio.Transport | None = None
         self.fd = -1
         self._pauses: set[str] = set()
@@ -121,7 +72,7 @@ class _Side(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.transport.set_write_buffer_limits(
-            high=RAW_HIGH_WATER if self.codec is None else HIGH_WATER)
+            high=RAW_HIGH_WATER if self.encoder is None else HIGH_WATER)
         early, self._early = self._early, None
         if early:
             self.transport.writelines(early)
@@ -155,6 +106,7 @@ class _Side(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.pair.sides[1 - self.idx].resume("backpressure")
+        self.pair.update_held()
 
     # flow control
     def pause(self, why: str) -> None:
@@ -163,50 +115,59 @@ class _Side(asyncio.BufferedProtocol):
         self._pauses.add(why)
 
     def resume(self, why: str) -> None:
+        if why not in self._pauses:
+            return
         self._pauses.discard(why)
         if not self._pauses and self.transport is not None and not self.pair.closed:
             self.transport.resume_reading()
 
-    def write(self, chunks: list[bytes]) -> None:
-        if self._early is not None:
-            self._early.extend(chunks)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(chunks)
+    def queued(self) -> int:
+        """Bytes waiting to be written to this side."""
+        if self.transport is not None:
+            return self.transport.get_write_buffer_size()
+        return sum(map(len, self._early or ()))
 
-    def write_view(self, data: memoryview) -> None:
-        """Write bytes that live in the shared read buffer (raw sides).
+    def write(self, parts: list[Chunk]) -> None:
+        """Write ``parts`` in order; they may be views of the shared read buffer.
 
-        While the transport holds nothing queued the bytes go straight to the socket, so bulk
-        relaying copies nothing in user space; whatever the kernel does not take is copied
-        into the transport's queue, which keeps the order and the backpressure.
+        While the transport holds nothing queued the parts go straight to the socket in one
+        ``writev``, so relaying copies nothing in user space; whatever the kernel does not take
+        is copied into the transport's queue, which keeps the order and the backpressure.
         """
+        if self._early is not None:
+            self._early.append(b"".join(parts))
+            return
         tr = self.transport
-        if self._early is not None or tr is None:
-            self.write([bytes(data)])
+        if tr is None or tr.is_closing():
             return
-        if tr.is_closing():
-            return
-        sent = 0
         if self.fd >= 0 and not tr.get_write_buffer_size():
             try:
-                sent = os.write(self.fd, data)
+                sent = os.writev(self.fd, parts if len(parts) <= IOV_MAX else parts[:IOV_MAX])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self.pair.close("error")
                 return
-        if sent < len(data):
-            tr.write(bytes(data[sent:]))
+            if sent:
+                for k, part in enumerate(parts):
+                    if sent < len(part):
+                        parts = [memoryview(part)[sent:], *parts[k + 1:]]
+                        break
+                    sent -= len(part)
+                else:
+                    return
+        tr.write(b"".join(parts))
 
 
 class BridgePair(Pair):
-    """Two sockets pumped through asyncio transports with message re-framing.
+    """Two sockets pumped through asyncio transports, messages re-framed on a mixed pair.
 
     Args:
         socks: the two sockets (raw, never owned by a transport before).
         transports: ``"tcp"`` or ``"ws"`` for each socket.
         leftovers: bytes each socket sent behind its first message.
         framed: decode TCP sides as BytesCodec frames (False only for raw TCP pairs).
+        memory: the shard's memory account (a private one by default).
     """
 
     mode = "bridge"
@@ -214,13 +175,23 @@ class BridgePair(Pair):
     def __init__(self, uuid: str, socks: tuple[socket.socket, socket.socket],
                  transports: tuple[str, str], leftovers: tuple[bytes, bytes],
                  addrs: tuple[str, str], ips: tuple[str, str], now: float, rate: float,
-                 total: Bucket, on_closed: Callable[[Pair, str], None], framed: bool = True
-                 ) -> None:
+                 total: Bucket, on_closed: Callable[[Pair, str], None], framed: bool = True,
+                 memory: ShardMemory | None = None) -> None:
         super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
         self.loop = asyncio.get_running_loop()
         self.socks = socks
-        self.sides = (_Side(self, 0, make_codec(transports[0], framed)),
-                      _Side(self, 1, make_codec(transports[1], framed)))
+        self.memory = memory if memory is not None else ShardMemory()
+        self.held = 0
+        self._over_since: float | None = None
+        self._recheck_timer: asyncio.TimerHandle | None = None
+        framed = framed or "ws" in transports
+        encoders = [(WsEncoder() if t == "ws" else TcpEncoder()) if framed else None
+                    for t in transports]
+        self.sides = (_Side(self, 0, encoders[0]), _Side(self, 1, encoders[1]))
+        for side, other, t in zip(self.sides, reversed(self.sides), transports, strict=True):
+            if other.encoder is not None:
+                side.decoder = (WsDecoder(other.encoder, MAX_MESSAGE) if t == "ws"
+                                else TcpDecoder(other.encoder, MAX_MESSAGE))
         for side, data in zip(self.sides, leftovers, strict=True):
             side.leftover = data
         self.mode = "bridge" if framed else "raw"
@@ -238,26 +209,29 @@ class BridgePair(Pair):
         src, dst = self.sides[idx], self.sides[1 - idx]
         now = self.loop.time()
         self.account(len(data), now)
-        codec, out = src.codec, dst.codec
-        if codec is None or out is None:  # a raw pair (both sides raw)
-            dst.write_view(data)
-            if self.closed:
-                return
+        dec = src.decoder
+        if dec is None:  # a raw pair
+            dst.write([data])
         else:
+            assert dst.encoder is not None
             try:
-                msgs = codec.decode(data)
+                dec.feed(data)
+            except FrameTooLarge as exc:
+                log.info("relay pair %s <-> %s closed: %s", *self.addrs, exc)
+                self.close("too_large")
+                return
             except RemoteProtocolError:
                 self.close("protocol")
                 return
-            replies = codec.replies()
-            if replies:
-                src.write([replies])
-            for m in msgs:
-                if m:
-                    dst.write(out.encode(m))
-            if codec.closed:
-                self.close("peer_closed")
-                return
+            out = dst.encoder.out
+            if out:
+                dst.write(out)
+                out.clear()
+            if isinstance(dec, WsDecoder):
+                self._reply(src, dec)
+        if self.closed:
+            return
+        self._check_memory(src, now)
         if self.budget(now) < MIN_BUDGET:
             wait, bucket = self.wait_time(now)
             metrics.THROTTLED.labels(bucket).inc()
@@ -265,6 +239,70 @@ class BridgePair(Pair):
             if src.timer is None:
                 src.timer = self.loop.call_later(max(wait, 0.001), self._unthrottle, src)
 
+    def _reply(self, side: _Side, dec: WsDecoder) -> None:
+        """Pongs and the close echo a WebSocket side is owed; pongs are dropped while the side
+        does not read what it is sent (only the latest ping needs an answer anyway)."""
+        enc = side.encoder
+        assert enc is not None
+        pong, close = dec.pong, dec.close_reply
+        dec.pong = dec.close_reply = None
+        if pong is not None and side.queued() < HIGH_WATER:
+            enc.control(pong)
+        if close is not None:
+            enc.control(close)
+        if enc.out:
+            side.write(enc.out)
+            enc.out.clear()
+        if dec.closed:
+            self.close("peer_closed")
+
+    # ---------------------------------------------------------------- memory
+    def update_held(self) -> int:
+        """Recount what the pair holds and report the change to the shard's account."""
+        held = 0
+        for side in self.sides:
+            held += side.queued()
+            if side.encoder is not None:
+                held += side.encoder.held()
+        if self.closed:
+            held = 0
+        self.memory.change(self.held, held)
+        self.held = held
+        return held
+
+    def _over(self, held: int) -> bool:
+        return held > PAIR_BUDGET or (held > PRESSURE_FLOOR and self.memory.over())
+
+    def _check_memory(self, src: _Side, now: float) -> None:
+        if not self._over(self.update_held()):
+            return
+        if self._over_since is None:
+            self._over_since = now
+        src.pause("memory")
+        if self._recheck_timer is None:
+            self._recheck_timer = self.loop.call_later(RECHECK, self._recheck)
+
+    def _recheck(self) -> None:
+        self._recheck_timer = None
+        if self.closed:
+            return
+        held = self.update_held()
+        if not self._over(held):
+            self._over_since = None
+            for side in self.sides:
+                side.resume("memory")
+            return
+        if self._over_since is not None and self.loop.time() - self._over_since >= STALL_CLOSE:
+            log.warning("relay pair %s <-> %s closed: it held %d bytes over its memory budget "
+                        "for %.0f s", *self.addrs, held, STALL_CLOSE)
+            self.close("memory")
+            return
+        self._recheck_timer = self.loop.call_later(RECHECK, self._recheck)
+
+    def sweep(self, now: float) -> None:
+        self.update_held()
+
+    # ------------------------------------------------------------ throttling
     def _unthrottle(self, side: _Side) -> None:
         side.timer = None
         now = self.loop.time()
@@ -275,15 +313,25 @@ class BridgePair(Pair):
         side.resume("throttle")
 
     def _release(self) -> None:
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
         for side, sock in zip(self.sides, self.socks, strict=True):
             if side.timer is not None:
                 side.timer.cancel()
                 side.timer = None
             if side.transport is not None:
-                tail = side.codec.closing() if side.codec is not None else b""
+                tail = side.encoder.closing() if side.encoder is not None else b""
                 if tail:
                     side.write([tail])
                 side.transport.close()
             else:
                 with contextlib.suppress(OSError):
                     sock.close()
+        self.update_held()
+        # A pair and its sides refer to each other, so only the cyclic collector frees them,
+        # possibly much later: drop what they hold now (a partly assembled message can be
+        # close to the assembly cap).
+        for side in self.sides:
+            side.decoder = side.encoder = None
+            side.leftover = b""

@@ -2,7 +2,8 @@
 
 A TCP half sends one BytesCodec frame, a WebSocket half an HTTP upgrade and one binary message.
 Whatever follows the first message (the peers' own traffic, sent before pairing) is kept as
-``leftover`` and forwarded once the pair is formed, or travels with the socket to another shard.
+``leftover``, byte for byte as received, and forwarded once the pair is formed, or travels with
+the socket to another shard.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
-from hubbub.wire.rustdesk.framing import MAX_PAYLOAD, FrameDecoder, encode_frame
 from hubbub.wire.rustdesk.messages import kind, parse
-from shards.relay.ws import Handshake, HandshakeDone, WsReader
+from shards.relay.reframe import Collect, TcpDecoder
+from shards.relay.ws import Handshake, HandshakeDone, WsDecoder
 
 
 __all__ = [
@@ -79,19 +80,16 @@ def check_hello(hello: Hello, key: str | None) -> None:
 class TcpFirstMessage:
     """Collect bytes until the first BytesCodec frame is complete.
 
-    Work per call is proportional to the new bytes only, so a peer trickling a large first frame
-    byte by byte costs no more than sending it at once.
+    Everything behind that frame is kept exactly as received: from then on a TCP half is an
+    opaque byte stream (a pair re-frames it only when its other side speaks WebSocket). Work per
+    call is proportional to the new bytes only, so a peer trickling a large first frame byte by
+    byte costs no more than sending it at once; a header announcing more than the cap is refused
+    before any payload is kept.
     """
 
     def __init__(self, cap: int = FIRST_MESSAGE_CAP) -> None:
-        self._cap = cap
-        self._total = 0
-        # The uncapped decoder never raises and never pre-allocates (it holds only bytes we
-        # read); it also splits whatever follows the first frame, which the peers may already
-        # have sent and which may be far larger than the cap. The capped one, fed the same
-        # bytes while no frame is complete, refuses a forged first header at once.
-        self._all = FrameDecoder(MAX_PAYLOAD)
-        self._capped: FrameDecoder | None = FrameDecoder(cap)
+        self._sink = Collect()
+        self._decoder = TcpDecoder(self._sink, cap)
 
     def feed(self, data: bytes) -> Hello | None:
         """None until the first frame is complete.
@@ -99,23 +97,13 @@ class TcpFirstMessage:
         Raises:
             Refused: ``too_large``, ``garbage`` or ``wrong_message``.
         """
-        self._total += len(data)
-        frames = self._all.feed(data)
-        if not frames:
-            if self._capped is not None:
-                try:
-                    self._capped.feed(data)
-                except FrameTooLarge:
-                    raise Refused("too_large", "first frame above the cap") from None
-            if self._total > self._cap + 4:
-                raise Refused("too_large", "first frame above the cap")
+        try:
+            used = self._decoder.feed(data, stop=True)
+        except FrameTooLarge:
+            raise Refused("too_large", "first frame above the cap") from None
+        if not self._sink.messages:
             return None
-        self._capped = None
-        first = frames[0]
-        if len(first) > self._cap:
-            raise Refused("too_large", "first frame above the cap")
-        leftover = b"".join(encode_frame(f) for f in frames[1:]) + self._all.pending()
-        return parse_hello(first, leftover)
+        return parse_hello(self._sink.messages[0], data[used:])
 
 
 class WsFirstMessage:
@@ -124,7 +112,8 @@ class WsFirstMessage:
     def __init__(self, cap: int = FIRST_MESSAGE_CAP) -> None:
         self._handshake: Handshake | None = Handshake()
         self.done: HandshakeDone | None = None
-        self._reader = WsReader(cap)
+        self._sink = Collect()
+        self._decoder = WsDecoder(self._sink, cap)
 
     def feed(self, data: bytes) -> tuple[bytes, Hello | None]:
         """Returns (bytes to send, hello or None).
@@ -143,15 +132,14 @@ class WsFirstMessage:
             out = done.response
             data = done.leftover
         try:
-            msgs = self._reader.feed(data, limit=1)
+            used = self._decoder.feed(data, stop=True)
         except FrameTooLarge:
             raise Refused("too_large", "first message above the cap") from None
         except RemoteProtocolError as exc:
             raise Refused("garbage", str(exc)) from None
-        out += b"".join(self._reader.to_send)
-        self._reader.to_send.clear()
-        if self._reader.closed:
+        out += b"".join(self._decoder.replies())
+        if self._decoder.closed:
             raise Refused("closed", "closed before RequestRelay")
-        if not msgs:
+        if not self._sink.messages:
             return out, None
-        return out, parse_hello(msgs[0], self._reader.pending())
+        return out, parse_hello(self._sink.messages[0], data[used:])

@@ -10,6 +10,7 @@ __all__ = [
     "BYTES",
     "CLOSED",
     "HANDOFFS",
+    "HELD",
     "PAIRED",
     "PAIRS",
     "REFUSED",
@@ -28,3 +29,5 @@ THROTTLED = Counter("hubbub_relay_throttled", "times a relay pump paused for its
                     ["bucket"])
 HANDOFFS = Counter("hubbub_relay_handoffs", "relay halves handed to or from another shard",
                    ["outcome"])
+HELD = Gauge("hubbub_relay_held_bytes",
+             "bytes the shard's relay pairs hold in write queues and partly assembled messages")

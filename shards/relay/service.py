@@ -9,8 +9,10 @@ be reached, the owner is chosen by rendezvous hashing over this host's live shar
 
 Once paired, TCP <-> TCP pairs move raw bytes through asyncio transports (``raw``; with
 ``RELAY_PUMP=splice`` they are spliced through a pipe instead, ``splice``) and pairs with a
-WebSocket side are bridged message by message (``bridge``). A sweep once a second expires
-waiting halves, ends idle pairs, applies hbbr's downgrade rule and refreshes statistics.
+WebSocket side are bridged message by message, each message streamed through in the pieces it
+arrives in (``bridge``). A sweep once a second expires waiting halves, ends idle pairs, applies
+hbbr's downgrade rule, refreshes statistics and gives memory freed by closed pairs back to the
+OS (``budget``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request, Response
 from hubbub.runtime import Context
 from hubbub.tasks import TaskSet
-from shards.relay import metrics, splice, store
+from shards.relay import budget, metrics, splice, store
 from shards.relay.bridge import BridgePair
 from shards.relay.claims import Claims
 from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
@@ -109,6 +111,7 @@ class RelayService:
         self.pairs: set[Pair] = set()
         self.lists = IpLists()
         self.total = Bucket(0.0, 0.0)
+        self.memory = budget.ShardMemory()
         self._splice = self.cfg.relay_pump == "splice" and splice.AVAILABLE
         self.host_shards: list[str] = [self.registry.id]
         self.claims = Claims(self.registry, self.cfg.relay_timeout + 2.0)
@@ -393,7 +396,7 @@ class RelayService:
         else:
             bp = BridgePair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
                             (a.leftover, b.leftover), addrs, ips, now, rate, self.total,
-                            self._pair_closed, framed=not raw)
+                            self._pair_closed, framed=not raw, memory=self.memory)
             self._tasks.spawn(bp.start())
             pair = bp
         pair.limited = limited
@@ -439,6 +442,9 @@ class RelayService:
                     cfg.downgrade_start_check):
                 pair.set_rate(mbps_to_bytes(cfg.limit_speed), True, now)
                 metrics.THROTTLED.labels("downgrade").inc()
+        metrics.HELD.set(self.memory.used)
+        if self.memory.trim_due():
+            budget.give_back()
         span = now - self._mark_time
         if span > 0:
             self._bps = (moved - self._moved_mark) * 8 / span

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
 
@@ -33,7 +34,8 @@ __all__ = [
     "OP_TEXT",
     "Handshake",
     "HandshakeDone",
-    "WsReader",
+    "MessageSink",
+    "WsDecoder",
     "close_frame",
     "frame_header",
 ]
@@ -57,9 +59,9 @@ def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
         n, "little")
 
 
-def frame_header(opcode: int, length: int) -> bytes:
-    """Header of one unmasked, final server frame carrying ``length`` bytes."""
-    first = 0x80 | opcode
+def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
+    """Header of one unmasked server frame carrying ``length`` bytes."""
+    first = (0x80 if fin else 0) | opcode
     if length < 126:
         return bytes((first, length))
     if length < 65536:
@@ -70,6 +72,17 @@ def frame_header(opcode: int, length: int) -> bytes:
 def close_frame(code: int = 1000) -> bytes:
     body = code.to_bytes(2, "big")
     return frame_header(OP_CLOSE, len(body)) + body
+
+
+class MessageSink(Protocol):
+    """Where a decoder streams messages: ``begin(n)`` (None: length unknown until the end),
+    ``data(chunk)`` any number of times, ``end()``. A chunk is only valid during the call."""
+
+    def begin(self, n: int | None) -> None: ...
+
+    def data(self, chunk: bytes | memoryview) -> None: ...
+
+    def end(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -143,105 +156,157 @@ class Handshake:
         return HandshakeDone(parts[1], headers, response, leftover)
 
 
-class WsReader:
-    """Decode client frames into binary message payloads.
+class WsDecoder:
+    """Stream client frames into a message sink without assembling them.
 
-    Text messages count as traffic but are not relayed (hbbr turns them into empty chunks).
-    Pings are answered, a close is echoed and ends the stream; both replies are collected in
-    ``to_send``. Memory is bounded by ``max_message`` plus one partial frame header.
+    Binary messages go to ``sink`` piece by piece (``begin(n)``, ``data(chunk)``..., ``end()``;
+    ``n`` is None for a fragmented message, whose length is unknown until it ends), unmasked as
+    they arrive, so memory per connection is one partial frame header and one control frame
+    (at most 139 bytes) however large a message is. Text messages count as traffic but are not
+    relayed (hbbr turns them into empty chunks). A ping is answered with a pong (only the latest
+    one is kept, as RFC 6455 allows), a close is echoed and ends the stream; both wait in
+    ``replies``.
 
     Args:
-        max_message: largest message accepted (after reassembly of fragments).
+        sink: receives the binary messages; a chunk given to ``data`` is a fresh ``bytes``.
+        max_message: largest message accepted (all fragments together).
     """
 
-    def __init__(self, max_message: int) -> None:
-        self.max_message = max_message
-        self._buf = bytearray()
-        self._parts: list[bytes] = []
+    __slots__ = ("_ctl", "_fin", "_head", "_left", "_mask", "_max", "_msg", "_off", "_op",
+                 "_size", "closed", "pong", "close_reply", "sink")
+
+    def __init__(self, sink: MessageSink, max_message: int) -> None:
+        self.sink = sink
+        self._max = max_message
+        self._head = bytearray()
+        self._left = 0
+        self._op = -1  # opcode of the frame whose payload is arriving; -1 between frames
+        self._fin = False
+        self._mask = b""
+        self._off = 0
+        self._msg: int | None = None  # opcode of the message in progress
         self._size = 0
-        self._opcode: int | None = None
-        self.to_send: list[bytes] = []
+        self._ctl = bytearray()
+        self.pong: bytes | None = None
+        self.close_reply: bytes | None = None
         self.closed = False
 
-    def pending(self) -> bytes:
-        """Undecoded bytes (a partial frame)."""
-        return bytes(self._buf)
+    def replies(self) -> list[bytes]:
+        """Frames owed to the client (pong, close echo); each is returned once."""
+        out = [r for r in (self.pong, self.close_reply) if r is not None]
+        self.pong = self.close_reply = None
+        return out
 
-    def feed(self, data: bytes | memoryview, limit: int = -1) -> list[bytes]:
-        """Append ``data``; return complete binary messages (at most ``limit`` if >= 0).
+    def feed(self, data: bytes | memoryview, stop: bool = False) -> int:
+        """Decode ``data``; returns how many bytes were consumed: all of them, unless the stream
+        closed or ``stop`` asked to stop right after the first complete message.
 
         Raises:
             RemoteProtocolError: a protocol violation (the caller closes the connection).
             FrameTooLarge: a message above ``max_message``.
         """
-        if self.closed:
-            return []
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2 and (limit < 0 or len(out) < limit):
-            b0, b1 = buf[pos], buf[pos + 1]
-            if b0 & 0x70:
-                raise RemoteProtocolError("reserved bits set (no extension negotiated)")
-            if not b1 & 0x80:
-                raise RemoteProtocolError("client frame not masked")
-            n = b1 & 0x7F
-            hl = 2
-            if n == 126:
-                hl = 4
-                if end - pos < hl:
+        view = memoryview(data)
+        end = len(view)
+        i = 0
+        while i < end and not self.closed:
+            if self._op < 0:
+                i = self._read_header(view, i)
+                if self._op < 0:
                     break
-                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
-            elif n == 127:
-                hl = 10
-                if end - pos < hl:
-                    break
-                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
-            opcode = b0 & 0x0F
-            fin = bool(b0 & 0x80)
-            if opcode >= 0x8:
-                if n > 125 or not fin:
-                    raise RemoteProtocolError("invalid control frame")
-            elif self._size + n > self.max_message:
-                raise FrameTooLarge(f"WebSocket message above {self.max_message} bytes")
-            if end - pos < hl + 4 + n:
-                break
-            mask = bytes(buf[pos + hl:pos + hl + 4])
-            start = pos + hl + 4
-            payload = unmask(memoryview(buf)[start:start + n], mask) if n else b""
-            pos = start + n
-            if opcode == OP_PING:
-                self.to_send.append(frame_header(OP_PONG, len(payload)) + payload)
-            elif opcode == OP_PONG:
-                pass
-            elif opcode == OP_CLOSE:
-                code = payload[:2] if len(payload) >= 2 else b""
-                self.to_send.append(frame_header(OP_CLOSE, len(code)) + code)
-                self.closed = True
-                break
-            elif opcode in (OP_TEXT, OP_BINARY):
-                if self._opcode is not None:
-                    raise RemoteProtocolError("new message inside a fragmented one")
-                if fin:
-                    if opcode == OP_BINARY:
-                        out.append(payload)
-                else:
-                    self._opcode = opcode
-                    self._parts = [payload]
-                    self._size = n
-            elif opcode == OP_CONT:
-                if self._opcode is None:
-                    raise RemoteProtocolError("continuation without a message")
-                self._parts.append(payload)
-                self._size += n
-                if fin:
-                    if self._opcode == OP_BINARY:
-                        out.append(b"".join(self._parts))
-                    self._opcode, self._parts, self._size = None, [], 0
+                if self._left:
+                    continue
             else:
-                raise RemoteProtocolError(f"unknown opcode {opcode}")
-        if pos:
-            del buf[:pos]
-        return out
+                k = min(self._left, end - i)
+                self._payload(view[i:i + k])
+                i += k
+                self._left -= k
+                if self._left:
+                    break
+            if self._frame_done() and stop:
+                break
+        return i
+
+    def _read_header(self, view: memoryview, i: int) -> int:
+        head = self._head
+        need = 2
+        while True:
+            take = min(need - len(head), len(view) - i)
+            if take > 0:
+                head += view[i:i + take]
+                i += take
+            if len(head) < need:
+                return i
+            if need == 2:
+                if head[0] & 0x70:
+                    raise RemoteProtocolError("reserved bits set (no extension negotiated)")
+                if not head[1] & 0x80:
+                    raise RemoteProtocolError("client frame not masked")
+            n = head[1] & 0x7F
+            full = 2 + (2 if n == 126 else 8 if n == 127 else 0) + 4
+            if need == full:
+                break
+            need = full
+        b0, b1 = head[0], head[1]
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(head[2:4], "big")
+        elif n == 127:
+            n = int.from_bytes(head[2:10], "big")
+        mask = bytes(head[-4:])
+        head.clear()
+        op, fin = b0 & 0x0F, bool(b0 & 0x80)
+        if op >= 0x8:
+            if n > 125 or not fin:
+                raise RemoteProtocolError("invalid control frame")
+            if op not in (OP_CLOSE, OP_PING, OP_PONG):
+                raise RemoteProtocolError(f"unknown opcode {op}")
+        elif op in (OP_TEXT, OP_BINARY):
+            if self._msg is not None:
+                raise RemoteProtocolError("new message inside a fragmented one")
+            if n > self._max:
+                raise FrameTooLarge(f"WebSocket message above {self._max} bytes")
+            self._msg, self._size = op, n
+            if op == OP_BINARY:
+                self.sink.begin(n if fin else None)
+        elif op == OP_CONT:
+            if self._msg is None:
+                raise RemoteProtocolError("continuation without a message")
+            self._size += n
+            if self._size > self._max:
+                raise FrameTooLarge(f"WebSocket message above {self._max} bytes")
+        else:
+            raise RemoteProtocolError(f"unknown opcode {op}")
+        self._op, self._fin, self._mask, self._left, self._off = op, fin, mask, n, 0
+        return i
+
+    def _payload(self, chunk: memoryview) -> None:
+        op = self._op
+        if op >= 0x8:
+            self._ctl += chunk
+            return
+        if self._msg == OP_BINARY and chunk:
+            r = self._off & 3
+            mask = self._mask[r:] + self._mask[:r] if r else self._mask
+            self.sink.data(unmask(chunk, mask))
+        self._off += len(chunk)
+
+    def _frame_done(self) -> bool:
+        """The frame's payload is complete; True when it completed a binary message."""
+        op, self._op = self._op, -1
+        if op >= 0x8:
+            payload = unmask(self._ctl, self._mask) if self._ctl else b""
+            self._ctl.clear()
+            if op == OP_PING:
+                self.pong = frame_header(OP_PONG, len(payload)) + payload
+            elif op == OP_CLOSE:
+                code = payload[:2] if len(payload) >= 2 else b""
+                self.close_reply = frame_header(OP_CLOSE, len(code)) + code
+                self.closed = True
+            return False
+        if not self._fin:
+            return False
+        msg, self._msg = self._msg, None
+        if msg == OP_BINARY:
+            self.sink.end()
+            return True
+        return False
