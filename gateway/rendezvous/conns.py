@@ -29,6 +29,13 @@ KX_DELAY = 0.1
 want it stay silent (for up to 18 s); all others, including 1.1.x ones, send at once."""
 MAX_QUEUED = 16
 """Frames a client may have waiting for handling; more means it is flooding us."""
+WRITE_HIGH = 64 * 1024
+"""Bytes buffered for a client above which writers wait (and its input is not read) until it
+drains to ``WRITE_HIGH // 4``; a rendezvous client that reads never gets near this."""
+WRITE_MAX = 4 * WRITE_HIGH
+"""Bytes buffered for a client at which it is closed at once, waiting writers or not."""
+WRITE_STALL = 5.0
+"""Seconds a writer waits for a client that stopped reading before closing it."""
 
 
 _CLOSING: set[asyncio.Future[None]] = set()
@@ -79,12 +86,15 @@ class TcpConn(Conn, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._closed = False
         self._on_lost = on_lost
 
     # asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         out = self.stream.data_to_send()
         if out:
             self.transport.write(out)
@@ -127,6 +137,19 @@ class TcpConn(Conn, asyncio.Protocol):
         self._mark_closed()
         return None
 
+    def pause_writing(self) -> None:
+        # Backpressure reaches the client: nothing more is read from it until it drains.
+        self._drained.clear()
+        if self.transport is not None and not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+        if self.transport is not None and not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._mark_closed()
         if self._on_lost is not None:
@@ -135,6 +158,7 @@ class TcpConn(Conn, asyncio.Protocol):
     def _mark_closed(self) -> None:
         self._closed = True
         self._ready.set()
+        self._drained.set()
 
     # Conn ---------------------------------------------------------------
     async def next_payload(self, timeout: float) -> bytes | None:
@@ -153,13 +177,37 @@ class TcpConn(Conn, asyncio.Protocol):
         if self._closed or self.transport is None:
             return
         self.stream.send(payload)
-        self.transport.write(self.stream.data_to_send())
+        await self._write(self.stream.data_to_send())
 
     async def send_heartbeat(self) -> None:
         if self._closed or self.transport is None:
             return
         self.stream.send_heartbeat()
-        self.transport.write(self.stream.data_to_send())
+        await self._write(self.stream.data_to_send())
+
+    async def _write(self, data: bytes) -> None:
+        """Write, then wait while the client is not reading; one that stays behind (or is
+        ``WRITE_MAX`` behind at any time) is closed instead of buffered without limit."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() >= WRITE_MAX:
+            self._slow_reader()
+            return
+        if self._drained.is_set():
+            return
+        try:
+            async with asyncio.timeout(WRITE_STALL):
+                await self._drained.wait()
+        except TimeoutError:
+            self._slow_reader()
+
+    def _slow_reader(self) -> None:
+        metrics.DROPPED.labels("slow_reader").inc()
+        self._mark_closed()
+        if self.transport is not None:
+            self.transport.abort()  # what is buffered for it is dropped with it
 
     def close(self) -> None:
         self._mark_closed()
@@ -258,6 +306,14 @@ class Acceptor(asyncio.Protocol):
         if self.conn is not None:
             return self.conn.eof_received()
         return None
+
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:

@@ -76,6 +76,8 @@ FLUSH_COALESCE = 0.005
 MAX_LOOKUPS = 256
 """Concurrent Redis look-ups for heartbeats of peers this process does not know yet."""
 MAX_REGISTRATIONS = 512
+MAX_HOLES_SENT = 256
+"""UDP PunchHoleSent being handled at once (each may wait for Redis); more are refused."""
 MAX_CONNECTIONS = 20_000
 MAX_CONNS_PER_IP = 256
 IDLE_TIMEOUT = 30.0
@@ -182,6 +184,7 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         self._flush_soon = asyncio.Event()
         self._udp_v6 = False
         self._registering = 0
+        self._holes_sent = 0
         self.nat_probes: BoundedMap[str, list[float]] = BoundedMap(100_000, NAT_PROBE_WINDOW)
         self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(10_000, IP_CHANGE_WINDOW)
 
@@ -304,7 +307,19 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
             self._send_udp(message(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
         else:
             # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
-            self._tasks.spawn(self._hole_sent(msg.punch_hole_sent, (ip, port), True))
+            # Anyone can send these (B repeats each one 3 times), and each may wait for Redis:
+            # past the bound they are refused rather than queued.
+            if self._holes_sent >= MAX_HOLES_SENT:
+                metrics.DROPPED.labels("punch_sent_busy").inc()
+                return
+            self._holes_sent += 1
+            self._tasks.spawn(self._udp_hole_sent(msg.punch_hole_sent, (ip, port)))
+
+    async def _udp_hole_sent(self, ps: pb.PunchHoleSent, b_addr: tuple[str, int]) -> None:
+        try:
+            await self._hole_sent(ps, b_addr, True)
+        finally:
+            self._holes_sent -= 1
 
     def _send_udp(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
         if self.udp is not None:
