@@ -25,10 +25,9 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from aiortc.rtcdtlstransport import RTCCertificate
-
 from hubbub.runtime import loop_runner
 from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters
+from shards.media.stack import Certificate, new_certificate
 
 
 __all__ = ["main", "markdown", "run"]
@@ -124,7 +123,7 @@ class Shard:
 
 
 # ------------------------------------------------------------------- load side
-async def _peer(shard: Shard, cert: RTCCertificate, session: str, kind: str,
+async def _peer(shard: Shard, cert: Certificate, session: str, kind: str,
                 spaces: dict[str, int]) -> MediaPeer:
     [[_, created]] = await shard.call(session, "create_transport", {"type": kind}, spaces)
     peer = MediaPeer(created["options"], cert)
@@ -135,7 +134,7 @@ async def _peer(shard: Shard, cert: RTCCertificate, session: str, kind: str,
     return peer
 
 
-async def _setup(shard: Shard, cert: RTCCertificate, pubs: int, subs: int,
+async def _setup(shard: Shard, cert: Certificate, pubs: int, subs: int,
                  space: str) -> tuple[list[MediaPeer], list[MediaPeer], float]:
     t0 = time.monotonic()
     publishers: list[MediaPeer] = []
@@ -177,7 +176,7 @@ def _delta(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, floa
     return b["cpu"] - a["cpu"], b["rtp_out"] - a["rtp_out"], wall
 
 
-async def _case(shard: Shard, cert: RTCCertificate, pubs: int, subs: int, seconds: float,
+async def _case(shard: Shard, cert: Certificate, pubs: int, subs: int, seconds: float,
                 index: int) -> list[dict[str, Any]]:
     space = f"bench-{index}"
     publishers, subscribers, setup = await _setup(shard, cert, pubs, subs, space)
@@ -218,7 +217,7 @@ async def _case(shard: Shard, cert: RTCCertificate, pubs: int, subs: int, second
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
 
 
-async def _data_case(shard: Shard, cert: RTCCertificate, players: int, seconds: float,
+async def _data_case(shard: Shard, cert: Certificate, players: int, seconds: float,
                      index: int) -> list[dict[str, Any]]:
     """Every player sends 21-byte location records at 15 Hz; every other player gets them."""
     space = f"dc-{index}"
@@ -269,7 +268,7 @@ async def _bench(cases: list[tuple[int, int]], data_cases: list[int], seconds: f
     shard = Shard(core)
     try:
         await asyncio.get_running_loop().run_in_executor(None, shard.rpc, "stats")
-        cert = RTCCertificate.generateCertificate()
+        cert = new_certificate()
         rows: list[dict[str, Any]] = []
         for i, (pubs, subs) in enumerate(cases):
             rows += await _case(shard, cert, pubs, subs, seconds, i)

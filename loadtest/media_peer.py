@@ -1,9 +1,10 @@
 """A minimal WebRTC client of a hubbub media shard, for tests and the media benchmark.
 
 It plays the browser's part against one transport of ``transport_created.options``: a signed
-STUN Binding request with USE-CANDIDATE (the shard is ICE-lite), aiortc's ``RTCDtlsTransport``
-as DTLS client, aiortc's SCTP with negotiated data channels, and raw SRTP for Opus-sized RTP
-packets. No SDP and no codec: packets carry opaque payloads, which is all an SFU sees.
+STUN Binding request with USE-CANDIDATE (the shard is ICE-lite), DTLS as client through the
+shard's own aiortc adapter, aiortc's SCTP with negotiated data channels, and raw SRTP for
+Opus-sized RTP packets. No SDP and no codec: packets carry opaque payloads, which is all an SFU
+sees.
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ import time
 from typing import Any, cast
 
 from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
-from aiortc.rtcdtlstransport import (
-    RTCCertificate,
-    RTCDtlsFingerprint,
-    RTCDtlsParameters,
-    RTCDtlsTransport,
-)
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
 
 from hubbub.wire.webrtc import stun
@@ -31,7 +26,7 @@ from hubbub.wire.webrtc.rtp import RtpError, is_rtcp, read_rtp
 from shards.media.metrics import Counts
 from shards.media.mux import UdpMux
 from shards.media.router import MediaRouter
-from shards.media.transport import IceLink
+from shards.media.stack import Certificate, DtlsEndpoint, IceLink, new_certificate
 
 
 __all__ = ["MediaPeer", "local_router", "opus_rtp_parameters", "wait_for"]
@@ -57,8 +52,8 @@ async def local_router(host: str = "127.0.0.1") -> MediaRouter:
     """A shard's ``MediaRouter`` on its own UDP mux bound to ``host`` (no ICE-TCP)."""
     counts = Counts()
     mux = UdpMux(counts)
-    await asyncio.get_running_loop().create_datagram_endpoint(lambda: mux, local_addr=(host, 0))
-    return MediaRouter(mux, RTCCertificate.generateCertificate(), counts, host)
+    await mux.open(host, 0)
+    return MediaRouter(mux, new_certificate(), counts, host)
 
 
 class _TcpFramer(asyncio.Protocol):
@@ -81,7 +76,7 @@ class MediaPeer(asyncio.DatagramProtocol):
         certificate: this client's DTLS certificate (share one across peers to save CPU).
     """
 
-    def __init__(self, options: dict[str, Any], certificate: RTCCertificate,
+    def __init__(self, options: dict[str, Any], certificate: Certificate,
                  tcp: bool = False) -> None:
         proto = "tcp" if tcp else "udp"
         cand = next(c for c in options["iceCandidates"] if c["protocol"] == proto)
@@ -91,13 +86,11 @@ class MediaPeer(asyncio.DatagramProtocol):
         ice = options["iceParameters"]
         self.username = f"{ice['usernameFragment']}:{random_token(8)}"
         self.password = str(ice["password"])
-        self.server_fingerprints = [
-            RTCDtlsFingerprint(f["algorithm"], f["value"])
-            for f in options["dtlsParameters"]["fingerprints"]]
+        self.server_fingerprints = [(str(f["algorithm"]), str(f["value"]))
+                                    for f in options["dtlsParameters"]["fingerprints"]]
         self.certificate = certificate
         self.link = IceLink(self.sendto, role="controlling", limit=256)
-        self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
-        self.dtls._set_role("client")
+        self.dtls = DtlsEndpoint(self.link, certificate, "client")
         self.sctp: RTCSctpTransport | None = None
         self.sock: asyncio.DatagramTransport | None = None
         self.ice_ok = asyncio.Event()
@@ -131,14 +124,13 @@ class MediaPeer(asyncio.DatagramProtocol):
                 self.rtcp_received += 1
             else:
                 self.rtp_received += 1
-        elif 127 < first < 192 and self.dtls._rx_srtp is not None:
-            try:
-                if is_rtcp(data):
-                    self.dtls._rx_srtp.unprotect_rtcp(data)
+        elif 127 < first < 192 and self.dtls.receiver is not None:
+            if is_rtcp(data):
+                if self.dtls.receiver.unprotect_rtcp(data) is not None:
                     self.rtcp_received += 1
-                    return
-                plain = self.dtls._rx_srtp.unprotect(data)
-            except Exception:
+                return
+            plain = self.dtls.receiver.unprotect(data)
+            if plain is None:
                 return
             self.rtp_received += 1
             if self.keep:
@@ -175,10 +167,9 @@ class MediaPeer(asyncio.DatagramProtocol):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.2):
                         await self.ice_ok.wait()
-            await self.dtls.start(RTCDtlsParameters(fingerprints=self.server_fingerprints))
-            if self.dtls.state != "connected":
+            if not await self.dtls.start(self.server_fingerprints):
                 raise ConnectionError(f"DTLS {self.dtls.state}")
-            self.sctp = RTCSctpTransport(self.dtls)
+            self.sctp = RTCSctpTransport(self.dtls.dtls)
             await self.sctp.start(RTCSctpCapabilities(maxMessageSize=262144), 5000)
             while self.sctp._association_state != RTCSctpTransport.State.ESTABLISHED:
                 await asyncio.sleep(0.01)
@@ -200,7 +191,10 @@ class MediaPeer(asyncio.DatagramProtocol):
         """One Opus-like RTP packet with an ``ssrc-audio-level`` element."""
         header = struct.pack("!BBHII", 0x90, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
         ext = bytes((0xBE, 0xDE, 0, 1, (level_id << 4), level, 0, 0))
-        self.sendto(self.dtls._tx_srtp.protect(header + ext + payload))
+        assert self.dtls.sender is not None
+        packet = self.dtls.sender.protect(header + ext + payload)
+        if packet is not None:
+            self.sendto(packet)
 
     def data_channel(self, stream_id: int, ordered: bool = False,
                      max_retransmits: int | None = 0) -> RTCDataChannel:

@@ -8,11 +8,11 @@ import signal
 import time
 from typing import Any
 
-from aiortc.rtcdtlstransport import RTCCertificate
 from support import Cluster, HubbubProcess, free_port, free_port_block, shard_env
 from wired_client import WiredClient
 
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
+from shards.media.stack import new_certificate
 
 
 URI = "https://example.org/media.glb"
@@ -44,7 +44,7 @@ async def test_wired_clients_through_gateway_and_shard(cluster: Cluster) -> None
     cluster.start("gateway", env=env)
     url = f"ws://127.0.0.1:{env['SPACES_PORT']}/"
     a, b = await WiredClient.connect(url), await WiredClient.connect(url)
-    cert = RTCCertificate.generateCertificate()
+    cert = new_certificate()
     peers: list[MediaPeer] = []
     try:
         deadline = time.monotonic() + 5

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiortc.rtcdtlstransport import RTCCertificate
 
 from hubbub.errors import RemoteProtocolError
 from hubbub.net import listen_socket
@@ -17,6 +16,7 @@ from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from shards.media.metrics import Counts
 from shards.media.mux import UdpMux
 from shards.media.router import MediaRouter
+from shards.media.stack import new_certificate
 
 
 DEVICE_CAPS = {
@@ -25,7 +25,7 @@ DEVICE_CAPS = {
     "headerExtensions": [{"kind": "audio", "uri": params.AUDIO_LEVEL_URI, "preferredId": 10,
                           "direction": "sendrecv"}],
 }
-CERT = RTCCertificate.generateCertificate()
+CERT = new_certificate()
 
 
 @pytest.fixture

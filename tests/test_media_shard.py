@@ -12,36 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
-from aiortc.rtcsctptransport import RTCSctpTransport
 from support import Cluster, HubbubProcess, http_get, shard_env
 
 from hubbub.errors import RemoteError
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from registry import Registry
+from shards.media.stack import PINNED, contract_problems, new_certificate
 
 
 CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayloadType": 100,
                     "clockRate": 48000, "channels": 2}], "headerExtensions": []}
 
 
-def test_pinned_aiortc_internals_still_exist() -> None:
-    """The SFU subclasses aiortc and reads private attributes: fail loudly when they move."""
-    assert (version("aiortc"), version("aioice"), version("pylibsrtp")) == (
-        "1.16.0", "0.13.0", "1.0.0")
-    for name in ("_set_role", "_recv_next", "_write_ssl", "_send_data", "start", "stop"):
-        assert callable(getattr(RTCDtlsTransport, name))
-    src = RTCDtlsTransport.__init__.__code__.co_names
-    assert "_rx_srtp" in src and "_tx_srtp" in src and "_data_receiver" in src
-    for name in ("_receive", "_send", "_set_state", "_transmit_reconfig", "start", "stop"):
-        assert callable(getattr(RTCSctpTransport, name))
-    init = RTCSctpTransport.__init__.__code__.co_names
-    for attr in ("_outbound_queue", "_association_state", "_outbound_streams_count",
-                 "_inbound_streams_max", "_reconfig_queue"):
-        assert attr in init, attr
-    assert RTCSctpTransport.State.ESTABLISHED
-    assert RTCSctpTransport._send.__code__.co_varnames[:7] == (
-        "self", "stream_id", "pp_id", "user_data", "expiry", "max_retransmits", "ordered")
+def test_aiortc_adapter_contract_holds() -> None:
+    """The adapter uses aiortc's and pylibsrtp's private members: fail loudly when they move."""
+    assert contract_problems() == []
+    assert {name: version(name) for name in PINNED} == PINNED
 
 
 class Gateway:
@@ -85,7 +71,7 @@ async def test_shard_presence_and_full_flow(shard: tuple[HubbubProcess, Gateway,
     assert rec.info["ports"]["webrtc_udp"] == media["udp"]
     assert rec.info["ports"]["webrtc_tcp"] == media["tcp"]
     assert rec.info["load"]["media_sessions"] == 0 and rec.info["load"]["media_spaces"] == 0
-    cert = RTCCertificate.generateCertificate()
+    cert = new_certificate()
     pa, pb = {"uri": 3}, {"uri": 4}
     [[_, caps]] = await gw.call(sid, "s/1", "get_router_rtp_capabilities", None, {})
     assert caps["codecs"][0]["mimeType"] == "audio/opus"

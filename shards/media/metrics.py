@@ -36,8 +36,8 @@ class Counts:
     """Hot-path counters, flushed to Prometheus once a second."""
 
     __slots__ = ("rtp_in", "rtp_out", "drop_srtp", "drop_parse", "drop_not_ready",
-                 "drop_unknown_ssrc", "drop_rate", "drop_inactive", "rtcp_out", "dc_in", "dc_out",
-                 "dc_dropped", "stun_ok", "stun_bad", "unroutable")
+                 "drop_unknown_ssrc", "drop_rate", "drop_inactive", "drop_send", "rtcp_out",
+                 "dc_in", "dc_out", "dc_dropped", "stun_ok", "stun_bad", "unroutable")
 
     def __init__(self) -> None:
         self.reset()
@@ -51,6 +51,7 @@ class Counts:
         self.drop_unknown_ssrc = 0
         self.drop_rate = 0
         self.drop_inactive = 0
+        self.drop_send = 0
         self.rtcp_out = 0
         self.dc_in = 0
         self.dc_out = 0
@@ -70,7 +71,8 @@ def flush(c: Counts) -> None:
             counter.inc(value)
     for value, reason in ((c.drop_srtp, "srtp"), (c.drop_parse, "parse"),
                           (c.drop_not_ready, "not_ready"), (c.drop_unknown_ssrc, "unknown_ssrc"),
-                          (c.drop_rate, "rate"), (c.drop_inactive, "not_loudest")):
+                          (c.drop_rate, "rate"), (c.drop_inactive, "not_loudest"),
+                          (c.drop_send, "send_buffer_full")):
         if value:
             RTP_DROPPED.labels(reason).inc(value)
     if c.stun_ok:

@@ -13,18 +13,16 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
+from hubbub.net import listen_socket
 from hubbub.wire.webrtc import stun
 from hubbub.wire.webrtc.framing import FramingError, Rfc4571Decoder, frame
 from hubbub.wire.webrtc.ice import Key
 from shards.media.metrics import Counts
 
 
-if TYPE_CHECKING:
-    from shards.media.transport import Transport
-
-__all__ = ["MAX_ADDRESSES", "IceTcpConnection", "UdpMux"]
+__all__ = ["MAX_ADDRESSES", "Endpoint", "IceTcpConnection", "UdpMux"]
 
 log = logging.getLogger("hubbub.media.mux")
 
@@ -39,16 +37,54 @@ TCP_WRITE_LIMIT = 1 << 20
 """Bytes queued on a slow ICE-TCP connection before packets are dropped (media is lossy)."""
 
 
+class Endpoint(Protocol):
+    """What the mux needs of a transport: its packets by kind, and to hear of lost tuples."""
+
+    @property
+    def ufrag(self) -> str: ...
+
+    @property
+    def tuples(self) -> list[Key]: ...
+
+    def on_stun(self, data: bytes, addr: tuple[str, int], now: float, key: Key) -> None: ...
+
+    def on_srtp(self, data: bytes) -> None: ...
+
+    def on_dtls(self, data: bytes) -> None: ...
+
+    def forget_addr(self, addr: Key) -> None: ...
+
+
+
 class UdpMux(asyncio.DatagramProtocol):
-    """Routes datagrams of one UDP socket to ``Transport`` objects."""
+    """Routes datagrams of one UDP socket to transports (``Endpoint``)."""
 
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
-        self.by_ufrag: dict[str, Transport] = {}
-        self.by_addr: dict[Key, Transport] = {}
+        self.by_ufrag: dict[str, Endpoint] = {}
+        self.by_addr: dict[Key, Endpoint] = {}
         self.tcp: dict[Key, IceTcpConnection] = {}
         self.sock: asyncio.DatagramTransport | None = None
+        self._raw: socket.socket | None = None
         self.port = 0
+
+    async def open(self, host: str, port: int) -> None:
+        """Bind the shard's UDP socket (``::`` serves IPv4 too) and read it with the loop.
+
+        Packets go out through the socket directly: one system call each, without the event
+        loop's bookkeeping. One the kernel does not take at once is dropped and counted, as a
+        router drops on a full queue.
+
+        Raises:
+            OSError: the address is taken or unusable.
+        """
+        sock = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=False)
+        try:
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._raw = sock
 
     # ------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,6 +98,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sock = None
+        self._raw = None
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a client that went away: nothing to do.
@@ -95,13 +132,19 @@ class UdpMux(asyncio.DatagramProtocol):
         if 127 < first < 192:
             t.on_srtp(data)
         elif 19 < first < 64:
-            t.link.feed(data)
+            t.on_dtls(data)
 
     # ------------------------------------------------------------ routing
     def send(self, key: Key, data: bytes) -> None:
         """Send one packet on a UDP tuple ``(ip, port)`` or an ICE-TCP connection."""
         if len(key) == 2:
-            if self.sock is not None:
+            raw = self._raw
+            if raw is not None:
+                try:
+                    raw.sendto(data, key)
+                except OSError:
+                    self.counts.drop_send += 1
+            elif self.sock is not None:
                 self.sock.sendto(data, key)
         else:
             conn = self.tcp.get(key)
@@ -118,10 +161,10 @@ class UdpMux(asyncio.DatagramProtocol):
             if key not in self.by_addr and now - conn.born > TCP_AUTH_TIMEOUT:
                 conn.close()
 
-    def add_transport(self, t: Transport) -> None:
-        self.by_ufrag[t.ice.ufrag] = t
+    def add_transport(self, t: Endpoint) -> None:
+        self.by_ufrag[t.ufrag] = t
 
-    def add_addr(self, addr: Key, t: Transport) -> None:
+    def add_addr(self, addr: Key, t: Endpoint) -> None:
         old = self.by_addr.get(addr)
         if old is not None and old is not t:
             # The same 3-tuple authenticated for a newer transport: it wins.
@@ -130,14 +173,14 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         self.by_addr[addr] = t
 
-    def remove_addr(self, addr: Key, t: Transport) -> None:
+    def remove_addr(self, addr: Key, t: Endpoint) -> None:
         if self.by_addr.get(addr) is t:
             del self.by_addr[addr]
 
-    def remove_transport(self, t: Transport) -> None:
-        if self.by_ufrag.get(t.ice.ufrag) is t:
-            del self.by_ufrag[t.ice.ufrag]
-        for addr in list(t.ice.tuples):
+    def remove_transport(self, t: Endpoint) -> None:
+        if self.by_ufrag.get(t.ufrag) is t:
+            del self.by_ufrag[t.ufrag]
+        for addr in t.tuples:
             self.remove_addr(addr, t)
 
 

@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hubbub.errors import RemoteProtocolError
 from hubbub.wire.webrtc.ice import IceState
@@ -33,13 +33,10 @@ from hubbub.wire.webrtc.params import (
 from hubbub.wire.webrtc.rtp import OutboundStream
 from shards.media import metrics
 from shards.media.metrics import Counts
+from shards.media.mux import UdpMux
+from shards.media.stack import Certificate, certificate_fingerprints
 from shards.media.transport import Consumer, DataConsumer, DataProducer, Producer, Transport
 
-
-if TYPE_CHECKING:
-    from aiortc.rtcdtlstransport import RTCCertificate
-
-    from shards.media.mux import UdpMux
 
 __all__ = ["MediaError", "MediaRouter", "Session"]
 
@@ -93,7 +90,7 @@ class MediaRouter:
         tcp_port: ICE-TCP port advertised (0: none).
     """
 
-    def __init__(self, mux: UdpMux, certificate: RTCCertificate, counts: Counts,
+    def __init__(self, mux: UdpMux, certificate: Certificate, counts: Counts,
                  announced_ip: str, tcp_port: int = 0, max_speakers: int = 0) -> None:
         self.mux = mux
         self.max_speakers = max_speakers
@@ -101,7 +98,7 @@ class MediaRouter:
         self.counts = counts
         self.announced_ip = announced_ip
         self.tcp_port = tcp_port
-        self.fingerprints = [(f.algorithm, f.value) for f in certificate.getFingerprints()]
+        self.fingerprints = certificate_fingerprints(certificate)
         # mediasoup-client puts the last fingerprint in its SDP: keep sha-256 last.
         self.fingerprints.sort(key=lambda f: f[0] == "sha-256")
         self.sessions: dict[str, Session] = {}

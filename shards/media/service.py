@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
 import orjson
-from aiortc.rtcdtlstransport import RTCCertificate
 
 from hubbub.errors import HubbubError, RegistryError, ServiceError
 from hubbub.net import listen_socket
@@ -27,6 +25,7 @@ from shards.media import metrics
 from shards.media.metrics import Counts
 from shards.media.mux import UdpMux
 from shards.media.router import OPS, MediaError, MediaRouter
+from shards.media.stack import new_certificate
 
 
 __all__ = ["MediaService"]
@@ -57,14 +56,11 @@ class MediaService:
     # ------------------------------------------------------------- service
     async def start(self) -> None:
         cfg = self.ctx.cfg
-        loop = asyncio.get_running_loop()
         ports_range = cfg.slot_ports(self.ctx.slot or 0)
         last: OSError | None = None
         for port in ports_range:
             try:
-                sock = listen_socket(cfg.rtc_listen_ip, port, socket.SOCK_DGRAM,
-                                     reuse_port=False)
-                await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
+                await self.mux.open(cfg.rtc_listen_ip, port)
                 break
             except OSError as exc:
                 last = exc
@@ -72,7 +68,7 @@ class MediaService:
             raise ServiceError(f"media: no free UDP port in {ports_range.start}.."
                                f"{ports_range.stop - 1}: {last}")
         tcp_port = await self._listen_tcp(ports_range)
-        certificate = RTCCertificate.generateCertificate()  # one per shard, ~5 ms
+        certificate = new_certificate()  # one per shard, ~5 ms
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
                                   tcp_port, cfg.media_max_speakers)
         self.ctx.registry.on("media.call", self._on_call)

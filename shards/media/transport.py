@@ -1,14 +1,9 @@
 """A mediasoup-style WebRtcTransport on the shard's shared UDP socket.
 
-ICE is our own ICE-lite responder (``hubbub.wire.webrtc.ice``). DTLS and SCTP are aiortc's
-``RTCDtlsTransport`` and ``RTCSctpTransport``, driven through a small stand-in for the ICE
-transport (``IceLink``: ``_recv``/``_send``/``role``), so aiortc never owns a socket. SRTP
-packets never enter aiortc: ``on_srtp`` unprotects them with the DTLS transport's session and
-forwards them to the producer's consumers (unprotect → header rewrite → protect → sendto).
-
-aiortc internals used here (pinned versions; ``tests/test_media_shard.py`` guards them):
-``RTCDtlsTransport._set_role/_rx_srtp/_tx_srtp``, ``RTCSctpTransport._receive/_send/
-_outbound_queue/_association_state/_outbound_streams_count/_inbound_streams_max``.
+ICE is our own ICE-lite responder (``hubbub.wire.webrtc.ice``). DTLS, SCTP and SRTP come from
+``shards.media.stack`` (aiortc and pylibsrtp behind one adapter), driven through ``IceLink`` so
+aiortc never owns a socket. SRTP packets never enter aiortc: ``on_srtp`` unprotects them once
+and ``shards.media.forwarding`` fans them out to the producer's consumers.
 """
 
 from __future__ import annotations
@@ -19,13 +14,8 @@ import logging
 import secrets
 import struct
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
-from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from typing import Any
 
 from hubbub.wire.webrtc import rtcp
 from hubbub.wire.webrtc.ice import (
@@ -48,15 +38,20 @@ from hubbub.wire.webrtc.params import (
 from hubbub.wire.webrtc.rtp import OutboundStream, RtpError, is_rtcp, read_rtp
 from hubbub.wire.wired.ratelimit import TokenBucket
 from shards.media import metrics
+from shards.media.forwarding import fan_out
 from shards.media.metrics import Counts
+from shards.media.mux import UdpMux
+from shards.media.stack import (
+    Certificate,
+    DtlsEndpoint,
+    IceLink,
+    SctpAssociation,
+    SrtpReceiver,
+    SrtpSender,
+)
 
 
-if TYPE_CHECKING:
-    from aiortc.rtcdtlstransport import RTCCertificate
-
-    from shards.media.mux import UdpMux
-
-__all__ = ["Consumer", "DataConsumer", "DataProducer", "IceLink", "Producer", "Transport"]
+__all__ = ["Consumer", "DataConsumer", "DataProducer", "Producer", "Transport"]
 
 log = logging.getLogger("hubbub.media.transport")
 
@@ -70,74 +65,6 @@ before fan-out so one client cannot multiply its traffic by the number of listen
 DC_RATE, DC_BURST = 60.0, 120.0
 """Messages/s a data producer may send (Wired sends 15 location records per second)."""
 _SSRC = struct.Struct("!I")
-
-
-class IceLink:
-    """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook.
-
-    Args:
-        send: sends one packet to the peer.
-        role: the ICE role (a shard is ICE-lite, so ``controlled``; its clients control).
-        limit: DTLS records kept until the handshake reads them; more are dropped.
-    """
-
-    state = "completed"
-
-    def __init__(self, send: Callable[[bytes], None], role: str = "controlled",
-                 limit: int = DTLS_QUEUE) -> None:
-        self.role = role
-        self._send_packet = send
-        self._limit = limit
-        self._queue: deque[bytes] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    def feed(self, data: bytes) -> None:
-        if self._closed or len(self._queue) >= self._limit:
-            return
-        self._queue.append(data)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def _recv(self) -> bytes:
-        while not self._queue:
-            if self._closed:
-                raise ConnectionError("transport closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return self._queue.popleft()
-
-    async def _send(self, data: bytes) -> None:
-        self._send_packet(data)
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.clear()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-
-class _Sctp(RTCSctpTransport):
-    """aiortc's SCTP association with mediasoup's stream counts; messages go to the owner."""
-
-    def __init__(self, dtls: RTCDtlsTransport, owner: Transport) -> None:
-        super().__init__(dtls, port=SCTP_PORT)
-        self._owner = owner
-        self._outbound_streams_count = SCTP_STREAMS
-        self._inbound_streams_max = SCTP_STREAMS
-
-    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
-        await self._owner.on_sctp_message(stream_id, pp_id, data)
-
-    @property
-    def established(self) -> bool:
-        return bool(self._association_state == self.State.ESTABLISHED)
-
-    def reset_stream(self, stream_id: int) -> None:
-        """Reset our outgoing stream (RFC 6525), as closing a data channel does."""
-        if self.established and stream_id not in self._reconfig_queue:
-            self._reconfig_queue.append(stream_id)
-            asyncio.ensure_future(self._transmit_reconfig())
 
 
 @dataclass(eq=False)
@@ -197,17 +124,9 @@ class Producer:
         if not self.active:
             self.counts.drop_inactive += 1
             return
-        sent = 0
-        for c in self.consumers:
-            if c.paused:
-                continue
-            t = c.transport
-            if t.tx is None or t.addr is None:
-                self.counts.drop_not_ready += 1
-                continue
-            t.mux.send(t.addr, t.tx.protect(c.stream.rewrite(plain, info, now)))
-            sent += 1
+        sent, not_ready = fan_out(plain, info, now, self.consumers, self.transport.mux.send)
         self.counts.rtp_out += sent
+        self.counts.drop_not_ready += not_ready
 
     def close(self) -> None:
         for c in list(self.consumers):
@@ -260,19 +179,20 @@ class Transport:
     """
 
     def __init__(self, transport_id: str, kind: str, session_id: str, mux: UdpMux,
-                 certificate: RTCCertificate, counts: Counts) -> None:
+                 certificate: Certificate, counts: Counts) -> None:
         self.id = transport_id
         self.kind = kind
         self.session_id = session_id
         self.mux = mux
         self.counts = counts
         self.ice = IceLite(random_token(16), random_token(32))
-        self.link = IceLink(self.send_raw)
-        self.dtls = RTCDtlsTransport(self.link, [certificate])  # type: ignore[arg-type]
-        self.sctp: _Sctp | None = None
-        self.remote_dtls: RTCDtlsParameters | None = None
-        self.rx: Any = None
-        self.tx: Any = None
+        self.link = IceLink(self.send_raw, limit=DTLS_QUEUE)
+        self.dtls = DtlsEndpoint(self.link, certificate, "client")
+        self.sctp: SctpAssociation | None = None
+        self.remote_prints: list[tuple[str, str]] = []
+        self.remote_role = "auto"
+        self.receiver: SrtpReceiver | None = None
+        self.sender: SrtpSender | None = None
         self.addr: Key | None = None
         self.state = "new"
         self.producers: dict[int, Producer] = {}
@@ -296,7 +216,7 @@ class Transport:
         Raises:
             ParamsError: malformed parameters or a second connect.
         """
-        if self.remote_dtls is not None:
+        if self.remote_prints:
             raise ParamsError("transport already connected")
         if not isinstance(dtls_parameters, dict):
             raise ParamsError("dtlsParameters must be an object")
@@ -307,7 +227,7 @@ class Transport:
         for fp in fps[:8]:
             if isinstance(fp, dict) and isinstance(fp.get("algorithm"), str) \
                     and isinstance(fp.get("value"), str) and len(fp["value"]) <= 256:
-                prints.append(RTCDtlsFingerprint(fp["algorithm"], fp["value"]))
+                prints.append((fp["algorithm"], fp["value"]))
         if not prints:
             raise ParamsError("dtlsParameters.fingerprints is invalid")
         role = dtls_parameters.get("role", "auto")
@@ -315,40 +235,46 @@ class Transport:
             raise ParamsError("dtlsParameters.role is invalid")
         # As mediasoup: a client-role peer makes us the server; otherwise we are the client
         # (we are ICE-controlled, so an "auto" peer is expected to answer).
-        self.dtls._set_role("server" if role == "client" else "client")
-        self.remote_dtls = RTCDtlsParameters(fingerprints=prints, role=role)
+        self.dtls.set_role("server" if role == "client" else "client")
+        self.remote_prints, self.remote_role = prints, role
         self._maybe_start()
 
     def _maybe_start(self) -> None:
-        if self._task is None and self.remote_dtls is not None and self.addr is not None \
+        if self._task is None and self.remote_prints and self.addr is not None \
                 and not self.closed:
             self.state = "connecting"
             self._task = asyncio.ensure_future(self._run_dtls())
 
     async def _run_dtls(self) -> None:
-        assert self.remote_dtls is not None
-        try:
-            await self.dtls.start(self.remote_dtls)
-        except Exception as exc:  # aiortc raises assorted errors on hostile handshakes
-            log.debug("transport %s: DTLS failed: %s", self.id, exc)
+        connected = await self.dtls.start(self.remote_prints, self.remote_role)
         if self.closed:
             return
-        if self.dtls.state != "connected":
+        if not connected:
+            log.debug("transport %s: DTLS failed (%s)", self.id, self.dtls.state)
             metrics.DTLS.labels("failed").inc()
             self.state = "failed"
             return
         metrics.DTLS.labels("ok").inc()
-        self.rx = self.dtls._rx_srtp
-        self.tx = self.dtls._tx_srtp
+        self.receiver, self.sender = self.dtls.receiver, self.dtls.sender
         self.state = "connected"
-        self.sctp = _Sctp(self.dtls, self)
+        self.sctp = SctpAssociation(self.dtls, SCTP_PORT, SCTP_STREAMS, self.on_sctp_message)
         try:
-            await self.sctp.start(RTCSctpCapabilities(maxMessageSize=SCTP_MAX_MESSAGE_SIZE),
-                                  SCTP_PORT)
+            await self.sctp.open(SCTP_MAX_MESSAGE_SIZE, SCTP_PORT)
         except Exception as exc:
             log.debug("transport %s: SCTP start failed: %s", self.id, exc)
 
     # -------------------------------------------------------------- packets
+    @property
+    def ufrag(self) -> str:
+        return self.ice.ufrag
+
+    @property
+    def tuples(self) -> list[Key]:
+        return list(self.ice.tuples)
+
+    def on_dtls(self, data: bytes) -> None:
+        self.link.feed(data)
+
     def on_stun(self, data: bytes, addr: tuple[str, int], now: float, key: Key) -> None:
         reply = self.ice.receive_stun(data, addr, now, key)
         if reply is None:
@@ -373,9 +299,7 @@ class Transport:
 
     def forget_addr(self, addr: Key) -> None:
         """The tuple is gone (ICE-TCP closed, or taken by a newer transport)."""
-        self.ice.tuples.pop(addr, None)
-        if self.ice.selected == addr:
-            self.ice.selected = None  # the next valid check selects a path again
+        self.ice.forget(addr)
         if self.addr == addr:
             self.addr = None
 
@@ -388,15 +312,14 @@ class Transport:
             self.mux.send(self.addr, data)
 
     def on_srtp(self, data: bytes) -> None:
-        rx = self.rx
+        rx = self.receiver
         if rx is None:
             self.counts.drop_not_ready += 1
             return
         now = time.time()
         if is_rtcp(data):
-            try:
-                plain = rx.unprotect_rtcp(data)
-            except Exception:
+            plain = rx.unprotect_rtcp(data)
+            if plain is None:
                 self.counts.drop_srtp += 1
                 return
             for info in rtcp.sender_infos(plain):
@@ -404,9 +327,8 @@ class Transport:
                 if p is not None:
                     p.stats.on_sender_report(info.ntp, now)
             return
-        try:
-            plain = rx.unprotect(data)
-        except Exception:
+        plain = rx.unprotect(data)
+        if plain is None or len(plain) < 12:
             self.counts.drop_srtp += 1
             return
         ssrc = _SSRC.unpack_from(plain, 8)[0]
@@ -475,15 +397,15 @@ class Transport:
     async def send_data(self, stream_id: int, pp_id: int, data: bytes,
                         spec: DataProducerSpec) -> None:
         sctp = self.sctp
-        if sctp is None or not sctp.established or len(sctp._outbound_queue) >= SCTP_QUEUE:
+        if sctp is None or not sctp.established or sctp.queued >= SCTP_QUEUE:
             self.counts.dc_dropped += 1
             return
         expiry = None
         if spec.max_packet_life_time is not None:
             expiry = time.time() + spec.max_packet_life_time / 1000
         try:
-            await sctp._send(stream_id, pp_id, data, expiry=expiry,
-                             max_retransmits=spec.max_retransmits, ordered=spec.ordered)
+            await sctp.send_message(stream_id, pp_id, data, expiry,
+                                    spec.max_retransmits, spec.ordered)
         except Exception:
             # Whatever a subscriber's association does must not fail the publisher's receive
             # path, which awaits this.
@@ -494,19 +416,20 @@ class Transport:
     # ----------------------------------------------------------------- RTCP
     def send_reports(self, now: float) -> int:
         """RR about this transport's producers, SR for its consumers; returns packets sent."""
-        tx = self.tx
-        if tx is None or self.addr is None:
+        tx, addr = self.sender, self.addr
+        if tx is None or addr is None:
             return 0
-        sent = 0
+        packets = []
         blocks = [(ssrc, p.stats) for ssrc, p in self.producers.items() if p.stats.started]
         if blocks:
-            pkt = rtcp.receiver_report(self.rtcp_ssrc, blocks, now, self.cname)
-            self.mux.send(self.addr, tx.protect_rtcp(pkt))
-            sent += 1
-        for c in self.consumers:
-            if c.stream.packets:
-                pkt = rtcp.sender_report(c.stream, now, c.producer.spec.cname)
-                self.mux.send(self.addr, tx.protect_rtcp(pkt))
+            packets.append(rtcp.receiver_report(self.rtcp_ssrc, blocks, now, self.cname))
+        packets += [rtcp.sender_report(c.stream, now, c.producer.spec.cname)
+                    for c in self.consumers if c.stream.packets]
+        sent = 0
+        for pkt in packets:
+            protected = tx.protect_rtcp(pkt)
+            if protected is not None:
+                self.mux.send(addr, protected)
                 sent += 1
         return sent
 
@@ -528,7 +451,7 @@ class Transport:
         self.ice.close()
         self.ice.events_received()
         self.link.close()
-        self.rx = self.tx = None
+        self.receiver = self.sender = None
         asyncio.ensure_future(self._shutdown())
 
     async def _shutdown(self) -> None:

@@ -150,6 +150,14 @@ class IceLite:
             self.state = IceState.DISCONNECTED
             self._events.append(IceDisconnected())
 
+    def forget(self, tup: Key) -> None:
+        """The tuple is gone below ICE (its TCP connection closed, or a newer transport took
+        it): drop it without an event; when it was the selected path, the next valid check
+        selects a path again."""
+        self.tuples.pop(tup, None)
+        if self.selected == tup:
+            self.selected = None
+
     def close(self) -> None:
         if self.state is IceState.CLOSED:
             return

@@ -21,10 +21,15 @@ __all__ = [
     "RtpError",
     "RtpInfo",
     "is_rtcp",
+    "packet_template",
     "read_rtp",
 ]
 
 _HDR = struct.Struct("!BBHII")
+HEADER = _HDR.size
+LEVEL_BLOCK = 8
+"""The extension block a forwarded packet carries: profile, length, one ``ssrc-audio-level``
+element and padding to the word."""
 ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE_MASK = 0xFFF0
 TWO_BYTE_PROFILE = 0x1000
@@ -114,6 +119,23 @@ def _find_level(data: bytes, start: int, end: int, profile: int, want: int) -> i
     return -1
 
 
+def packet_template(data: bytes, info: RtpInfo, with_level: bool) -> bytearray:
+    """A subscriber packet without its fixed header: room for it, the ``ssrc-audio-level``
+    element when ``with_level`` (its id byte written per subscriber), then the payload.
+
+    One template serves every subscriber of a packet: each writes its own header over the
+    first bytes (``OutboundStream.write``) and the packet is protected from the same buffer.
+    """
+    if with_level:
+        buf = bytearray(HEADER + LEVEL_BLOCK)
+        buf[12:16] = b"\xbe\xde\x00\x01"  # one-byte profile, one word of elements
+        buf[17] = info.audio_level
+    else:
+        buf = bytearray(HEADER)
+    buf += memoryview(data)[info.payload_offset:]
+    return buf
+
+
 class OutboundStream:
     """One subscriber's view of one publisher stream: its SSRC, payload type and offsets.
 
@@ -141,26 +163,34 @@ class OutboundStream:
         self.last_ts = 0
         self.last_time = 0.0
 
-    def rewrite(self, data: bytes, info: RtpInfo, now: float) -> bytes:
-        """The subscriber's copy of publisher packet ``data`` (plaintext, ready to protect)."""
+    def wants_level(self, info: RtpInfo) -> bool:
+        """Whether this subscriber's copy of the packet carries the audio-level element."""
+        return bool(self.audio_level_id) and info.audio_level >= 0
+
+    def write(self, buf: bytearray, info: RtpInfo, now: float) -> None:
+        """Write this subscriber's header into ``buf`` (a ``packet_template`` made with
+        ``wants_level(info)``), leaving it ready to protect."""
         if not self._started:
             # Offsets are fixed at the first forwarded packet and never change afterwards.
             self._started = True
             self._seq_off = (self._rng.getrandbits(15) - info.seq) & 0xFFFF
             self._ts_off = (self._rng.getrandbits(31) - info.timestamp) & 0xFFFFFFFF
-        seq = (info.seq + self._seq_off) & 0xFFFF
         ts = (info.timestamp + self._ts_off) & 0xFFFFFFFF
-        b1 = (0x80 if info.marker else 0) | self.payload_type
-        payload = data[info.payload_offset:]
+        b0 = 0xA0 if info.padding else 0x80
         if self.audio_level_id and info.audio_level >= 0:
-            b0 = 0x90 | (0x20 if info.padding else 0)
-            ext = bytes((0xBE, 0xDE, 0, 1, self.audio_level_id << 4, info.audio_level, 0, 0))
-            out = _HDR.pack(b0, b1, seq, ts, self.ssrc) + ext + payload
+            b0 |= 0x10
+            buf[16] = self.audio_level_id << 4
+            self.octets += len(buf) - HEADER - LEVEL_BLOCK
         else:
-            b0 = 0x80 | (0x20 if info.padding else 0)
-            out = _HDR.pack(b0, b1, seq, ts, self.ssrc) + payload
+            self.octets += len(buf) - HEADER
+        _HDR.pack_into(buf, 0, b0, (0x80 if info.marker else 0) | self.payload_type,
+                       (info.seq + self._seq_off) & 0xFFFF, ts, self.ssrc)
         self.packets += 1
-        self.octets += len(payload)
         self.last_ts = ts
         self.last_time = now
-        return out
+
+    def rewrite(self, data: bytes, info: RtpInfo, now: float) -> bytes:
+        """The subscriber's copy of publisher packet ``data`` (plaintext, ready to protect)."""
+        buf = packet_template(data, info, self.wants_level(info))
+        self.write(buf, info, now)
+        return bytes(buf)

@@ -1,0 +1,278 @@
+"""Everything the media shard takes from aiortc and pylibsrtp, behind one small interface.
+
+aiortc brings DTLS (``RTCDtlsTransport``) and SCTP (``RTCSctpTransport``); pylibsrtp brings the
+SRTP sessions DTLS keys. hubbub drives them without aiortc's ICE or RTP stacks, which means using
+members aiortc keeps private: the DTLS role, the SRTP sessions, SCTP's association state, outbound
+queue and send primitive, and libsrtp's functions from pylibsrtp's binding (so a forwarded packet
+is protected in a buffer kept per subscriber, without the per-call allocations of
+``Session.protect``). No other module imports aiortc, aioice or pylibsrtp; ``contract_problems``
+lists what the pinned versions no longer provide, and a test fails loudly on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any
+
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from pylibsrtp import Session
+from pylibsrtp._binding import ffi, lib
+
+
+__all__ = [
+    "PINNED",
+    "Certificate",
+    "DtlsEndpoint",
+    "IceLink",
+    "SctpAssociation",
+    "SrtpReceiver",
+    "SrtpSender",
+    "certificate_fingerprints",
+    "contract_problems",
+    "new_certificate",
+]
+
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+"""The versions whose private members this module relies on (pyproject pins them exactly)."""
+
+Certificate = RTCCertificate
+
+BUFFER = 2048
+MAX_TRAILER = 144
+"""Room libsrtp may append (tag and MKI); longer packets are refused, never overrun."""
+MAX_PACKET = BUFFER - MAX_TRAILER
+
+
+def new_certificate() -> RTCCertificate:
+    return RTCCertificate.generateCertificate()
+
+
+def certificate_fingerprints(certificate: RTCCertificate) -> list[tuple[str, str]]:
+    return [(f.algorithm, f.value) for f in certificate.getFingerprints()]
+
+
+class IceLink:
+    """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook.
+
+    Args:
+        send: sends one packet to the peer.
+        role: the ICE role (a shard is ICE-lite, so ``controlled``; its clients control).
+        limit: DTLS records kept until the handshake reads them; more are dropped.
+    """
+
+    state = "completed"
+
+    def __init__(self, send: Callable[[bytes], None], role: str = "controlled",
+                 limit: int = 64) -> None:
+        self.role = role
+        self._send_packet = send
+        self._limit = limit
+        self._queue: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        if self._closed or len(self._queue) >= self._limit:
+            return
+        self._queue.append(data)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _recv(self) -> bytes:
+        while not self._queue:
+            if self._closed:
+                raise ConnectionError("transport closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._queue.popleft()
+
+    async def _send(self, data: bytes) -> None:
+        self._send_packet(data)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Srtp:
+    """One direction of a libsrtp session, working in a buffer of its own."""
+
+    __slots__ = ("_session", "_ctx", "_cbuf", "_buf", "_len")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session  # owns the libsrtp context (freed with it)
+        self._ctx = session._srtp[0]
+        self._cbuf = ffi.new("char[]", BUFFER)
+        self._buf = ffi.buffer(self._cbuf)
+        self._len = ffi.new("int *")
+
+    def _run(self, func: Any, packet: bytes | bytearray) -> bytes | None:
+        n = len(packet)
+        if n > MAX_PACKET:
+            return None
+        buf = self._buf
+        buf[0:n] = packet
+        size = self._len
+        size[0] = n
+        if func(self._ctx, self._cbuf, size):
+            return None
+        out: bytes = buf[0:size[0]]
+        return out
+
+
+class SrtpSender(_Srtp):
+    """Protects outgoing packets; ``None`` means libsrtp refused (e.g. a replayed index)."""
+
+    __slots__ = ()
+
+    def protect(self, packet: bytes | bytearray) -> bytes | None:
+        return self._run(lib.srtp_protect, packet)
+
+    def protect_rtcp(self, packet: bytes | bytearray) -> bytes | None:
+        return self._run(lib.srtp_protect_rtcp, packet)
+
+
+class SrtpReceiver(_Srtp):
+    """Authenticates and decrypts incoming packets; ``None`` for anything that fails."""
+
+    __slots__ = ()
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        return self._run(lib.srtp_unprotect, packet)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        return self._run(lib.srtp_unprotect_rtcp, packet)
+
+
+class DtlsEndpoint:
+    """aiortc's DTLS over an ``IceLink``; after the handshake, the SRTP keys it exported.
+
+    Args:
+        link: the packet path to the peer.
+        certificate: this side's certificate.
+        role: ``"client"`` or ``"server"``.
+    """
+
+    def __init__(self, link: IceLink, certificate: RTCCertificate, role: str) -> None:
+        self.dtls = RTCDtlsTransport(link, [certificate])  # type: ignore[arg-type]
+        self.dtls._set_role(role)
+        self.sender: SrtpSender | None = None
+        self.receiver: SrtpReceiver | None = None
+
+    def set_role(self, role: str) -> None:
+        self.dtls._set_role(role)
+
+    @property
+    def state(self) -> str:
+        return str(self.dtls.state)
+
+    async def start(self, fingerprints: list[tuple[str, str]], remote_role: str = "auto") -> bool:
+        """Run the handshake against a peer with one of ``fingerprints``; True when connected.
+
+        aiortc raises assorted errors on hostile handshakes: they all mean "not connected".
+        """
+        prints = [RTCDtlsFingerprint(a, v) for a, v in fingerprints]
+        try:
+            await self.dtls.start(RTCDtlsParameters(fingerprints=prints, role=remote_role))
+        except Exception:
+            return False
+        if self.dtls.state != "connected":
+            return False
+        self.sender = SrtpSender(self.dtls._tx_srtp)
+        self.receiver = SrtpReceiver(self.dtls._rx_srtp)
+        return True
+
+    async def stop(self) -> None:
+        self.sender = self.receiver = None
+        await self.dtls.stop()
+
+
+OnMessage = Callable[[int, int, bytes], Awaitable[None]]
+
+
+class SctpAssociation(RTCSctpTransport):
+    """aiortc's SCTP association over a ``DtlsEndpoint``, with chosen stream counts.
+
+    Args:
+        endpoint: the DTLS endpoint it runs over (connected).
+        port: the SCTP port (5000 for WebRTC).
+        streams: outbound streams offered and inbound streams accepted.
+        on_message: called with (stream id, payload protocol id, data) of each message.
+    """
+
+    def __init__(self, endpoint: DtlsEndpoint, port: int, streams: int,
+                 on_message: OnMessage) -> None:
+        super().__init__(endpoint.dtls, port=port)
+        self._on_message = on_message
+        self._outbound_streams_count = streams
+        self._inbound_streams_max = streams
+
+    async def open(self, max_message_size: int, port: int) -> None:
+        await self.start(RTCSctpCapabilities(maxMessageSize=max_message_size), port)
+
+    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        await self._on_message(stream_id, pp_id, data)
+
+    @property
+    def established(self) -> bool:
+        return bool(self._association_state == self.State.ESTABLISHED)
+
+    @property
+    def queued(self) -> int:
+        """Chunks waiting to be sent (the association's own queue has no bound)."""
+        return len(self._outbound_queue)
+
+    async def send_message(self, stream_id: int, pp_id: int, data: bytes,
+                           expiry: float | None, max_retransmits: int | None,
+                           ordered: bool) -> None:
+        await self._send(stream_id, pp_id, data, expiry=expiry,
+                         max_retransmits=max_retransmits, ordered=ordered)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Reset our outgoing stream (RFC 6525), as closing a data channel does."""
+        if self.established and stream_id not in self._reconfig_queue:
+            self._reconfig_queue.append(stream_id)
+            asyncio.ensure_future(self._transmit_reconfig())
+
+
+def contract_problems() -> list[str]:
+    """What this module relies on and the installed aiortc/pylibsrtp no longer provide."""
+    problems = [f"{name} {version(name)} installed, {want} pinned"
+                for name, want in PINNED.items() if version(name) != want]
+    for name in ("_set_role", "_recv_next", "_write_ssl", "_send_data", "start", "stop"):
+        if not callable(getattr(RTCDtlsTransport, name, None)):
+            problems.append(f"RTCDtlsTransport.{name}")
+    dtls_init = RTCDtlsTransport.__init__.__code__.co_names
+    problems += [f"RTCDtlsTransport.{a}" for a in ("_rx_srtp", "_tx_srtp", "_data_receiver")
+                 if a not in dtls_init]
+    for name in ("_receive", "_send", "_set_state", "_transmit_reconfig", "start", "stop"):
+        if not callable(getattr(RTCSctpTransport, name, None)):
+            problems.append(f"RTCSctpTransport.{name}")
+    sctp_init = RTCSctpTransport.__init__.__code__.co_names
+    problems += [f"RTCSctpTransport.{a}" for a in (
+        "_outbound_queue", "_association_state", "_outbound_streams_count",
+        "_inbound_streams_max", "_reconfig_queue") if a not in sctp_init]
+    if not hasattr(RTCSctpTransport, "State") or not hasattr(RTCSctpTransport.State,
+                                                             "ESTABLISHED"):
+        problems.append("RTCSctpTransport.State.ESTABLISHED")
+    if RTCSctpTransport._send.__code__.co_varnames[:7] != (
+            "self", "stream_id", "pp_id", "user_data", "expiry", "max_retransmits", "ordered"):
+        problems.append("RTCSctpTransport._send signature")
+    session_init = Session.__init__.__code__.co_names
+    if "_srtp" not in session_init:
+        problems.append("pylibsrtp.Session._srtp")
+    for func in ("srtp_protect", "srtp_protect_rtcp", "srtp_unprotect", "srtp_unprotect_rtcp"):
+        if not hasattr(lib, func):
+            problems.append(f"libsrtp {func}")
+    return problems

@@ -1,0 +1,91 @@
+"""The forwarding hot path fed with packets: no sockets, no clock, no aiortc."""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubbub.wire.webrtc.rtp import OutboundStream, read_rtp
+from shards.media.forwarding import fan_out
+
+
+@dataclass
+class FakeSender:
+    """Marks what it protects so the test can tell copies apart (and keeps them)."""
+
+    tag: bytes
+    seen: list[bytes] = field(default_factory=list)
+
+    def protect(self, packet: bytes | bytearray) -> bytes | None:
+        self.seen.append(bytes(packet))
+        return self.tag + bytes(packet)
+
+
+@dataclass
+class FakePath:
+    sender: FakeSender | None
+    addr: Any
+
+
+@dataclass
+class FakeSub:
+    stream: OutboundStream
+    transport: FakePath
+    paused: bool = False
+
+
+def packet(seq: int, ts: int, level: int | None = 0x30, marker: bool = False,
+           payload: bytes = b"\x11" * 40) -> bytes:
+    b0 = 0x90 if level is not None else 0x80
+    head = struct.pack("!BBHII", b0, (0x80 if marker else 0) | 111, seq, ts, 0xAABBCCDD)
+    ext = bytes((0xBE, 0xDE, 0, 1, 0x10, level, 0, 0)) if level is not None else b""
+    return head + ext + payload
+
+
+def test_each_subscriber_gets_its_own_header_over_one_payload() -> None:
+    rng = random.Random(7)
+    with_level = FakeSub(OutboundStream(1001, 100, audio_level_id=10, rng=rng),
+                         FakePath(FakeSender(b"A"), ("a", 1)))
+    without = FakeSub(OutboundStream(1002, 101, audio_level_id=0, rng=rng),
+                      FakePath(FakeSender(b"B"), ("b", 2)))
+    paused = FakeSub(OutboundStream(1003, 100, rng=rng), FakePath(FakeSender(b"C"), ("c", 3)),
+                     paused=True)
+    not_ready = FakeSub(OutboundStream(1004, 100, rng=rng), FakePath(None, ("d", 4)))
+    no_addr = FakeSub(OutboundStream(1005, 100, rng=rng), FakePath(FakeSender(b"E"), None))
+    out: list[tuple[Any, bytes]] = []
+    subs = [with_level, without, paused, not_ready, no_addr]
+    for i, seq in enumerate((100, 101, 103)):  # 102 lost on the way in
+        data = packet(seq, 960 * seq, marker=i == 0)
+        sent, waiting = fan_out(data, read_rtp(data, 1), 5.0 + i, subs,
+                                lambda a, p: out.append((a, p)))
+        assert (sent, waiting) == (2, 2)
+    assert [a for a, _ in out] == [("a", 1), ("b", 2)] * 3
+    a_copies = [read_rtp(p[1:], 10) for a, p in out if a == ("a", 1)]
+    b_copies = [read_rtp(p[1:], 0) for a, p in out if a == ("b", 2)]
+    assert [c.ssrc for c in a_copies] == [1001] * 3 and [c.ssrc for c in b_copies] == [1002] * 3
+    assert [c.payload_type for c in a_copies + b_copies] == [100] * 3 + [101] * 3
+    assert [c.marker for c in a_copies] == [True, False, False]
+    assert [c.audio_level for c in a_copies] == [0x30] * 3  # re-tagged with the subscriber's id
+    assert [c.audio_level for c in b_copies] == [-1] * 3  # no extension for this subscriber
+    for copies in (a_copies, b_copies):
+        seqs = [(c.seq - copies[0].seq) & 0xFFFF for c in copies]
+        assert seqs == [0, 1, 3]  # the gap survives
+        assert [(c.timestamp - copies[0].timestamp) & 0xFFFFFFFF for c in copies] == [0, 960, 2880]
+    for _, p in out:
+        info = read_rtp(p[1:], 10)
+        assert p[1 + info.payload_offset:] == b"\x11" * 40
+    assert with_level.stream.packets == 3 and with_level.stream.octets == 120
+    assert with_level.stream.last_time == 7.0
+    assert paused.stream.packets == 0 and not paused.transport.sender.seen  # type: ignore[union-attr]
+
+
+def test_packets_without_level_and_with_padding_flag() -> None:
+    sub = FakeSub(OutboundStream(9, 100, audio_level_id=3), FakePath(FakeSender(b""), 1))
+    data = bytearray(packet(5, 10, level=None))
+    data[0] |= 0x20  # padding flag is carried over
+    out: list[bytes] = []
+    fan_out(bytes(data), read_rtp(bytes(data), 1), 0.0, [sub], lambda a, p: out.append(p))
+    [copy] = out
+    assert copy[0] == 0xA0 and read_rtp(copy).audio_level == -1
