@@ -54,7 +54,7 @@ def _status(proc: HubbubProcess, path: str) -> int:
 
 def _bound(node: LocalRedis, prefix: str, peer: Peer) -> bool:
     with node.client() as c:
-        return c.hget(f"{prefix}rd:peer:{peer.id}", "u") == peer.uuid
+        return bool(c.hget(f"{prefix}rd:peer:{peer.id}", "u") == peer.uuid)
 
 
 def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None:
