@@ -20,6 +20,10 @@ async def build_services(ctx: Context) -> Sequence[Service]:
     from gateway.spaces.service import SpacesService
 
     services.append(SpacesService(ctx))
+    if ctx.cfg.console_port:
+        from gateway.console.service import ConsoleService
+
+        services.append(ConsoleService(ctx))
     return services
 
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("hubbub.keys", "print the RustDesk server key pair (created if missing)"),
     "import-hbbs": ("gateway.rendezvous.import_hbbs", "import peers from an hbbs db_v2.sqlite3"),
     "admin": ("gateway.rendezvous.admin", "ID-server admin commands (relays, limits, logs)"),
+    "user": ("gateway.console.cli", "operator console users: add, passwd, remove, list"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The operator console: a web UI and JSON API on every gateway, state in Redis."""

@@ -1,0 +1,195 @@
+"""The console's sampler: once a second one gateway of the cluster reads every process's
+``/metrics`` and writes the cluster-wide sample the console shows.
+
+Which gateway samples is decided by a short lease in Redis (``console:leader``), so the cluster
+scrapes each process once a second however many gateways and browsers there are, and another
+gateway takes over within a few seconds when the sampler dies. Keys written:
+
+* ``console:live`` the latest sample (JSON, expires after a few seconds);
+* ``console:history`` the last hour of headline rates, one point every ``HISTORY_EVERY`` s,
+  newest first, fixed size;
+* ``console:seen`` process id -> last presence summary, so a process that vanished without
+  draining shows as missing;
+* ``console:counts`` registered device count (a key scan, every ``COUNT_EVERY`` s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.console.keys import console_key
+from gateway.console.rates import Scrape, history_point, parse, summarise
+from gateway.console.scan import HOLE, scan_parts
+from gateway.rendezvous.store import Store
+from hubbub.errors import RegistryError
+from hubbub.tasks import TaskSet
+from registry import ProcessRecord, Registry
+
+
+__all__ = ["HISTORY_LEN", "Sampler"]
+
+log = logging.getLogger("hubbub.console.sampler")
+
+PERIOD = 1.0
+LEASE_MS = 3000
+HISTORY_EVERY = 5
+HISTORY_LEN = 3600 // HISTORY_EVERY
+"""Points kept: one hour."""
+LIVE_TTL_MS = 5000
+SEEN_KEEP = 600.0
+"""Seconds a vanished process stays listed as missing."""
+COUNT_EVERY = 10.0
+COUNT_BUDGET = 2.0
+"""Seconds one registered-device count may scan for; beyond it the count is a lower bound."""
+SCRAPE_TIMEOUT = 0.8
+MAX_BODY = 1 << 20
+MAX_SCRAPES = 16
+
+_LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] or not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def ops_url(rec: ProcessRecord) -> str | None:
+    port = rec.info.get("ops_port")
+    if not isinstance(port, int) or port <= 0:
+        return None
+    host = rec.public_ip or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
+
+
+class Sampler:
+    """Runs in every console-serving gateway; samples only while it holds the lease."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.redis = registry.redis
+        self._lease = self.redis.register_script(_LEASE_LUA)
+        self._prev: dict[str, Scrape] = {}
+        self._prev_at = 0.0
+        self._ticks = 0
+        self._counted = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(log, "console sampler")
+        self._http: aiohttp.ClientSession | None = None
+        self.leader = False
+
+    def key(self, name: str) -> str:
+        return console_key(self.registry, name)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._tasks.close()
+        if self._http is not None:
+            await self._http.close()
+        if self.leader:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.redis.delete(self.key("leader"))
+
+    async def _loop(self) -> None:
+        while True:
+            start = time.monotonic()
+            try:
+                await self.tick()
+            except RegistryError as exc:
+                log.debug("sample skipped: %s", exc)
+            except Exception:
+                log.exception("console sample failed")
+            await asyncio.sleep(max(0.05, PERIOD - (time.monotonic() - start)))
+
+    async def tick(self) -> None:
+        async with self.registry.guard("console_lease"):
+            held = bool(await self._lease(keys=[self.key("leader")],
+                                          args=[self.registry.id, LEASE_MS]))
+        if not held:
+            self.leader = False
+            self._prev.clear()
+            return
+        self.leader = True
+        records = await self.registry.processes()
+        now, mono = time.time(), time.monotonic()
+        scrapes = await self._scrape_all(records)
+        dt = mono - self._prev_at if self._prev else 0.0
+        sample = summarise(now, dt, self._prev, scrapes, {r.id: r.role for r in records})
+        self._prev, self._prev_at = scrapes, mono
+        self._ticks += 1
+        async with self.registry.guard("console_sample"):
+            async with self.redis.pipeline(transaction=False) as p:
+                p.set(self.key("live"), orjson.dumps(sample), px=LIVE_TTL_MS)
+                if dt and self._ticks % HISTORY_EVERY == 0:
+                    p.lpush(self.key("history"), orjson.dumps(history_point(sample)))
+                    p.ltrim(self.key("history"), 0, HISTORY_LEN - 1)
+                for r in records:
+                    p.hset(self.key("seen"), r.id, orjson.dumps(
+                        {"role": r.role, "host": r.host, "pid": r.pid, "state": r.state,
+                         "name": r.info.get("name", ""), "seen": now}))
+                await p.execute()
+        await self._forget_old(now)
+        if now - self._counted >= COUNT_EVERY:
+            self._counted = now
+            self._tasks.spawn(self._count_devices())
+
+    async def _forget_old(self, now: float) -> None:
+        async with self.registry.guard("console_seen"):
+            raw: dict[Any, Any] = await self.redis.hgetall(self.key("seen"))
+            old = []
+            for pid, blob in raw.items():
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    if now - float(orjson.loads(blob)["seen"]) > SEEN_KEEP:
+                        old.append(pid)
+            if old:
+                await self.redis.hdel(self.key("seen"), *old)
+
+    async def _scrape_all(self, records: list[ProcessRecord]) -> dict[str, Scrape]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT),
+                connector=aiohttp.TCPConnector(limit=MAX_SCRAPES))
+        http = self._http
+
+        async def one(rec: ProcessRecord) -> tuple[str, Scrape | None]:
+            url = ops_url(rec)
+            if url is None:
+                return rec.id, None
+            try:
+                async with http.get(url) as resp:
+                    if resp.status != 200:
+                        return rec.id, None
+                    body = await resp.content.read(MAX_BODY)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return rec.id, None
+            return rec.id, parse(body.decode(errors="replace"))
+
+        results = await asyncio.gather(*(one(r) for r in records))
+        return {pid: s for pid, s in results if s is not None}
+
+    async def _count_devices(self) -> None:
+        """Count ``rd:peer:*`` keys without blocking Redis (SCAN, bounded in time)."""
+        with contextlib.suppress(RegistryError):
+            _, count, complete = await scan_parts(
+                self.registry, Store(self.registry).peer_key(HOLE), budget=COUNT_BUDGET,
+                op="console_count", count_only=True)
+            async with self.registry.guard("console_count"):
+                await self.redis.set(self.key("counts"), orjson.dumps(
+                    {"registered": count, "complete": complete, "t": time.time()}))
