@@ -35,7 +35,8 @@ def redis_env(cfg: Config, mode: str) -> dict[str, str]:
     return {}
 
 
-def summary(cfg: Config, gateways: int, shards: int) -> str:
+def summary(cfg: Config, gateways: int, shards: int, login: str = "") -> str:
+    """What ``hubbub up`` prints; ``login`` says how to log in to the console."""
     ip = cfg.advertised_ip
     rtc = f"{cfg.rtc_min_port}-{cfg.rtc_max_port}"
     lines = [
@@ -51,6 +52,9 @@ def summary(cfg: Config, gateways: int, shards: int) -> str:
         "  ops /healthz /livez /readyz /metrics  gateways on 5100.., shards on 5200..",
         "  cluster view         hubbub status",
     ]
+    if cfg.console_port:
+        lines[-1:-1] = [f"  operator console     {'https' if cfg.tls else 'http'}://{ip}:"
+                        f"{cfg.console_port}/  (every gateway serves it)", *login.splitlines()]
     if not cfg.public_ip:
         lines.append("  (clients on other machines: set PUBLIC_IP to this host's address)")
     return "\n".join(lines)
@@ -73,7 +77,12 @@ def main(argv: Sequence[str]) -> int:
         os.environ.update(extra)
         cfg, args = parse_config(parser, "gateway", argv)
     shards = args.shards or cfg.slots
-    print(summary(cfg, args.gateways, shards), flush=True)
+    login = ""
+    if cfg.console_port:
+        from gateway.console.passwords import login_hint
+
+        login = login_hint(cfg.admin_password, cfg.data_path)
+    print(summary(cfg, args.gateways, shards, login), flush=True)
     honcho = shutil.which("honcho")
     if honcho is None:
         sys.stderr.write("hubbub up: error: honcho not found (run ./run.sh)\n")

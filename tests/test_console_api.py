@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from support import Cluster, HubbubProcess, free_port, free_port_block
 
-from gateway.console.passwords import hash_password, verify_password
+from gateway.console.passwords import hash_password, login_hint, verify_password
 
 
 PASSWORD = "correct horse battery"
@@ -194,3 +194,12 @@ def test_generated_admin_password_is_written_once(cluster: Cluster, tmp_path: Pa
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_login_hint_shows_a_generated_password_once(tmp_path: Path) -> None:
+    first = login_hint("", tmp_path)
+    password = (tmp_path / "admin_password").read_text().strip()
+    assert password in first and "shown once" in first
+    again = login_hint("", tmp_path)
+    assert password not in again and "admin_password" in again
+    assert "ADMIN_PASSWORD" in login_hint("set-by-env", tmp_path)

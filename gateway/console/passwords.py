@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 __all__ = ["ADMIN_PASSWORD_FILE", "MAX_PASSWORD", "MIN_PASSWORD", "first_admin_password",
-           "generate_password", "hash_password", "verify_password"]
+           "generate_password", "hash_password", "login_hint", "verify_password"]
 
 N, R, P = 2**14, 8, 1
 """scrypt cost: 16 MiB of memory per hash (128 * N * R bytes)."""
@@ -92,3 +92,20 @@ def first_admin_password(configured: str, data_dir: Path) -> tuple[str, bool]:
     finally:
         tmp.unlink()
     return path.read_text().strip(), created
+
+
+def login_hint(configured: str, data_dir: Path) -> str:
+    """How to log in to a cluster started with these settings (``hubbub up`` prints it).
+
+    A generated password is shown only by the call that creates its file: once per data dir.
+    """
+    if configured:
+        return "    log in as admin with the password in ADMIN_PASSWORD"
+    password, created = first_admin_password("", data_dir)
+    path = data_dir / ADMIN_PASSWORD_FILE
+    if created:
+        return (f"    log in as admin, password {password}\n"
+                f"    (generated now and shown once; kept in {path}; "
+                "change it with 'hubbub user passwd admin')")
+    return (f"    log in as admin with the password in {path} "
+            "(or a user from 'hubbub user list')")
