@@ -15,7 +15,10 @@ on free loopback ports, then measures
   second pair of shards started for it, and that pump's idle memory;
 * the same, unpinned, for 8 concurrent pairs;
 * the same for one WebSocket -> TCP pair (message re-framing instead of raw bytes);
-* the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS).
+* the resident memory of the shards holding 1,000 idle paired sessions (above their idle RSS);
+* abuse: rounds of 48 WebSocket <-> TCP and WebSocket <-> WebSocket pairs from one address whose
+  writer starts a 16 MiB or fragmented message and never finishes it while the reader reads
+  nothing: the shards' RSS during the rounds and after the pairs closed (above their RSS before).
 
 It prints a Markdown table; ``run(quick)`` returns the rows for ``hubbub bench``. Everything is
 bounded in time and size; nothing leaves loopback.
@@ -587,6 +590,35 @@ def _idle(cluster: _Cluster, n: int) -> dict[str, Any]:
             "bar": "added <= 50 MB", "ok": delta <= 50}
 
 
+def _abuse(cluster: _Cluster, rounds: int, pairs_per_kind: int = 12) -> dict[str, Any]:
+    """Rounds of abusive mixed pairs from one address (``ABUSE_KINDS``): the shards' RSS at its
+    peak during a round and 2 s after the last round's pairs closed, above the RSS before."""
+    time.sleep(1.5)
+    before = cluster.rss_bytes()
+    peak = [before]
+
+    def sample() -> None:
+        peak[0] = max(peak[0], cluster.rss_bytes())
+
+    after = before
+    for _ in range(rounds):
+        pairs = abuse(cluster.relay_port, pairs_per_kind, 1.5, source=("127.0.0.5", 0),
+                      sample=sample)
+        sample()
+        for p in pairs:
+            p.close()
+        time.sleep(2.0)  # the pairs end, a sweep gives their memory back
+        after = cluster.rss_bytes()
+    during, kept = (peak[0] - before) / 1e6, (after - before) / 1e6
+    n = pairs_per_kind * len(ABUSE_KINDS)
+    return {"case": f"abuse: {n} mixed pairs never finishing a message, one address, "
+                    f"{rounds} rounds",
+            "shards RSS before MB": round(before / 1e6, 1),
+            "added during MB": round(during, 1), "added after MB": round(kept, 1),
+            "note": f"{pairs_per_kind} pairs each: " + ", ".join(ABUSE_KINDS),
+            "bar": "during <= 50 MB, after <= 8 MB", "ok": during <= 50 and kept <= 8}
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Measure everything; one dict per table row."""
     seconds = 1.5 if quick else 3.0
@@ -598,6 +630,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows.append(_throughput(cluster, 8, seconds, 1 if quick else 3, pinned=False))
         rows.append(_ws_bridge(cluster, seconds))
         rows.append(_idle(cluster, 200 if quick else 1000))
+        rows.append(_abuse(cluster, 2 if quick else 3))
     with _Cluster(shards=2, pump="splice") as cluster:
         rows.insert(1, _throughput(cluster, 1, seconds, reps, pinned=True))
         rows.append(_idle(cluster, 200 if quick else 1000))
@@ -606,8 +639,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     return module_main(argv, "python -m loadtest.bench_relay",
-                       "relay throughput, CPU and idle memory", run,
-                       "shorter windows, 200 idle pairs")
+                       "relay throughput, CPU, idle memory and memory under abuse", run,
+                       "shorter windows, 200 idle pairs, 2 abuse rounds")
 
 
 if __name__ == "__main__":
