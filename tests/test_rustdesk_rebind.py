@@ -7,6 +7,7 @@ the answer, with every cache warmed by earlier punches.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,12 +18,14 @@ from typing import Any
 import pytest
 from rustdesk_sim import Peer, TcpClient, close_all, msg, verify_signed
 from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
+from test_registry_modes import target_of
 from test_rustdesk_service import FakeConn, FakeUdp, settle
 
 from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, BindingChanged
 from gateway.rendezvous.service import LocalPeer, RendezvousService
-from gateway.rendezvous.store import CHANGE_OK, MODE_UDP
+from gateway.rendezvous.store import CHANGE_OK, MODE_UDP, Live, Store
 from hubbub.config import Config
+from hubbub.embedded_redis import RedisCluster
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk.messages import pb
 from registry import Registry
@@ -373,3 +376,42 @@ async def test_registration_streams_follow_their_binding(
         pb.PunchHoleResponse.ID_NOT_EXIST
     await settle(gw)
     assert "Stream_535" not in gw.streams and s.closed and s.registered_id is None
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """The smallest cluster there is: three primaries, no replicas."""
+    c = RedisCluster(tmp_path, [free_port() for _ in range(3)], replicas=0,
+                     node_timeout_ms=1000, durable=False)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+async def test_binding_news_and_guarded_flush_on_redis_cluster(
+        redis_cluster: RedisCluster) -> None:
+    """On Cluster: the scripts' news reach a broadcast subscriber, the guarded flush loads
+    its script on the primaries and refuses a stale generation."""
+    reg = Registry(target_of(redis_cluster.env()), new_prefix(), "gateway", "h", ttl=1.5)
+    got: list[BindingChanged | None] = []
+    await reg.start()
+    try:
+        assert await reg.wait_ready(10)
+        store = Store(reg)
+        await reg.subscribe(store.bindings_channel,
+                            lambda data: got.append(BindingChanged.unpack(data)), broadcast=True)
+        live = Live("", 1000, time.time(), "tok", 21116, MODE_UDP)
+        _, gen = await store.register("cl1", b"u1", b"k" * 32, "10.0.0.1", live)
+        assert await store.flush_bound([("cl1", live, gen), ("cl1", live, b"stale")],
+                                       time.time()) == (1, ["cl1"])
+        assert await store.change_id("cl1", "Cluster_1", b"u1") == CHANGE_OK
+        assert await store.remove_peer("Cluster_1")
+        deadline = time.monotonic() + 3
+        while len(got) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [(e.kind, e.peer_id) for e in got if e is not None] == [
+            (KIND_KEY, "cl1"), (KIND_MOVED, "cl1"), (KIND_REMOVED, "Cluster_1")]
+    finally:
+        await reg.close()

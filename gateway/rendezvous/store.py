@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 
 from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, VERSION
+from hubbub.errors import RegistryUnavailable
 from registry import Registry
 
 
@@ -214,6 +215,7 @@ class Store:
         self._import = registry.durable_script(_IMPORT_LUA)
         self._remove = registry.durable_script(_REMOVE_LUA)
         self._flush_bound = self.redis.register_script(_FLUSH_LUA)
+        self._flush_loaded = False
         self._drop_live = self.redis.register_script(_DROP_LIVE_LUA)
 
     # Every ID-server key carries one slot tag: a change of ID moves a binding between two
@@ -355,12 +357,25 @@ class Store:
         todo = [t for t in todo if t[3] > 0]
         if not todo:
             return 0, []
-        async with self.gate, self.registry.guard("rd_flush"):
-            async with self.redis.pipeline(transaction=False) as p:
-                for pid, live, gen, ttl_ms in todo:
-                    await self._flush_bound(keys=[self.peer_key(pid), self.live_key(pid)],
-                                            args=[gen, live.pack(), ttl_ms], client=p)
-                res = await p.execute()
+        async with self.gate:
+            if not self._flush_loaded:
+                # A cluster pipeline does not load scripts itself (nor has a promoted replica
+                # them): load on every primary first, and again after a NOSCRIPT.
+                async with self.registry.guard("script_load"):
+                    await self.redis.script_load(_FLUSH_LUA)
+                self._flush_loaded = True
+            try:
+                async with self.registry.guard("rd_flush"):
+                    async with self.redis.pipeline(transaction=False) as p:
+                        for pid, live, gen, ttl_ms in todo:
+                            await self._flush_bound(
+                                keys=[self.peer_key(pid), self.live_key(pid)],
+                                args=[gen, live.pack(), ttl_ms], client=p)
+                        res = await p.execute()
+            except RegistryUnavailable as exc:
+                if "NOSCRIPT" in str(exc) or "No matching script" in str(exc):
+                    self._flush_loaded = False  # the caller retries the batch
+                raise
         refused = [t[0] for t, ok in zip(todo, res, strict=True) if not ok]
         return len(todo) - len(refused), refused
 
