@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rustdesk_sim import Peer
 from support import Cluster, HubbubProcess, free_port, free_port_block
+from test_spaces_e2e import _self_signed
 
 from gateway.console.passwords import hash_password, login_hint, verify_password
 
@@ -42,10 +45,11 @@ class Console:
 class Client:
     """A browser-like API client: keeps the session cookie and sends the CSRF token."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, tls: ssl.SSLContext | None = None) -> None:
         self.base = base
         self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar),
+                                                  urllib.request.HTTPSHandler(context=tls))
         self.csrf = ""
 
     def call(self, method: str, path: str, data: Any = None,
@@ -70,11 +74,16 @@ class Client:
         return status
 
 
+def gateway_env(**extra: str | None) -> dict[str, str | None]:
+    return {"CONSOLE_PORT": str(free_port()), "ADMIN_PASSWORD": PASSWORD,
+            "RENDEZVOUS_PORT": str(free_port_block(4) + 1), "SPACES_PORT": str(free_port()),
+            **extra}
+
+
 @pytest.fixture
 def console(cluster: Cluster) -> Iterator[Console]:
-    port = free_port()
-    env = {"CONSOLE_PORT": str(port), "ADMIN_PASSWORD": PASSWORD,
-           "RENDEZVOUS_PORT": str(free_port_block(4) + 1), "SPACES_PORT": str(free_port())}
+    env = gateway_env()
+    port = int(env["CONSOLE_PORT"] or 0)
     gw = cluster.start("gateway", env=env)
     c = Console(gw, port, cluster)
     deadline = time.monotonic() + 10
@@ -203,3 +212,59 @@ def test_login_hint_shows_a_generated_password_once(tmp_path: Path) -> None:
     again = login_hint("", tmp_path)
     assert password not in again and "admin_password" in again
     assert "ADMIN_PASSWORD" in login_hint("set-by-env", tmp_path)
+
+
+def test_console_is_dual_stack_serves_tls_and_believes_only_trusted_proxies(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    env = gateway_env(BIND=None, SSL_CERT=str(cert), SSL_KEY=str(key),
+                      TRUSTED_PROXIES="127.0.0.1")
+    cluster.start("gateway", env=env)
+    tls = ssl.create_default_context(cafile=str(cert))
+    tls.check_hostname = False
+    port = env["CONSOLE_PORT"]
+    for host in ("127.0.0.1", "[::1]"):
+        c = Client(f"https://{host}:{port}", tls)
+        deadline = time.monotonic() + 10
+        while c.login("admin", PASSWORD) != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cookie = next(k for k in c.jar if k.name == "hubbub_session")
+        assert cookie.secure, "the session cookie is Secure under TLS"
+    # From the trusted proxy (loopback) the forwarded address is the source ...
+    proxied = Client(f"https://127.0.0.1:{port}", tls)
+    assert proxied.call("POST", "/api/login", {"user": "admin", "password": "wrong-one"},
+                        headers={"X-Forwarded-For": "203.0.113.9"})[0] == 401
+    # ... from anyone else it is not (::1 is not in TRUSTED_PROXIES).
+    direct = Client(f"https://[::1]:{port}", tls)
+    assert direct.call("POST", "/api/login", {"user": "admin", "password": "wrong-two"},
+                       headers={"X-Forwarded-For": "203.0.113.10"})[0] == 401
+    sources = [e["source"] for e in c.call("GET", "/api/audit")[1]["entries"]
+               if not e["ok"]]
+    assert sources[:2] == ["::1", "203.0.113.9"]  # newest first
+
+
+def test_change_id_moves_a_device(console: Console) -> None:
+    gw = console.gateway
+    port = int(gw.env["RENDEZVOUS_PORT"])
+    stamp = int(time.time() * 1000) % 10**6
+    device, new_id = Peer("127.0.0.1", port, f"dev{stamp}"), f"mv{stamp}"
+    device.register()
+    admin = Client(console.url)
+    assert admin.login("admin", PASSWORD) == 200
+    found = admin.call("GET", f"/api/devices?q={device.id}")[1]["devices"]
+    assert [d["id"] for d in found] == [device.id] and found[0]["online"]
+    assert found[0]["fingerprint"].startswith("SHA256:")
+    status, got = admin.call("POST", "/api/devices/change-id",
+                             {"id": device.id, "new_id": "1bad"})
+    assert status == 400 and "invalid ID" in got["text"]
+    status, got = admin.call("POST", "/api/devices/change-id",
+                             {"id": device.id, "new_id": new_id})
+    assert status == 200 and got["ok"], got
+    assert admin.call("GET", f"/api/devices?q={device.id}")[1]["devices"] == []
+    moved = admin.call("GET", f"/api/devices?q={new_id}")[1]["devices"]
+    assert moved and moved[0]["registered_ip"] == "127.0.0.1"
+    # The command-line admin runs the very same operation.
+    r = console.cluster.hubbub("admin", "change-id", new_id, device.id)
+    assert r.returncode == 0 and "->" in r.stdout, r.stderr
+    device.close()
