@@ -33,7 +33,8 @@ from hubbub.errors import ConfigError, ServiceError
 from registry.target import parse_host_port
 
 
-__all__ = ["LocalRedis", "RedisCluster", "SentinelSet", "main", "redis_argv"]
+__all__ = ["LocalRedis", "RedisCluster", "SentinelSet", "free_cluster_ports", "main",
+           "redis_argv"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -339,6 +340,26 @@ class RedisCluster:
 def _replica_online(info: dict[str, object]) -> bool:
     return any(isinstance(v, dict) and v.get("state") == "online"
                for k, v in info.items() if k.startswith("slave"))
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    """``count`` loopback ports that are free together with their cluster bus port (+10000)."""
+    import socket
+
+    out: list[int] = []
+    while len(out) < count:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port + 10000 > 65535 or port in out:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+        out.append(port)
+    return out
 
 
 def _s(value: object) -> str:

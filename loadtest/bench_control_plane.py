@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.rendezvous.store import MODE_UDP, Live, Store
-from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet
+from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.errors import HubbubError
 from loadtest.cluster import free_port
 from registry import RedisTarget, Registry
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("sentinel", tp, asyncio.run(_failover(t, lambda _: s.primary_node()))))
         finally:
             s.stop()
-        c = RedisCluster(root / "cluster", [free_port() for _ in range(6)],
+        c = RedisCluster(root / "cluster", free_cluster_ports(6),
                          node_timeout_ms=1000, durable=False)
         c.start()
         try:

@@ -18,10 +18,11 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
     TimeoutError as RedisTimeoutError,
@@ -79,11 +80,27 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     """Sentinel's primary discovery with a pool that queues bursts instead of failing."""
 
 
+class _ClusterScript(AsyncScript):
+    """A script that, queued on a cluster pipeline (which loads no scripts), is sent whole:
+    ``EVAL`` never meets a node without the script, such as a freshly promoted replica."""
+
+    async def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if isinstance(client, ClusterPipeline):
+            keys, args = list(keys or []), list(args or [])
+            text = self.script if isinstance(self.script, str) else bytes(self.script).decode()
+            return client.eval(text, len(keys), *keys, *args)
+        return await super().__call__(keys or [], args or [], client)
+
+
 class _Cluster(RedisCluster):
-    """A cluster client whose ``MGET`` may span slots (read per slot, in key order)."""
+    """A cluster client whose ``MGET`` may span slots (read per slot, in key order) and whose
+    scripts also run inside pipelines."""
 
     async def mget(self, keys: Any, *args: Any) -> list[Any]:
         return cast(list[Any], await self.mget_nonatomic(keys, *args))
+
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
+        return _ClusterScript(self, script)
 
 
 class _PlainSubscriber:

@@ -20,7 +20,7 @@ from rustdesk_sim import Peer, close_all
 from support import Cluster, HubbubProcess, free_port, free_port_block, http_get, new_prefix
 
 from gateway.rendezvous.store import MODE_UDP, Live, Store
-from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet
+from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.errors import HubbubError
 from hubbub.wire.rustdesk.messages import pb
 from registry import RedisTarget, Registry
@@ -116,7 +116,7 @@ def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None
 
 
 async def test_cluster_primary_killed_mid_run(tmp_path: Path) -> None:
-    c = RedisCluster(tmp_path / "redis", [free_port() for _ in range(6)], node_timeout_ms=1000,
+    c = RedisCluster(tmp_path / "redis", free_cluster_ports(6), node_timeout_ms=1000,
                      durable=False)
     c.start()
     env = c.env()

@@ -13,7 +13,7 @@ from support import free_port, new_prefix
 from gateway.rendezvous.store import MODE_UDP, REG_OK_CHANGED, REG_OK_SAME, Live, Store
 from gateway.spaces.store import SpaceStore
 from hubbub.config import load_config, new_parser
-from hubbub.embedded_redis import RedisCluster, SentinelSet
+from hubbub.embedded_redis import RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.errors import ConfigError, RegistryUnavailable
 from hubbub.status import format_topology
 from registry import RedisTarget, Registry
@@ -38,7 +38,7 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    c = RedisCluster(tmp_path_factory.mktemp("cluster"), [free_port() for _ in range(6)],
+    c = RedisCluster(tmp_path_factory.mktemp("cluster"), free_cluster_ports(6),
                      node_timeout_ms=1000, durable=False)
     try:
         c.start()
@@ -129,6 +129,8 @@ async def test_stores_run_their_scripts_and_wait_for_a_replica(
     spaces = SpaceStore(a)
     pid, members = await spaces.join("https://x/y.glb", "sock", "n", None, None, True)
     assert 0 <= pid < 256 and len(members) == 1
+    # Scripts queued on a pipeline run in Cluster mode too.
+    await spaces.update([("https://x/y.glb", pid)], "sock", "name", "renamed")
     assert await spaces.leave("https://x/y.glb", pid, "sock")
     # WAIT: a deployment with one replica cannot confirm two, so the write is refused.
     strict = Registry(RedisTarget(**{**_fields(a), "min_replicas": 2}), a.prefix, "t", "h",
