@@ -8,6 +8,7 @@ the answer, with every cache warmed by earlier punches.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -378,10 +379,27 @@ async def test_registration_streams_follow_their_binding(
     assert "Stream_535" not in gw.streams and s.closed and s.registered_id is None
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too and, like it, outside the
+    ephemeral range (where an outgoing connection could take it before the node binds)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 >= low:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no port pair for a cluster node")
+
+
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """The smallest cluster there is: three primaries, no replicas."""
-    c = RedisCluster(tmp_path, [free_port() for _ in range(3)], replicas=0,
+    c = RedisCluster(tmp_path, [_cluster_port() for _ in range(3)], replicas=0,
                      node_timeout_ms=1000, durable=False)
     try:
         c.start()
