@@ -7,8 +7,13 @@ SCTP and SRTP, opaque 80-byte Opus-sized payloads at 50 packets/s per publisher)
 process on another core. N publishers × M subscribers share one space, so the shard forwards
 N·M·50 packets/s. CPU figures are the child's own ``getrusage`` time over wall time.
 
-    python -m loadtest.bench_media            # full table
+    python -m loadtest.bench_media            # full table, then a ramp to saturation
+    python -m loadtest.bench_media --runs 3   # the same three times: medians per case
     python -m loadtest.bench_media --quick    # CI-sized
+
+Targets (shard pinned to one core): at most ``TARGET_US`` of shard CPU per forwarded Opus packet
+at 40 × 40, at least ``TARGET_PPS`` forwarded packets per second per core with under 1 % loss,
+and at least ``TARGET_DC`` data-channel messages per core-second.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -33,7 +39,18 @@ from shards.media.stack import Certificate, new_certificate
 __all__ = ["main", "markdown", "run"]
 
 BAR = 30000
-"""Forwarded packets per second per shard core the media plane must reach."""
+"""Forwarded packets per second per shard core the media plane must reach at least."""
+TARGET_US = 4.5
+"""Shard CPU microseconds per forwarded packet at 40 publishers × 40 subscribers."""
+TARGET_PPS = 200_000
+"""Forwarded packets per second per core, with under 1 % loss."""
+TARGET_DC = 60_000
+"""Data-channel messages forwarded per core-second (twice the 23–30 k of the first SFU)."""
+CASES = [(10, 20), (20, 40), (40, 40), (40, 80), (80, 80)]
+QUICK_CASES = [(10, 20), (20, 40)]
+RAMP_PUBLISHERS = 40
+RAMP_STEPS = (40, 60, 80, 100, 120, 140, 160)
+"""Subscribers of the ramp's steps (40 publishers each): from 80 k to 320 k packets/s."""
 CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayloadType": 100,
                     "clockRate": 48000, "channels": 2}],
         "headerExtensions": [{"kind": "audio", "preferredId": 10,
@@ -200,6 +217,8 @@ async def _case(shard: Shard, cert: Certificate, pubs: int, subs: int, seconds: 
         per_core = forwarded / cpu if cpu > 0 else float("inf")
         return [{
             "case": f"{pubs} pubs × {subs} subs",
+            "pubs": pubs,
+            "subs": subs,
             "forwarded_pps": round(forwarded / wall),
             "received_pps": round(received / wall),
             "loss_pct": round(100 * (1 - received / max(1, sent * subs)), 2),
@@ -263,8 +282,32 @@ async def _data_case(shard: Shard, cert: Certificate, players: int, seconds: flo
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
 
 
+async def _ramp(shard: Shard, cert: Certificate, seconds: float,
+                index: int) -> list[dict[str, Any]]:
+    """More subscribers step by step until loss reaches 1 % or the shard's core is full;
+    the saturation point is the last step under 1 % loss."""
+    best: dict[str, Any] | None = None
+    steps: list[str] = []
+    for step, subs in enumerate(RAMP_STEPS):
+        [row] = await _case(shard, cert, RAMP_PUBLISHERS, subs, seconds, 1000 + 10 * index + step)
+        steps.append(f"{row['forwarded_pps'] // 1000}k:{row['loss_pct']}%")
+        if row["loss_pct"] >= 1.0:
+            break
+        best = row
+        if row["shard_cpu_pct"] >= 95.0:
+            break
+    return [{
+        "case": "saturation ramp (40 pubs, more subs each step)",
+        "max_pps_under_1pct_loss": best["forwarded_pps"] if best else 0,
+        "at": best["case"] if best else "-",
+        "shard_cpu_pct": best["shard_cpu_pct"] if best else 0,
+        "fwd_per_core_s": best["fwd_per_core_s"] if best else 0,
+        "steps (pps:loss)": " ".join(steps),
+    }]
+
+
 async def _bench(cases: list[tuple[int, int]], data_cases: list[int], seconds: float,
-                 core: int | None) -> list[dict[str, Any]]:
+                 core: int | None, ramp: bool) -> list[dict[str, Any]]:
     shard = Shard(core)
     try:
         await asyncio.get_running_loop().run_in_executor(None, shard.rpc, "stats")
@@ -274,6 +317,8 @@ async def _bench(cases: list[tuple[int, int]], data_cases: list[int], seconds: f
             rows += await _case(shard, cert, pubs, subs, seconds, i)
         for i, players in enumerate(data_cases):
             rows += await _data_case(shard, cert, players, seconds, i)
+        if ramp:
+            rows += await _ramp(shard, cert, min(seconds, 4.0), 0)
         return rows
     finally:
         shard.stop()
@@ -286,16 +331,47 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     if len(cores) > 1:
         # The load generator keeps off the shard's core.
         os.sched_setaffinity(0, set(cores[1:]))
-    cases = [(10, 20), (20, 40)] if quick else [(10, 20), (20, 40), (40, 40), (20, 80)]
+    cases = QUICK_CASES if quick else CASES
     data_cases = [10] if quick else [10, 20]
     seconds = 3.0 if quick else 6.0
     try:
         with loop_runner() as runner:
-            return runner.run(asyncio.wait_for(_bench(cases, data_cases, seconds, shard_core),
-                                               300))
+            rows = runner.run(asyncio.wait_for(
+                _bench(cases, data_cases, seconds, shard_core, ramp=not quick), 600))
+            return [_with_target(r) for r in rows]
     finally:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, set(cores))
+
+
+def _with_target(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with the target that applies to it and whether it is met."""
+    if row.get("pubs") == 40 and row.get("subs") == 40:
+        return {**row, "target": f"≤ {TARGET_US} µs/pkt",
+                "met": "yes" if row["us_cpu_per_pkt"] <= TARGET_US else "no"}
+    if "max_pps_under_1pct_loss" in row:
+        return {**row, "target": f"≥ {TARGET_PPS // 1000}k pkt/s per core, < 1 % loss",
+                "met": "yes" if row["max_pps_under_1pct_loss"] >= TARGET_PPS
+                and row["shard_cpu_pct"] <= 100 else "no"}
+    if "fwd_msgs_per_core_s" in row:
+        return {**row, "target": f"≥ {TARGET_DC // 1000}k msgs per core-s",
+                "met": "yes" if row["fwd_msgs_per_core_s"] >= TARGET_DC else "no"}
+    return {**row, "target": "-", "met": "-"}
+
+
+def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per case, the median of every numeric column over several runs (text from the first)."""
+    out: list[dict[str, Any]] = []
+    for rows in zip(*runs, strict=True):
+        merged: dict[str, Any] = {}
+        for key, first in rows[0].items():
+            values = [r[key] for r in rows]
+            if isinstance(first, (int, float)) and not isinstance(first, bool):
+                merged[key] = statistics.median(values)
+            else:
+                merged[key] = first
+        out.append(_with_target(merged))
+    return out
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -303,6 +379,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     tables: list[str] = []
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
+        r = {k: v for k, v in r.items() if k not in ("pubs", "subs")}
         groups.setdefault(tuple(r), []).append(r)
     for cols, group in groups.items():
         out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -316,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_media",
                                      description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small cases, 3 s each")
+    parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     args = parser.parse_args(argv)
-    print(markdown(run(args.quick)))
-    print(f"\nbar: {BAR} forwarded packets/s per shard core (ratio = fwd_per_core_s / bar)")
+    runs = [run(args.quick) for _ in range(max(1, args.runs))]
+    print(markdown(medians(runs) if len(runs) > 1 else runs[0]))
+    print(f"\nbar: {BAR} forwarded packets/s per shard core (ratio = fwd_per_core_s / bar)"
+          + (f"; medians of {len(runs)} runs" if len(runs) > 1 else ""))
     return 0
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubbub.wire.webrtc.rtp import OutboundStream, read_rtp
-from shards.media.forwarding import fan_out
+from shards.media.forwarding import Output, fan_out
 
 
 @dataclass
@@ -23,10 +23,22 @@ class FakeSender:
         return self.tag + bytes(packet)
 
 
-@dataclass
 class FakePath:
-    sender: FakeSender | None
-    addr: Any
+    """A subscriber path whose sends land in ``sent`` (or fail, like a full socket buffer)."""
+
+    def __init__(self, sender: FakeSender | None, addr: Any, sent: list[tuple[Any, bytes]],
+                 full: bool = False) -> None:
+        self.sender = sender
+        self.out: Output | None = None
+        if sender is not None and addr is not None:
+            self.out = (sender.protect, self._send, addr)
+        self._sent = sent
+        self.full = full
+
+    def _send(self, packet: bytes, addr: Any) -> None:
+        if self.full:
+            raise BlockingIOError
+        self._sent.append((addr, packet))
 
 
 @dataclass
@@ -46,21 +58,21 @@ def packet(seq: int, ts: int, level: int | None = 0x30, marker: bool = False,
 
 def test_each_subscriber_gets_its_own_header_over_one_payload() -> None:
     rng = random.Random(7)
-    with_level = FakeSub(OutboundStream(1001, 100, audio_level_id=10, rng=rng),
-                         FakePath(FakeSender(b"A"), ("a", 1)))
-    without = FakeSub(OutboundStream(1002, 101, audio_level_id=0, rng=rng),
-                      FakePath(FakeSender(b"B"), ("b", 2)))
-    paused = FakeSub(OutboundStream(1003, 100, rng=rng), FakePath(FakeSender(b"C"), ("c", 3)),
-                     paused=True)
-    not_ready = FakeSub(OutboundStream(1004, 100, rng=rng), FakePath(None, ("d", 4)))
-    no_addr = FakeSub(OutboundStream(1005, 100, rng=rng), FakePath(FakeSender(b"E"), None))
     out: list[tuple[Any, bytes]] = []
-    subs = [with_level, without, paused, not_ready, no_addr]
+    with_level = FakeSub(OutboundStream(1001, 100, audio_level_id=10, rng=rng),
+                         FakePath(FakeSender(b"A"), ("a", 1), out))
+    without = FakeSub(OutboundStream(1002, 101, audio_level_id=0, rng=rng),
+                      FakePath(FakeSender(b"B"), ("b", 2), out))
+    paused = FakeSub(OutboundStream(1003, 100, rng=rng),
+                     FakePath(FakeSender(b"C"), ("c", 3), out), paused=True)
+    not_ready = FakeSub(OutboundStream(1004, 100, rng=rng), FakePath(None, ("d", 4), out))
+    no_addr = FakeSub(OutboundStream(1005, 100, rng=rng), FakePath(FakeSender(b"E"), None, out))
+    full = FakeSub(OutboundStream(1006, 100, rng=rng),
+                   FakePath(FakeSender(b"F"), ("f", 6), out, full=True))
+    subs = [with_level, without, paused, not_ready, no_addr, full]
     for i, seq in enumerate((100, 101, 103)):  # 102 lost on the way in
         data = packet(seq, 960 * seq, marker=i == 0)
-        sent, waiting = fan_out(data, read_rtp(data, 1), 5.0 + i, subs,
-                                lambda a, p: out.append((a, p)))
-        assert (sent, waiting) == (2, 2)
+        assert fan_out(data, read_rtp(data, 1), 5.0 + i, subs) == (2, 2, 1)
     assert [a for a, _ in out] == [("a", 1), ("b", 2)] * 3
     a_copies = [read_rtp(p[1:], 10) for a, p in out if a == ("a", 1)]
     b_copies = [read_rtp(p[1:], 0) for a, p in out if a == ("b", 2)]
@@ -82,10 +94,37 @@ def test_each_subscriber_gets_its_own_header_over_one_payload() -> None:
 
 
 def test_packets_without_level_and_with_padding_flag() -> None:
-    sub = FakeSub(OutboundStream(9, 100, audio_level_id=3), FakePath(FakeSender(b""), 1))
+    out: list[tuple[Any, bytes]] = []
+    sub = FakeSub(OutboundStream(9, 100, audio_level_id=3), FakePath(FakeSender(b""), 1, out))
     data = bytearray(packet(5, 10, level=None))
     data[0] |= 0x20  # padding flag is carried over
-    out: list[bytes] = []
-    fan_out(bytes(data), read_rtp(bytes(data), 1), 0.0, [sub], lambda a, p: out.append(p))
-    [copy] = out
+    fan_out(bytes(data), read_rtp(bytes(data), 1), 0.0, [sub])
+    [(_, copy)] = out
     assert copy[0] == 0xA0 and read_rtp(copy).audio_level == -1
+
+
+def test_srtp_functions_keep_their_session_alive() -> None:
+    """A subscriber's protect function may outlive the sender object that made it."""
+    import gc
+    import os
+
+    from pylibsrtp import Policy, Session
+
+    from shards.media.stack import SrtpReceiver, SrtpSender
+
+    key = os.urandom(44)
+
+    def session(direction: int) -> Session:
+        return Session(Policy(key=key, ssrc_type=direction,
+                              srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM))
+
+    protect = SrtpSender(session(Policy.SSRC_ANY_OUTBOUND)).protect
+    unprotect = SrtpReceiver(session(Policy.SSRC_ANY_INBOUND)).unprotect
+    gc.collect()
+    for seq in range(3):
+        plain = packet(seq, 960 * seq)
+        protected = protect(bytearray(plain))
+        assert protected is not None and protected != plain
+        assert unprotect(protected) == plain
+    assert unprotect(b"\x80" * 40) is None  # fails authentication: None, never an exception
+    assert protect(bytearray(4000)) is None  # larger than any packet: refused, never overrun

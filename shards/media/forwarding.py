@@ -1,10 +1,10 @@
 """Fan-out of one publisher packet to its subscribers: the shard's per-packet hot path.
 
-Pure: no sockets and no clock. The caller passes ``now`` and a ``send(address, packet)``
-callable, so tests feed packets in and read what would go out. Per packet the payload is copied
-once into a template per header layout; per subscriber only its header is written over the
-template, the template is protected by the subscriber's SRTP sender, and the encrypted bytes are
-sent: no other object is made per forwarded copy.
+Pure: no sockets and no clock. The caller passes ``now``, and each subscriber's path brings its
+protect and send callables, so tests feed packets in and read what would go out. Per packet the
+payload is copied once into a template per header layout; per subscriber only its header is
+written over the template, the template is protected by the subscriber's SRTP sender, and the
+encrypted bytes are sent: no other object is made per forwarded copy.
 """
 
 from __future__ import annotations
@@ -12,26 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from hubbub.wire.webrtc.rtp import OutboundStream, RtpInfo, packet_template
+from hubbub.wire.webrtc.rtp import OutboundStream, PacketCopies, RtpInfo
 
 
-__all__ = ["Path", "Send", "Subscriber", "fan_out"]
+__all__ = ["Output", "Path", "Subscriber", "fan_out"]
 
-Send = Callable[[Any, bytes], None]
-
-
-class Sender(Protocol):
-    def protect(self, packet: bytes | bytearray) -> bytes | None: ...
+Output = tuple[Callable[[bytes | bytearray], bytes | None], Callable[[bytes, Any], Any], Any]
+"""A ready subscriber path: (SRTP protect, send(packet, address), address)."""
 
 
 class Path(Protocol):
-    """Where a subscriber's packets go: its SRTP sender and address, once both are known."""
+    """Where a subscriber's packets go; ``out`` is None until its keys and address are known."""
 
     @property
-    def sender(self) -> Sender | None: ...
-
-    @property
-    def addr(self) -> Any: ...
+    def out(self) -> Output | None: ...
 
 
 class Subscriber(Protocol):
@@ -47,33 +41,28 @@ class Subscriber(Protocol):
     def transport(self) -> Path: ...
 
 
-def fan_out(plain: bytes, info: RtpInfo, now: float, subscribers: Iterable[Subscriber],
-            send: Send) -> tuple[int, int]:
+def fan_out(plain: bytes, info: RtpInfo, now: float,
+            subscribers: Iterable[Subscriber]) -> tuple[int, int, int]:
     """Forward ``plain`` (a decrypted publisher packet read as ``info``) to every resumed
-    subscriber; returns (packets sent, subscribers not ready yet)."""
-    with_level: bytearray | None = None
-    without: bytearray | None = None
-    sent = not_ready = 0
+    subscriber; returns (packets sent, subscribers not ready yet, sends the kernel refused)."""
+    copies = PacketCopies(plain, info)
+    sent = not_ready = refused = 0
     for sub in subscribers:
         if sub.paused:
             continue
-        path = sub.transport
-        sender, addr = path.sender, path.addr
-        if sender is None or addr is None:
+        out = sub.transport.out
+        if out is None:
             not_ready += 1
             continue
-        stream = sub.stream
-        if stream.wants_level(info):
-            if with_level is None:
-                with_level = packet_template(plain, info, True)
-            buf = with_level
+        buf = sub.stream.write(copies, now)
+        protect, send, addr = out
+        packet = protect(buf)
+        if packet is None:
+            continue
+        try:
+            send(packet, addr)
+        except OSError:  # the socket's buffer is full: drop, as a router would
+            refused += 1
         else:
-            if without is None:
-                without = packet_template(plain, info, False)
-            buf = without
-        stream.write(buf, info, now)
-        packet = sender.protect(buf)
-        if packet is not None:
-            send(addr, packet)
             sent += 1
-    return sent, not_ready
+    return sent, not_ready, refused

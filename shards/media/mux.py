@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from hubbub.net import listen_socket
@@ -22,7 +23,7 @@ from hubbub.wire.webrtc.ice import Key
 from shards.media.metrics import Counts
 
 
-__all__ = ["MAX_ADDRESSES", "Endpoint", "IceTcpConnection", "UdpMux"]
+__all__ = ["MAX_ADDRESSES", "Endpoint", "IceTcpConnection", "SendTo", "UdpMux"]
 
 log = logging.getLogger("hubbub.media.mux")
 
@@ -35,6 +36,9 @@ TCP_AUTH_TIMEOUT = 10.0
 """Seconds an ICE-TCP connection may stay without a valid Binding request."""
 TCP_WRITE_LIMIT = 1 << 20
 """Bytes queued on a slow ICE-TCP connection before packets are dropped (media is lossy)."""
+
+
+SendTo = Callable[[bytes, Any], Any]
 
 
 class Endpoint(Protocol):
@@ -150,6 +154,17 @@ class UdpMux(asyncio.DatagramProtocol):
             conn = self.tcp.get(key)
             if conn is not None:
                 conn.send(data)
+
+    def sender_for(self, key: Key) -> tuple[SendTo, Any]:
+        """The fastest way to send to ``key``, as ``(send, address)`` for ``send(data,
+        address)``: the socket's own ``sendto`` for a UDP tuple (may raise ``OSError``, which
+        the caller counts), else a method that looks the tuple up per packet."""
+        if len(key) == 2 and self._raw is not None:
+            return self._raw.sendto, key
+        return self._send_to, key
+
+    def _send_to(self, data: bytes, key: Key) -> None:
+        self.send(key, data)
 
     def tcp_protocol(self) -> IceTcpConnection:
         """Protocol factory for the shard's ICE-TCP listener."""

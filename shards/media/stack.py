@@ -105,54 +105,50 @@ class IceLink:
             self._waiter.set_result(None)
 
 
-class _Srtp:
-    """One direction of a libsrtp session, working in a buffer of its own."""
+Process = Callable[[bytes | bytearray], bytes | None]
 
-    __slots__ = ("_session", "_ctx", "_cbuf", "_buf", "_len")
 
-    def __init__(self, session: Session) -> None:
-        self._session = session  # owns the libsrtp context (freed with it)
-        self._ctx = session._srtp[0]
-        self._cbuf = ffi.new("char[]", BUFFER)
-        self._buf = ffi.buffer(self._cbuf)
-        self._len = ffi.new("int *")
+def _processor(session: Session, func: Any) -> Process:
+    """One libsrtp operation on ``session`` working in a buffer of its own: the packet is
+    copied in, transformed in place, and copied out (``None`` when libsrtp refuses it)."""
+    ctx = session._srtp[0]
+    cbuf = ffi.new("char[]", BUFFER)
+    buf = ffi.buffer(cbuf)
+    size = ffi.new("int *")
 
-    def _run(self, func: Any, packet: bytes | bytearray) -> bytes | None:
+    # The session rides along as a default so the context lives as long as the function does.
+    def run(packet: bytes | bytearray, _owner: Session = session) -> bytes | None:
         n = len(packet)
         if n > MAX_PACKET:
             return None
-        buf = self._buf
         buf[0:n] = packet
-        size = self._len
         size[0] = n
-        if func(self._ctx, self._cbuf, size):
+        if func(ctx, cbuf, size):
             return None
         out: bytes = buf[0:size[0]]
         return out
 
+    return run
 
-class SrtpSender(_Srtp):
+
+class SrtpSender:
     """Protects outgoing packets; ``None`` means libsrtp refused (e.g. a replayed index)."""
 
-    __slots__ = ()
+    __slots__ = ("protect", "protect_rtcp")
 
-    def protect(self, packet: bytes | bytearray) -> bytes | None:
-        return self._run(lib.srtp_protect, packet)
-
-    def protect_rtcp(self, packet: bytes | bytearray) -> bytes | None:
-        return self._run(lib.srtp_protect_rtcp, packet)
+    def __init__(self, session: Session) -> None:
+        self.protect = _processor(session, lib.srtp_protect)
+        self.protect_rtcp = _processor(session, lib.srtp_protect_rtcp)
 
 
-class SrtpReceiver(_Srtp):
+class SrtpReceiver:
     """Authenticates and decrypts incoming packets; ``None`` for anything that fails."""
 
-    __slots__ = ()
+    __slots__ = ("unprotect", "unprotect_rtcp")
 
-    def unprotect(self, packet: bytes) -> bytes | None:
-        return self._run(lib.srtp_unprotect, packet)
-
-    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
-        return self._run(lib.srtp_unprotect_rtcp, packet)
+    def __init__(self, session: Session) -> None:
+        self.unprotect = _processor(session, lib.srtp_unprotect)
+        self.unprotect_rtcp = _processor(session, lib.srtp_unprotect_rtcp)
 
 
 class DtlsEndpoint:

@@ -38,7 +38,7 @@ from hubbub.wire.webrtc.params import (
 from hubbub.wire.webrtc.rtp import OutboundStream, RtpError, is_rtcp, read_rtp
 from hubbub.wire.wired.ratelimit import TokenBucket
 from shards.media import metrics
-from shards.media.forwarding import fan_out
+from shards.media.forwarding import Output, fan_out
 from shards.media.metrics import Counts
 from shards.media.mux import UdpMux
 from shards.media.stack import (
@@ -67,7 +67,7 @@ DC_RATE, DC_BURST = 60.0, 120.0
 _SSRC = struct.Struct("!I")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Consumer:
     """One subscriber's copy of one producer; starts paused until ``resume_audio``."""
 
@@ -124,9 +124,11 @@ class Producer:
         if not self.active:
             self.counts.drop_inactive += 1
             return
-        sent, not_ready = fan_out(plain, info, now, self.consumers, self.transport.mux.send)
-        self.counts.rtp_out += sent
-        self.counts.drop_not_ready += not_ready
+        sent, not_ready, refused = fan_out(plain, info, now, self.consumers)
+        counts = self.counts
+        counts.rtp_out += sent
+        counts.drop_not_ready += not_ready
+        counts.drop_send += refused
 
     def close(self) -> None:
         for c in list(self.consumers):
@@ -194,6 +196,8 @@ class Transport:
         self.receiver: SrtpReceiver | None = None
         self.sender: SrtpSender | None = None
         self.addr: Key | None = None
+        self.out: Output | None = None
+        """Protect, send and address once DTLS keys and the ICE path are known (fast path)."""
         self.state = "new"
         self.producers: dict[int, Producer] = {}
         self.unbound: list[Producer] = []
@@ -256,6 +260,7 @@ class Transport:
             return
         metrics.DTLS.labels("ok").inc()
         self.receiver, self.sender = self.dtls.receiver, self.dtls.sender
+        self._update_out()
         self.state = "connected"
         self.sctp = SctpAssociation(self.dtls, SCTP_PORT, SCTP_STREAMS, self.on_sctp_message)
         try:
@@ -293,6 +298,7 @@ class Transport:
                 self.mux.remove_addr(ev.addr, self)
             elif isinstance(ev, IceSelected):
                 self.addr = ev.addr
+                self._update_out()
                 self._maybe_start()
             elif isinstance(ev, IceDisconnected):
                 log.debug("transport %s: ICE consent expired", self.id)
@@ -302,6 +308,14 @@ class Transport:
         self.ice.forget(addr)
         if self.addr == addr:
             self.addr = None
+            self._update_out()
+
+    def _update_out(self) -> None:
+        if self.sender is None or self.addr is None or self.closed:
+            self.out = None
+        else:
+            send, addr = self.mux.sender_for(self.addr)
+            self.out = (self.sender.protect, send, addr)
 
     def check_consent(self, now: float) -> None:
         self.ice.handle_timer(now)
@@ -452,6 +466,7 @@ class Transport:
         self.ice.events_received()
         self.link.close()
         self.receiver = self.sender = None
+        self.out = None
         asyncio.ensure_future(self._shutdown())
 
     async def _shutdown(self) -> None:

@@ -18,6 +18,7 @@ from hubbub.errors import RemoteProtocolError
 
 __all__ = [
     "OutboundStream",
+    "PacketCopies",
     "RtpError",
     "RtpInfo",
     "is_rtcp",
@@ -121,11 +122,7 @@ def _find_level(data: bytes, start: int, end: int, profile: int, want: int) -> i
 
 def packet_template(data: bytes, info: RtpInfo, with_level: bool) -> bytearray:
     """A subscriber packet without its fixed header: room for it, the ``ssrc-audio-level``
-    element when ``with_level`` (its id byte written per subscriber), then the payload.
-
-    One template serves every subscriber of a packet: each writes its own header over the
-    first bytes (``OutboundStream.write``) and the packet is protected from the same buffer.
-    """
+    element when ``with_level`` (its id byte written per subscriber), then the payload."""
     if with_level:
         buf = bytearray(HEADER + LEVEL_BLOCK)
         buf[12:16] = b"\xbe\xde\x00\x01"  # one-byte profile, one word of elements
@@ -134,6 +131,23 @@ def packet_template(data: bytes, info: RtpInfo, with_level: bool) -> bytearray:
         buf = bytearray(HEADER)
     buf += memoryview(data)[info.payload_offset:]
     return buf
+
+
+class PacketCopies:
+    """One publisher packet on its way to its subscribers.
+
+    At most two templates are made (with and without the audio-level element), on first use;
+    each subscriber writes its own header over one (``OutboundStream.write``) and the packet is
+    protected from that buffer, so no other copy is made per subscriber.
+    """
+
+    __slots__ = ("data", "info", "with_level", "without")
+
+    def __init__(self, data: bytes, info: RtpInfo) -> None:
+        self.data = data
+        self.info = info
+        self.with_level: bytearray | None = None
+        self.without: bytearray | None = None
 
 
 class OutboundStream:
@@ -163,13 +177,10 @@ class OutboundStream:
         self.last_ts = 0
         self.last_time = 0.0
 
-    def wants_level(self, info: RtpInfo) -> bool:
-        """Whether this subscriber's copy of the packet carries the audio-level element."""
-        return bool(self.audio_level_id) and info.audio_level >= 0
-
-    def write(self, buf: bytearray, info: RtpInfo, now: float) -> None:
-        """Write this subscriber's header into ``buf`` (a ``packet_template`` made with
-        ``wants_level(info)``), leaving it ready to protect."""
+    def write(self, copies: PacketCopies, now: float) -> bytearray:
+        """This subscriber's copy of the packet: its header written over the right template
+        of ``copies``; valid until the next subscriber's write."""
+        info = copies.info
         if not self._started:
             # Offsets are fixed at the first forwarded packet and never change afterwards.
             self._started = True
@@ -178,19 +189,24 @@ class OutboundStream:
         ts = (info.timestamp + self._ts_off) & 0xFFFFFFFF
         b0 = 0xA0 if info.padding else 0x80
         if self.audio_level_id and info.audio_level >= 0:
+            buf = copies.with_level
+            if buf is None:
+                buf = copies.with_level = packet_template(copies.data, info, True)
             b0 |= 0x10
             buf[16] = self.audio_level_id << 4
             self.octets += len(buf) - HEADER - LEVEL_BLOCK
         else:
+            buf = copies.without
+            if buf is None:
+                buf = copies.without = packet_template(copies.data, info, False)
             self.octets += len(buf) - HEADER
         _HDR.pack_into(buf, 0, b0, (0x80 if info.marker else 0) | self.payload_type,
                        (info.seq + self._seq_off) & 0xFFFF, ts, self.ssrc)
         self.packets += 1
         self.last_ts = ts
         self.last_time = now
+        return buf
 
     def rewrite(self, data: bytes, info: RtpInfo, now: float) -> bytes:
         """The subscriber's copy of publisher packet ``data`` (plaintext, ready to protect)."""
-        buf = packet_template(data, info, self.wants_level(info))
-        self.write(buf, info, now)
-        return bytes(buf)
+        return bytes(self.write(PacketCopies(data, info), now))
