@@ -175,6 +175,7 @@ class Registry:
         self._subscribed = asyncio.Event()
         self._first_beat = asyncio.Event()
         self._last_ok = 0.0
+        self._restored_at = -1e9
         self._closing = False
         self.on_fatal: Callable[[Exception], None] | None = None
         self._wake = asyncio.Event()
@@ -218,6 +219,13 @@ class Registry:
     def healthy(self) -> bool:
         """Redis answered within one TTL and the inbox is subscribed."""
         return self._subscribed.is_set() and time.monotonic() - self._last_ok < self.ttl
+
+    @property
+    def settling(self) -> bool:
+        """Whether expired TTL keys of *other* processes prove nothing yet: Redis is away, or
+        came back (or failed over) less than one TTL ago, so they may not have refreshed their
+        keys since. Reapers wait while this holds."""
+        return not self.healthy or time.monotonic() - self._restored_at < self.ttl
 
     async def close(self) -> None:
         """Leave the cluster: stop tasks, delete the presence key, close connections."""
@@ -312,7 +320,10 @@ class Registry:
                 log.info("redis link restored after %.1fs", time.monotonic() - down_since)
                 down_since = None
             backoff = 0.1
-            self._last_ok = time.monotonic()
+            now = time.monotonic()
+            if self._last_ok and now - self._last_ok > self.ttl:
+                self._restored_at = now  # others' keys may have expired meanwhile
+            self._last_ok = now
             self._first_beat.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.ttl / 3):

@@ -13,15 +13,27 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-from rustdesk_sim import Peer, close_all
-from support import Cluster, HubbubProcess, free_port, free_port_block, http_get, new_prefix
+from rustdesk_sim import Peer, TcpClient, close_all, msg
+from support import (
+    Cluster,
+    HubbubProcess,
+    free_port,
+    free_port_block,
+    http_get,
+    new_prefix,
+    shard_env,
+)
+from wired_client import WiredClient
 
+from gateway.rendezvous.logic import split_host_port
 from gateway.rendezvous.store import MODE_UDP, Live, Store
 from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.errors import HubbubError
+from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb
 from registry import RedisTarget, Registry
 from registry.target import parse_host_port
@@ -52,18 +64,95 @@ def _status(proc: HubbubProcess, path: str) -> int:
         return 0
 
 
+URI = "https://example.org/failover.glb"
+
+
+class Flows:
+    """Two gateways and two shards on one control plane, with the RustDesk, relay and spaces
+    flows the fail-over tests keep running."""
+
+    def __init__(self, cluster: Cluster, env: dict[str, str], workdir: Path) -> None:
+        self.env = shard_env(slots=2, KEY="_", **env)
+        self.shards = [cluster.start("shard", env=self.env) for _ in range(2)]
+        self.ports = [free_port_block(4) + 1 for _ in range(2)]
+        self.spaces = [free_port() for _ in range(2)]
+        self.gateways = [
+            cluster.start("gateway", "-p", str(p), "--spaces-port", str(sp),
+                          env=self.env | {"ALWAYS_USE_RELAY": "Y"})
+            for p, sp in zip(self.ports, self.spaces, strict=True)]
+        self.pub = (workdir / "data" / "id_ed25519.pub").read_text()
+
+    def relay_pair(self, name: str, src: str) -> tuple[TcpClient, TcpClient]:
+        """B registers at gateway 2, A asks gateway 1 (the request crosses inboxes), both
+        halves meet on a shard; returns (A's half, B's half) after a first exchange."""
+        b = Peer("127.0.0.1", self.ports[1], name, src_ip=src)
+        b.register()
+        relay, ph, a = "", None, None
+        deadline = time.monotonic() + 15
+        while not relay and time.monotonic() < deadline:
+            a = TcpClient("127.0.0.1", self.ports[0])
+            a.send(msg(punch_hole_request=pb.PunchHoleRequest(id=b.id, licence_key=self.pub,
+                                                              version="1.4.9")))
+            ph = b.recv_udp(("punch_hole",), timeout=2.0)
+            relay = ph.punch_hole.relay_server if ph is not None else ""
+            if not relay:
+                a.close()
+                time.sleep(0.3)
+        assert relay and ph is not None and a is not None, f"no punch hole for {name}"
+        uuid = str(uuidlib.uuid4())
+        t = TcpClient("127.0.0.1", self.ports[1], src_ip=src)
+        t.send(msg(relay_response=pb.RelayResponse(socket_addr=ph.punch_hole.socket_addr,
+                                                   uuid=uuid, relay_server=relay, id=b.id,
+                                                   version="1.4.9")))
+        host, rport = split_host_port(relay, 21117)
+        b_half = TcpClient(host, rport, src_ip=src)
+        b_half.send(msg(request_relay=pb.RequestRelay(licence_key=self.pub, uuid=uuid)))
+        r = a.recv(5.0)
+        assert r is not None and r.WhichOneof("union") == "relay_response"
+        a_half = TcpClient(host, rport)
+        a_half.send(msg(request_relay=pb.RequestRelay(licence_key=self.pub, uuid=uuid, id=b.id)))
+        exchange(a_half, b_half, b"first")
+        return a_half, b_half
+
+    async def space(self) -> tuple[WiredClient, WiredClient]:
+        a = await WiredClient.connect(f"ws://127.0.0.1:{self.spaces[0]}/")
+        b = await WiredClient.connect(f"ws://127.0.0.1:{self.spaces[1]}/")
+        await a.join(URI)
+        await b.join(URI)
+        await chat(b, a, "before")
+        return a, b
+
+
+def exchange(a_half: TcpClient, b_half: TcpClient, data: bytes) -> None:
+    a_half.send_raw(encode_frame(data))
+    assert b_half.recv_frame(5.0) == data
+    b_half.send_raw(encode_frame(data[::-1]))
+    assert a_half.recv_frame(5.0) == data[::-1]
+
+
+async def chat(sender: WiredClient, receiver: WiredClient, text: str) -> None:
+    await sender.send("chat", text)
+    for _ in range(10):
+        got = await receiver.wait_for("player_chat", timeout=5)
+        if got["text"] == text:
+            return
+    raise AssertionError(f"{text!r} never arrived")
+
+
 def _bound(node: LocalRedis, prefix: str, peer: Peer) -> bool:
     with node.client() as c:
         return bool(c.hget(f"{prefix}rd:peer:{peer.id}", "u") == peer.uuid)
 
 
-def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None:
+async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None:
     s = SentinelSet(tmp_path / "redis", free_port(), [free_port() for _ in range(3)],
                     down_after_ms=1000, durable=False)
     cluster = Cluster(s.env()["REDIS_URL"], new_prefix(), tmp_path)
+    spaces: tuple[WiredClient, WiredClient] | None = None
     try:
         s.start()
-        (g1, g2), ports = _gateways(cluster, s.env())
+        flows = Flows(cluster, s.env(), tmp_path)
+        ports = flows.ports
         acked: list[Peer] = []
         for i in range(DEVICES):
             peer = Peer("127.0.0.1", ports[i % 2], f"fo{i:05d}", src_ip=_src(i))
@@ -71,45 +160,55 @@ def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None
                 acked.append(peer)
             peer.close()
         assert len(acked) == DEVICES
-        known = Peer("127.0.0.1", ports[0], "known01")
-        known.register()
+        known = [Peer("127.0.0.1", ports[i % 2], f"known{i:02d}", src_ip=_src(4000 + i))
+                 for i in range(10)]
+        for k in known:
+            k.register()
+        pair = flows.relay_pair("rlbefore", _src(4100))
+        spaces = await flows.space()
         old = s.primary_node()
         killed = time.monotonic()
         old.stop(signal.SIGKILL)
         recovered = None
-        false_ok = 0
-        answered_heartbeats = 0
+        answered_heartbeats = heartbeats = 0
         i = 0
         while time.monotonic() - killed < 30 and recovered is None:
             peer = Peer("127.0.0.1", ports[i % 2], f"nw{i:05d}", src_ip=_src(5000 + i))
-            i += 1
             peer.send_udp(pb.RendezvousMessage(register_pk=pb.RegisterPk(
                 id=peer.id, uuid=peer.uuid, pk=peer.pk)))
             r = peer.recv_udp(("register_pk_response",), timeout=2.0)
             if r is not None and r.register_pk_response.result == OK:
                 acked.append(peer)
                 recovered = time.monotonic() - killed
-            if known.heartbeat() is not None:
+            heartbeats += 1
+            if known[i % len(known)].heartbeat() is not None:
                 answered_heartbeats += 1
+            i += 1
             peer.close()
             time.sleep(0.05)
         assert recovered is not None, "registrations never came back"
         new = s.primary_node()
         assert new is not old
         lost = [p.id for p in acked if not _bound(new, cluster.prefix, p)]
+        exchange(*pair, b"through the fail-over")
+        await chat(spaces[1], spaces[0], "after the fail-over")
+        flows.relay_pair("rlafter1", _src(4101))
         print(f"\nsentinel fail-over: registrations back after {recovered:.2f}s, "
-              f"{len(acked)} acknowledged, {len(lost)} lost, {answered_heartbeats} heartbeats "
-              f"answered meanwhile, false OK {false_ok}")
+              f"{len(acked)} acknowledged, {len(lost)} lost, known heartbeats answered "
+              f"{answered_heartbeats}/{heartbeats}; relay pair, space and new punches continue")
         assert lost == []
         assert recovered <= 10.0
-        assert answered_heartbeats > 0
-        assert g1.proc.poll() is None and g2.proc.poll() is None
-        for g in (g1, g2):
+        assert answered_heartbeats == heartbeats
+        for g in flows.gateways:
+            assert g.proc.poll() is None
             deadline = time.monotonic() + 10
             while _status(g, "/readyz") != 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert _status(g, "/readyz") == 200
     finally:
+        if spaces is not None:
+            for c in spaces:
+                await c.close()
         close_all()
         cluster.stop_all()
         s.stop()

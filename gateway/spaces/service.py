@@ -427,6 +427,10 @@ class SpacesService:
 
     async def _watch_once(self) -> None:
         await self._finish_leaves()
+        if self.registry.settling:
+            # Right after an outage or fail-over, leases and presence that expired meanwhile
+            # are about to be refreshed: judging peers dead now would drop live sessions.
+            return
         self.media.update_shards(await self.registry.processes("shard"))
         for gw in await self.store.dead_gateways():
             await self._reap(gw)
