@@ -212,9 +212,19 @@ def test_registered_device_is_online_in_search_then_offline(
     assert time.monotonic() - registered < 2.0
     found = rows(page, "devices")[0]
     assert found[3].startswith("127.0.0.1:") and found[5].startswith("SHA256:")
-    # Outcome rates and counts arrive with the sampler.
-    page.wait_for_function("document.querySelector('[data-stat=online] .v').textContent !== '-'")
+    # Counts and outcomes arrive with the sampler (device counts every few seconds).
+    page.wait_for_function("document.querySelector('[data-stat=online] .v').textContent === '1'"
+                           " && document.querySelectorAll("
+                           "'table[data-table=outcomes] tbody tr td').length > 1",
+                           timeout=15_000)
     screenshot(page, shots, "rustdesk")
+    phone = login(browser, url, viewport=PHONE)
+    show(phone, "rustdesk")
+    phone.fill("#device-q", peer_id)
+    phone.click("#device-search")
+    phone.wait_for_selector("table[data-table=devices]")
+    phone.wait_for_selector("table[data-table=shards]")
+    screenshot(phone, shots, "rustdesk-phone")
     device.close()
     page.wait_for_function(
         "Array.from(document.querySelectorAll('table[data-table=devices] tbody tr'))"
@@ -352,6 +362,9 @@ def test_history_and_audit_views(console: tuple[LocalCluster, str], browser: Any
                            "'table[data-table=audit] tbody tr').length > 1")
     assert "rita" in page.inner_text("table[data-table=users]")
     screenshot(page, shots, "audit")
+    show(phone, "audit")
+    phone.wait_for_selector("table[data-table=audit]")
+    screenshot(phone, shots, "audit-phone")
 
 
 def test_viewer_sees_everything_but_cannot_act(console: tuple[LocalCluster, str],

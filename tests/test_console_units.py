@@ -77,3 +77,11 @@ def test_summary_rates_over_processes_and_restarts() -> None:
 
 def test_rates_module_is_sans_io() -> None:
     assert io_imports(Path(rates.__file__)) == set()
+
+
+def test_readme_api_table_is_current() -> None:
+    from support import ROOT
+
+    from gateway.console.api import api_markdown
+
+    assert api_markdown() in (ROOT / "README.md").read_text(), "regenerate the console API table"

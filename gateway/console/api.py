@@ -32,7 +32,7 @@ from hubbub.net import ProxyList
 from registry import Registry
 
 
-__all__ = ["COOKIE", "ROUTES", "Caller", "ConsoleState", "build_app", "view"]
+__all__ = ["COOKIE", "ROUTES", "Caller", "ConsoleState", "api_markdown", "build_app", "view"]
 
 log = logging.getLogger("hubbub.console")
 
@@ -433,30 +433,41 @@ async def user_remove(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES: list[tuple[str, str, Handler, str]] = [
-    ("POST", "/api/login", login, "log in: {user, password} -> {user, role, csrf} + cookie"),
+    ("POST", "/api/login", login, "`{user, password}` → `{user, role, csrf}` and the session "
+                                  "cookie; 401 wrong, 429 rate-limited"),
     ("POST", "/api/logout", logout, "end the session"),
-    ("GET", "/api/me", me, "the caller: {user, role, csrf}"),
+    ("GET", "/api/me", me, "the caller: `{user, role, csrf}`"),
     ("GET", "/api/cluster", _view_handler("cluster"),
-     "hosts -> processes (role, pid, slot, ports, state, age, load, CPU, RSS) and alerts"),
+     "hosts → processes (role, pid, slot, ports, state, age, load, CPU, RSS) and alerts"),
     ("GET", "/api/rustdesk", _view_handler("rustdesk"),
-     "devices registered/online, rates, outcomes, relay pairs per shard, lists, public key"),
-    ("GET", "/api/devices", devices, "?q=<id or prefix>: devices (online, last seen, address, "
-                                     "key fingerprint)"),
-    ("POST", "/api/devices/change-id", change_id, "admin: {id, new_id}"),
-    ("GET", "/api/relay", relay, "relay pairs per shard with bandwidth; blacklist, blocklist"),
-    ("POST", "/api/relay/lists", relay_list, "admin: {list: blacklist|blocklist, add: [ip], "
-                                             "remove: [ip]}"),
+     "devices registered and online, rates and outcomes, relay pairs per shard, lists, key"),
+    ("GET", "/api/devices", devices, "`?q=` ID or ID prefix: devices (online, last seen, "
+                                     "address, key fingerprint)"),
+    ("POST", "/api/devices/change-id", change_id, "admin: `{id, new_id}`"),
+    ("GET", "/api/relay", relay, "relay pairs per shard with bandwidth; both IP lists"),
+    ("POST", "/api/relay/lists", relay_list, "admin: `{list, add, remove}` (list `blocklist` "
+                                             "or `blacklist`; IP lists)"),
     ("GET", "/api/key", key, "the server's public key (the clients' Key setting)"),
     ("GET", "/api/spaces", _view_handler("spaces", "uri"),
-     "spaces with players and media shard, WebRTC totals; ?uri= adds that space's players"),
-    ("POST", "/api/spaces/kick", kick, "admin: {uri, player_id}: disconnect a player"),
+     "spaces with players and media shard, WebRTC figures; `?uri=` adds its players"),
+    ("POST", "/api/spaces/kick", kick, "admin: `{uri, player_id}` disconnects a player"),
     ("GET", "/api/history", _view_handler("history"), "the last hour of headline rates"),
     ("GET", "/api/audit", _view_handler("audit"), "the audit log (newest first) and the users"),
     ("GET", "/api/users", users, "console users and roles"),
-    ("POST", "/api/users", user_add, "admin: {name, role: admin|viewer, password}"),
-    ("POST", "/api/users/password", user_passwd, "admin: {name, password}"),
-    ("POST", "/api/users/remove", user_remove, "admin: {name}"),
+    ("POST", "/api/users", user_add, "admin: `{name, role, password}` (role `admin` or "
+                                     "`viewer`)"),
+    ("POST", "/api/users/password", user_passwd, "admin: `{name, password}`"),
+    ("POST", "/api/users/remove", user_remove, "admin: `{name}` (not the last admin)"),
 ]
+
+
+def api_markdown() -> str:
+    """The README's API table."""
+    rows = ["| method | path | what |", "|---|---|---|"]
+    rows += [f"| {m} | `{p}` | {doc} |" for m, p, _, doc in ROUTES]
+    rows.append("| GET | `/api/live` | WebSocket: send `{view, arg}`, get that view's data "
+                "every second |")
+    return "\n".join(rows)
 
 
 def build_app(state: ConsoleState, live: Handler) -> web.Application:

@@ -42,7 +42,11 @@ function fmtBits(b) {
   return b.toFixed(i ? 1 : 0) + " " + u[i];
 }
 const num = (v, d = 1) => (v === null || v === undefined ? "-" : Number(v).toFixed(d));
-const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "-");
+function when(t) {
+  if (!t) return "-";
+  const d = new Date(t * 1000);
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
 
 function table(cols, rows, opts = {}) {
   const head = h("tr", {}, cols.map((c) => h("th", { class: c.cls }, c.label)));
@@ -202,7 +206,7 @@ const VIEWS = {
         { label: "last seen", get: (d) => (d.last_seen ? fmtAge(Date.now() / 1000 - d.last_seen) + " ago" : "-") },
         { label: "address", get: (d) => d.address || d.registered_ip || "-" },
         { label: "mode", cls: "hide-sm", get: (d) => d.mode || "-" },
-        { label: "key fingerprint", cls: "hide-sm wrap", get: (d) => d.fingerprint || "-" },
+        { label: "key fingerprint", cls: "hide-sm", get: (d) => (d.fingerprint ? h("span", { title: d.fingerprint }, d.fingerprint.slice(0, 22) + "…") : "-") },
         { label: "", get: (d) => (isAdmin() ? h("button", { class: "small admin", onclick: () => changeId(d.id) }, "change ID") : "") },
       ], r.data.devices, { name: "devices", empty: "no device matches" }));
     };
@@ -231,14 +235,13 @@ const VIEWS = {
     };
     const key = h("div", { class: "key", id: "public-key" }, "-");
     root.append(stats,
+      h("div", { class: "card" }, h("h2", {}, "Find a device"),
+        h("div", { class: "row" }, q, h("button", { id: "device-search", onclick: () => { query = q.value.trim(); search(); } }, "Search")),
+        results, devMsg),
       h("div", { class: "grid" },
-        h("div", { class: "card" }, h("h2", {}, "Find a device"),
-          h("div", { class: "row" }, q, h("button", { id: "device-search", onclick: () => { query = q.value.trim(); search(); } }, "Search")),
-          results, devMsg),
-        h("div", { class: "card" }, h("h2", {}, "Outcomes"), outcomes)),
-      h("div", { class: "grid" },
-        h("div", { class: "card" }, h("h2", {}, "Relay shards"), shards),
-        h("div", { class: "card" }, h("h2", {}, "Relay pairs"), pairs)),
+        h("div", { class: "card" }, h("h2", {}, "Outcomes"), outcomes),
+        h("div", { class: "card" }, h("h2", {}, "Relay shards"), shards)),
+      h("div", { class: "card" }, h("h2", {}, "Relay pairs"), pairs),
       h("div", { class: "grid" }, listCard("blocklist", "refused; running pairs are closed"),
         listCard("blacklist", "limited to LIMIT_SPEED")),
       listMsg,
