@@ -24,7 +24,7 @@ from test_rustdesk_service import FakeConn, FakeUdp, settle
 
 from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, BindingChanged
 from gateway.rendezvous.service import LocalPeer, RendezvousService
-from gateway.rendezvous.store import CHANGE_OK, MODE_UDP, Live, Store
+from gateway.rendezvous.store import CHANGE_OK, MODE_UDP, Live, Store, binding_gen
 from hubbub.config import Config
 from hubbub.embedded_redis import RedisCluster
 from hubbub.runtime import Context
@@ -332,7 +332,10 @@ async def test_binding_news_on_every_change(
         (KIND_KEY, "525252525", ""), (KIND_KEY, "525252525", ""),
         (KIND_MOVED, "525252525", "Renamed_525"), (KIND_KEY, "Renamed_525", ""),
         (KIND_REMOVED, "Renamed_525", "")]
-    assert len({e.gen for e in news[:4]}) == 4 and news[4].gen == b""
+    # The generation is the content's: the scripts and the gateways compute the same one, a
+    # moved binding keeps it, any other change gives a new one.
+    assert news[1].gen == news[2].gen == binding_gen(b"dev-n", b"q" * 32, b[0].encode())
+    assert len({news[0].gen, news[1].gen, news[3].gen}) == 3 and news[4].gen == b""
     assert BindingChanged.unpack(news[2].pack()) == news[2]
     for junk in (b"\xc1", b"\x90", BindingChanged("other", "x").pack(),
                  BindingChanged(KIND_MOVED, "x").pack(), b"\x95\x02\xa3key\xa1x\xa0\xa0"):

@@ -2,11 +2,12 @@
 
 A binding is the durable ``rd:peer:<id>`` record (device uuid, key, registered IP). It changes
 when a device registers a new key or IP, when it changes its ID, when an operator removes it and
-when ``import-hbbs --overwrite`` rewrites it. Every one of those writes, in the same Lua script:
-
-* a fresh random *generation* ``g`` on the record (removal deletes it), and
-* a ``BindingChanged`` on the channel ``rd:bindings`` (so it is on its way to every gateway
-  before the device gets its answer).
+when ``import-hbbs --overwrite`` rewrites it. Its *generation* is a hash of its content (uuid,
+key, IP: ``store.binding_gen``), so a new device, key or IP gives another generation, with
+nothing stored (a changed ID keeps its content, hence its generation, under the new ID; the old
+ID has no record at all). Every script that changes a binding publishes, in the same atomic step, a
+``BindingChanged`` on the channel ``rd:bindings`` (so it is on its way to every gateway before
+the device gets its answer).
 
 Invalidation rule for every local copy a gateway keeps about an ID (liveness heard here, and
 any binding cache to come): an entry is stamped with the generation it was verified under and
@@ -19,7 +20,7 @@ is dropped as soon as
 
 Nothing is answered from a local entry whose generation was not confirmed by a read made for
 that answer, so a missed message costs at most a stale heartbeat answer until the next flush
-(<= 10 s), never a wrong answer to a controller. Signed ``IdPk`` s are cached by (id, key),
+(about 10 s), never a wrong answer to a controller. Signed ``IdPk`` s are cached by (id, key),
 which is a pure function of their inputs, so they need no invalidation.
 """
 
@@ -47,8 +48,8 @@ _KINDS = (KIND_KEY, KIND_MOVED, KIND_REMOVED)
 class BindingChanged:
     """``[version, kind, id, new_id, generation]`` in msgpack (written by the store's scripts).
 
-    ``gen`` is the generation now in force under ``new_id`` (moved) or ``peer_id`` (key), empty
-    when removed.
+    ``gen`` is the generation now in force under ``new_id`` (moved: the same content, so the
+    same generation it had under ``peer_id``) or ``peer_id`` (key); empty when removed.
     """
 
     kind: str

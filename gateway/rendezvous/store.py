@@ -1,9 +1,9 @@
 """Redis state of the ID server.
 
 Durable (no TTL, kept by AOF):
-    ``rd:peer:<id>``   hash ``u`` uuid, ``k`` Ed25519 pk, ``ip`` last registered IP text,
-                       ``g`` generation: a fresh random token on every write that changes the
-                       binding (absent in rows written before it existed: generation ``b""``)
+    ``rd:peer:<id>``   hash ``u`` uuid, ``k`` Ed25519 pk, ``ip`` last registered IP text;
+                       its *generation* is a hash of those three (``binding_gen``), so it
+                       changes with every change of the binding and costs no storage
     ``rd:idhist``      list of ID changes ``"<old> <new> <unix time>"`` (newest first, capped)
     ``rd:admin``       hash of run-time settings changed by ``hubbub admin``
 Volatile:
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -56,54 +56,56 @@ CHANGE_OK = 0
 CHANGE_NOT_OWNER = 2
 CHANGE_EXISTS = 3
 
-_FIELDS = ["u", "k", "ip", "g"]
+# The scripts' copy of ``binding_gen``: the first 16 hex digits of SHA-1(uuid NUL pk NUL ip).
+_GEN_LUA = """
+local function gen(u, k, ip)
+  return string.sub(redis.sha1hex(u .. '\\0' .. (k or '') .. '\\0' .. (ip or '')), 1, 16)
+end
+"""
 
-# Every script that changes a binding writes a fresh generation and publishes a
-# BindingChanged ([version, kind, id, new id, generation]) in the same atomic step, so the
-# news is on its way to every gateway before the caller can answer the device.
+# Every script that changes a binding publishes a BindingChanged ([version, kind, id, new id,
+# generation]) in the same atomic step, so the news is on its way to every gateway before
+# the caller can answer the device.
 _REGISTER_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip', 'g')
+local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
 local res = 0
-local gen = cur[4] or ''
 if not cur[1] then
-  gen = ARGV[6]
-  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', gen)
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
   res = 1
 else
-  if cur[1] ~= ARGV[1] then return {2, ''} end
-  if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return {2, ''} end
+  if cur[1] ~= ARGV[1] then return 2 end
+  if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
   if cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
-    gen = ARGV[6]
-    redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', gen)
+    redis.call('HSET', KEYS[1], 'k', ARGV[2], 'ip', ARGV[3])
     res = 1
   end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 if res == 1 then
-  redis.call('PUBLISH', ARGV[7], cmsgpack.pack({tonumber(ARGV[8]), ARGV[9], ARGV[10], '', gen}))
+  redis.call('PUBLISH', ARGV[7], cmsgpack.pack({tonumber(ARGV[8]), ARGV[9], ARGV[10], '',
+                                                ARGV[6]}))
 end
-return {res, gen}
+return res
 """
 
 # The liveness moves with the binding: the device is reachable under its new ID at once,
 # through whichever gateway hears it, before it re-registers.
-_CHANGE_LUA = """
+_CHANGE_LUA = _GEN_LUA + """
 local old = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
-if not old[1] or old[1] ~= ARGV[1] then return 2 end
-if KEYS[1] == KEYS[2] then return 0 end
+if not old[1] or old[1] ~= ARGV[1] then return {2, ''} end
+local g = gen(old[1], old[2], old[3])
+if KEYS[1] == KEYS[2] then return {0, g} end
 local other = redis.call('HGET', KEYS[2], 'u')
-if other and other ~= ARGV[1] then return 3 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'u', old[1], 'k', old[2] or '', 'ip', old[3] or '', 'g', ARGV[6])
+if other and other ~= ARGV[1] then return {3, ''} end
+redis.call('HSET', KEYS[2], 'u', old[1], 'k', old[2] or '', 'ip', old[3] or '')
 local live = redis.call('GET', KEYS[3])
 local ttl = redis.call('PTTL', KEYS[3])
 redis.call('DEL', KEYS[1], KEYS[3])
 if live and ttl > 0 then redis.call('SET', KEYS[5], live, 'PX', ttl) end
 redis.call('LPUSH', KEYS[4], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
-redis.call('PUBLISH', ARGV[7], cmsgpack.pack({tonumber(ARGV[8]), ARGV[9], ARGV[2], ARGV[3],
-                                              ARGV[6]}))
-return 0
+redis.call('PUBLISH', ARGV[6], cmsgpack.pack({tonumber(ARGV[7]), ARGV[8], ARGV[2], ARGV[3], g}))
+return {0, g}
 """
 
 _REMOVE_LUA = """
@@ -115,9 +117,9 @@ return 1
 
 # A gateway's liveness write counts only while the binding it heard the peer under stands:
 # a removed, moved or re-keyed ID never gets liveness back from a gateway that missed the news.
-_FLUSH_LUA = """
-local cur = redis.call('HMGET', KEYS[1], 'u', 'g')
-if not cur[1] or (cur[2] or '') ~= ARGV[1] then return 0 end
+_FLUSH_LUA = _GEN_LUA + """
+local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip')
+if not cur[1] or gen(cur[1], cur[2], cur[3]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
@@ -136,7 +138,7 @@ return 0
 
 _IMPORT_LUA = """
 if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3], 'g', ARGV[5])
+  redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
   redis.call('PUBLISH', ARGV[6], cmsgpack.pack({tonumber(ARGV[7]), ARGV[8], ARGV[9], '',
                                                 ARGV[5]}))
   return 1
@@ -180,20 +182,23 @@ class PeerRecord:
     uuid: bytes
     pk: bytes
     ip: str
-    gen: bytes = b""  # changes whenever the binding does
+    gen: bytes = b""  # binding_gen of the three above
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> PeerRecord | None:
-        """The record in an ``HMGET u k ip g`` reply; None when the ID is not bound."""
-        u, k, ip, g = row
+        """The record in an ``HMGET u k ip`` reply; None when the ID is not bound."""
+        u, k, ip = row
         if u is None:
             return None
-        return cls(bytes(u), bytes(k or b""), (ip or b"").decode(errors="replace"),
-                   bytes(g or b""))
+        u, k, ip = bytes(u), bytes(k or b""), bytes(ip or b"")
+        return cls(u, k, ip.decode(errors="replace"), binding_gen(u, k, ip))
 
 
-def new_gen() -> bytes:
-    return secrets.token_bytes(8)
+def binding_gen(uuid: bytes, pk: bytes, ip: bytes) -> bytes:
+    """A binding's generation: a hash of its content, so any change of it (new device, key or
+    IP) gives another one. The scripts compute the same (``_GEN_LUA``)."""
+    return hashlib.sha1(uuid + b"\0" + pk + b"\0" + ip, usedforsecurity=False
+                        ).hexdigest()[:16].encode()
 
 
 def _text(value: Any) -> str:
@@ -258,12 +263,13 @@ class Store:
         On success the liveness record is written in the same step, so every gateway can reach
         the peer as soon as it has its answer.
         """
+        gen = binding_gen(uuid, pk, ip.encode())
         async with self.gate, self.registry.guard("rd_register"):
-            res: Any = await self._register(
+            res = await self._register(
                 keys=[self.peer_key(peer_id), self.live_key(peer_id)],
-                args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000), new_gen(),
+                args=[uuid, pk, ip, live.pack(), int(ONLINE_WINDOW * 1000), gen,
                       *self._news(KIND_KEY, peer_id)])
-        return int(res[0]), bytes(res[1] or b"")
+        return int(res), gen
 
     async def register_pk(self, peer_id: str, uuid: bytes, pk: bytes, ip: str,
                           live: Live) -> int:
@@ -271,16 +277,15 @@ class Store:
         return (await self.register(peer_id, uuid, pk, ip, live))[0]
 
     async def move_id(self, old_id: str, new_id: str, uuid: bytes) -> tuple[int, bytes]:
-        """Move ``old_id``'s binding and liveness to ``new_id``: (CHANGE_* result, the moved
-        binding's new generation)."""
-        gen = new_gen()
+        """Move ``old_id``'s binding and liveness to ``new_id``: (CHANGE_* result, the
+        binding's generation)."""
         async with self.gate, self.registry.guard("rd_change_id"):
-            res = await self._change(
+            res: Any = await self._change(
                 keys=[self.peer_key(old_id), self.peer_key(new_id), self.live_key(old_id),
                       self.idhist_key, self.live_key(new_id)],
-                args=[uuid, old_id, new_id, int(time.time()), IDHIST_MAX, gen,
+                args=[uuid, old_id, new_id, int(time.time()), IDHIST_MAX,
                       *self._news(KIND_MOVED, old_id)[:3]])
-        return int(res), gen
+        return int(res[0]), bytes(res[1] or b"")
 
     async def change_id(self, old_id: str, new_id: str, uuid: bytes) -> int:
         """``move_id`` without the generation."""
@@ -297,13 +302,14 @@ class Store:
                           overwrite: bool) -> bool:
         async with self.gate, self.registry.guard("rd_import"):
             res = await self._import(keys=[self.peer_key(peer_id)],
-                                     args=[uuid, pk, ip, "1" if overwrite else "0", new_gen(),
+                                     args=[uuid, pk, ip, "1" if overwrite else "0",
+                                           binding_gen(uuid, pk, ip.encode()),
                                            *self._news(KIND_KEY, peer_id)])
         return bool(res)
 
     async def peer(self, peer_id: str) -> PeerRecord | None:
         async with self.gate, self.registry.guard("rd_peer"):
-            row: Any = await self.redis.hmget(self.peer_key(peer_id), _FIELDS)
+            row: Any = await self.redis.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
         return PeerRecord.from_row(row)
 
     async def lookup(self, peer_id: str, sink: tuple[str, str] | None = None
@@ -316,7 +322,7 @@ class Store:
             async with self.redis.pipeline(transaction=False) as p:
                 if sink is not None:
                     p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
-                p.hmget(self.peer_key(peer_id), _FIELDS)
+                p.hmget(self.peer_key(peer_id), ["u", "k", "ip"])
                 p.get(self.live_key(peer_id))
                 res = await p.execute()
         rec, live = PeerRecord.from_row(res[-2]), Live.unpack(res[-1])
