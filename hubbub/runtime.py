@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import uvloop
 
-from hubbub import metrics
+from hubbub import memory, metrics
 from hubbub.config import Config
 from hubbub.errors import HubbubError, LeaseLost
 from hubbub.logs import setup_logging
@@ -231,7 +231,9 @@ class _Runner:
         self.registry.beat_soon()
         log.info("%s %s ready (ops http://%s)", cfg.role, self.registry.id,
                  host_port(cfg.bind_host, self.ops.port))
+        trim = asyncio.create_task(memory.keep_giving_back(), name="heap-trim")
         await self.stop.wait()
+        trim.cancel()
         return await self._shutdown(lease)
 
     async def _shutdown(self, lease: SlotLease | None) -> int:

@@ -11,8 +11,7 @@ Once paired, TCP <-> TCP pairs move raw bytes through asyncio transports (``raw`
 ``RELAY_PUMP=splice`` they are spliced through a pipe instead, ``splice``) and pairs with a
 WebSocket side are bridged message by message, each message streamed through in the pieces it
 arrives in (``bridge``). A sweep once a second expires waiting halves, ends idle pairs, applies
-hbbr's downgrade rule, refreshes statistics and gives memory freed by closed pairs back to the
-OS (``budget``).
+hbbr's downgrade rule and refreshes statistics.
 """
 
 from __future__ import annotations
@@ -443,8 +442,6 @@ class RelayService:
                 pair.set_rate(mbps_to_bytes(cfg.limit_speed), True, now)
                 metrics.THROTTLED.labels("downgrade").inc()
         metrics.HELD.set(self.memory.used)
-        if self.memory.trim_due():
-            budget.give_back()
         span = now - self._mark_time
         if span > 0:
             self._bps = (moved - self._moved_mark) * 8 / span
