@@ -5,9 +5,9 @@ when a device registers a new key or IP, when it changes its ID, when an operato
 when ``import-hbbs --overwrite`` rewrites it. Its *generation* is a hash of its content (uuid,
 key, IP: ``store.binding_gen``), so a new device, key or IP gives another generation, with
 nothing stored (a changed ID keeps its content, hence its generation, under the new ID; the old
-ID has no record at all). Every script that changes a binding publishes, in the same atomic step, a
-``BindingChanged`` on the channel ``rd:bindings`` (so it is on its way to every gateway before
-the device gets its answer).
+ID has no record at all). The store announces every change with a ``BindingChanged`` on the
+channel ``rd:bindings`` as soon as the script that made it returns, before the caller answers
+the device.
 
 Invalidation rule for every local copy a gateway keeps about an ID (liveness heard here, and
 any binding cache to come): an entry is stamped with the generation it was verified under and
@@ -19,9 +19,10 @@ is dropped as soon as
 3. its TTL ends.
 
 Nothing is answered from a local entry whose generation was not confirmed by a read made for
-that answer, so a missed message costs at most a stale heartbeat answer until the next flush
-(about 10 s), never a wrong answer to a controller. Signed ``IdPk`` s are cached by (id, key),
-which is a pure function of their inputs, so they need no invalidation.
+that answer (except while Redis is unreachable, when no binding can change either), so a
+missed message costs at most a stale heartbeat answer until the next flush (about 10 s), never
+a wrong answer to a controller. Signed ``IdPk`` s are cached by (id, key), which is a pure
+function of their inputs, so they need no invalidation.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _KINDS = (KIND_KEY, KIND_MOVED, KIND_REMOVED)
 
 @dataclass(frozen=True, slots=True)
 class BindingChanged:
-    """``[version, kind, id, new_id, generation]`` in msgpack (written by the store's scripts).
+    """``[version, kind, id, new_id, generation]`` in msgpack, published by the store.
 
     ``gen`` is the generation now in force under ``new_id`` (moved: the same content, so the
     same generation it had under ``peer_id``) or ``peer_id`` (key); empty when removed.
