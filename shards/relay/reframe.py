@@ -19,6 +19,7 @@ from shards.relay.ws import OP_BINARY, OP_CLOSE, OP_CONT, MessageSink, close_fra
 __all__ = [
     "ASSEMBLY_CAP",
     "MAX_MESSAGE",
+    "Chunk",
     "Collect",
     "TcpDecoder",
     "TcpEncoder",
