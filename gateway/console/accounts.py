@@ -18,8 +18,10 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -28,7 +30,8 @@ from gateway.console.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password,
 from registry import Registry
 
 
-__all__ = ["AUDIT_MAX", "ROLES", "Accounts", "AccountError", "AuditEntry", "Session", "User"]
+__all__ = ["AUDIT_MAX", "ROLES", "Accounts", "AccountError", "AuditEntry", "Busy", "Session",
+           "User"]
 
 ROLES = ("admin", "viewer")
 SESSION_IDLE = 8 * 3600.0
@@ -40,11 +43,20 @@ MAX_FAILS_PER_IP = 10
 MAX_FAILS_PER_USER = 5
 AUDIT_MAX = 10_000
 MAX_USERS = 1000
+MAX_HASHING = 2
+"""Password hashes computed at once per gateway (16 MiB each, one thread each); more queue."""
+MAX_HASH_QUEUE = 64
+"""Requests allowed to queue for a hash; beyond this a login or password change is refused."""
+T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
 class AccountError(ValueError):
     """A user operation that cannot be done (bad name, role, password, last admin…)."""
+
+
+class Busy(AccountError):
+    """Too many password hashes waiting on this gateway; try again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,26 @@ class Accounts:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.redis = registry.redis
+        self._waiting = 0
+        # Own threads: scrypt's 16 MiB buffers come and go in the same two threads' heaps.
+        self._pool = ThreadPoolExecutor(MAX_HASHING, thread_name_prefix="console-hash")
+
+    async def _hash(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a password hash in a thread, at most ``MAX_HASHING`` at once.
+
+        Raises:
+            Busy: ``MAX_HASH_QUEUE`` requests already wait.
+        """
+        if self._waiting >= MAX_HASH_QUEUE:
+            raise Busy("too many logins at once; try again")
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ keys
     @property
@@ -150,7 +182,7 @@ class Accounts:
         check_password(password)
         if role not in ROLES:
             raise AccountError(f"role must be one of {', '.join(ROLES)}")
-        pw = await asyncio.to_thread(hash_password, password)
+        pw = await self._hash(hash_password, password)
         blob = orjson.dumps({"role": role, "pw": pw, "created": time.time()})
         async with self.registry.guard("console_user"):
             if await self.redis.hlen(self.users_key) >= MAX_USERS:
@@ -166,7 +198,7 @@ class Accounts:
         rec = await self._record(name)
         if rec is None:
             raise AccountError(f"no user {name!r}")
-        rec["pw"] = await asyncio.to_thread(hash_password, password)
+        rec["pw"] = await self._hash(hash_password, password)
         async with self.registry.guard("console_user"):
             await self.redis.hset(self.users_key, name, orjson.dumps(rec))
 
@@ -191,8 +223,8 @@ class Accounts:
     async def authenticate(self, name: str, password: str) -> User | None:
         rec = await self._record(name) if _NAME.match(name) else None
         stored = rec.get("pw") if rec else None
-        ok = await asyncio.to_thread(verify_password, password,
-                                     stored if isinstance(stored, str) else None)
+        ok = await self._hash(verify_password, password,
+                              stored if isinstance(stored, str) else None)
         if not ok or rec is None:
             return None
         return User(name, str(rec.get("role", "viewer")), float(rec.get("created", 0)))

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from gateway.console import cluster, rustdesk, spaces
-from gateway.console.accounts import AccountError, Accounts
+from gateway.console.accounts import AccountError, Accounts, Busy
 from gateway.console.keys import console_key
 from gateway.console.passwords import MAX_PASSWORD
 from gateway.console.sampler import HISTORY_LEN
@@ -163,14 +163,21 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     write = request.method in WRITE_METHODS
     if (write or path == "/api/live") and not _same_origin(request):
         return _error(403, "cross-origin request refused")
-    if write and request.content_type != "application/json":
-        return _error(415, "send JSON (Content-Type: application/json)")
+    if write and (request.content_length is None or request.content_length > MAX_BODY):
+        # Answered before anything is read: a refused body never sits in memory.
+        return _error(413 if request.content_length else 411,
+                      f"send a JSON body of at most {MAX_BODY} bytes with a Content-Length")
+    json_body = request.content_type == "application/json"
     if path in OPEN_PATHS:
+        if write and not json_body:
+            return _error(415, "send JSON (Content-Type: application/json)")
         return await handler(request)
     caller = await caller_of(request)
     if caller is None:
         return _error(401, "log in first (or send the admin token as a bearer token)")
     request["caller"] = caller
+    if write and not json_body:
+        return _error(415, "send JSON (Content-Type: application/json)")
     if write and path not in SELF_SERVICE:
         if caller.role != "admin":
             return _error(403, "this needs the admin role")
@@ -316,7 +323,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     if wait > 0:
         return _error(429, f"too many failed logins; try again in {wait:.0f}s",
                       **{"Retry-After": str(max(1, int(wait)))})
-    user = await st.accounts.authenticate(name, password)
+    try:
+        user = await st.accounts.authenticate(name, password)
+    except Busy as exc:
+        return _error(503, str(exc), **{"Retry-After": "1"})
     if user is None:
         await st.accounts.login_failed(ip, name)
         await st.accounts.audit(name, "login", "wrong user or password", ip, ok=False)

@@ -27,6 +27,7 @@ from gateway.console.passwords import generate_password
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import RegistryUnavailable
 from registry import Registry
+from registry.target import RedisTarget
 
 
 __all__ = ["main"]
@@ -84,11 +85,15 @@ async def _run(args: argparse.Namespace, accounts: Accounts) -> str:
     return f"password of {args.name} changed{shown}"
 
 
-async def _main(args: argparse.Namespace, url: str, prefix: str) -> str:
-    reg = Registry(url, prefix, "admin", "-", presence=False)
+async def _main(args: argparse.Namespace, target: RedisTarget, prefix: str) -> str:
+    reg = Registry(target, prefix, "admin", "-", presence=False)
     try:
         async with asyncio.timeout(15.0):
-            return await _run(args, Accounts(reg))
+            accounts = Accounts(reg)
+            try:
+                return await _run(args, accounts)
+            finally:
+                accounts.close()
     except TimeoutError:
         raise RegistryUnavailable("redis did not answer in time") from None
     finally:
@@ -98,7 +103,7 @@ async def _main(args: argparse.Namespace, url: str, prefix: str) -> str:
 def main(argv: Sequence[str]) -> int:
     cfg, args = parse_config(_parser(), "admin", argv)
     try:
-        print(asyncio.run(_main(args, cfg.redis_url, cfg.prefix)))
+        print(asyncio.run(_main(args, RedisTarget.from_config(cfg), cfg.prefix)))
     except AccountError as exc:
         sys.stderr.write(f"hubbub user: error: {exc}\n")
         return 2

@@ -105,6 +105,7 @@ class ConsoleService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._bootstrap
         await self.sampler.close()
+        self.accounts.close()
         await self.feeds.close()
         if self._runner is not None:
             with contextlib.suppress(Exception):
