@@ -19,17 +19,16 @@ from typing import Any
 import pytest
 from rustdesk_sim import Peer, TcpClient, close_all, msg, verify_signed
 from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
-from test_registry_modes import target_of
 from test_rustdesk_service import FakeConn, FakeUdp, settle
 
 from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, BindingChanged
 from gateway.rendezvous.service import LocalPeer, RendezvousService
 from gateway.rendezvous.store import CHANGE_OK, MODE_UDP, Live, Store, binding_gen
-from hubbub.config import Config
+from hubbub.config import Config, load_config, new_parser
 from hubbub.embedded_redis import RedisCluster
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk.messages import pb
-from registry import Registry
+from registry import RedisTarget, Registry
 
 
 OK = pb.RegisterPkResponse.OK
@@ -415,7 +414,8 @@ async def test_binding_news_and_guarded_flush_on_redis_cluster(
         redis_cluster: RedisCluster) -> None:
     """On Cluster: the scripts' news reach a broadcast subscriber, the guarded flush loads
     its script on the primaries and refuses a stale generation."""
-    reg = Registry(target_of(redis_cluster.env()), new_prefix(), "gateway", "h", ttl=1.5)
+    cfg = load_config("gateway", new_parser("t").parse_args([]), redis_cluster.env(), None)
+    reg = Registry(RedisTarget.from_config(cfg), new_prefix(), "gateway", "h", ttl=1.5)
     got: list[BindingChanged | None] = []
     await reg.start()
     try:
