@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from rustdesk_sim import Peer
-from support import Cluster, HubbubProcess, free_port, free_port_block
+from support import Cluster, HubbubProcess, free_port, free_port_block, new_prefix, redis_server
 from test_spaces_e2e import _self_signed
 
 from gateway.console.passwords import hash_password, login_hint, verify_password
@@ -283,3 +283,26 @@ def test_change_id_moves_a_device(console: Console) -> None:
     r = console.cluster.hubbub("admin", "change-id", new_id, device.id)
     assert r.returncode == 0 and "->" in r.stdout, r.stderr
     device.close()
+
+
+def test_unreachable_control_plane_is_an_alert(tmp_path: Path) -> None:
+    with redis_server() as srv:
+        cluster = Cluster(srv.url, new_prefix(), tmp_path)
+        try:
+            env = gateway_env()
+            cluster.start("gateway", env=env)
+            url = f"http://127.0.0.1:{env['CONSOLE_PORT']}"
+            token = (tmp_path / "data" / "admin_token").read_text().strip()
+            wait_for_admin(url, token)
+            auth = {"Authorization": f"Bearer {token}"}
+            srv.stop()
+            status, got = Client(url).call("GET", "/api/cluster", headers=auth)
+            assert status == 200 and not got["ok"]
+            assert got["alerts"][0]["level"] == "critical"
+            assert "control plane" in got["alerts"][0]["text"]
+            # Cookie sessions live in Redis: without it they cannot be checked.
+            status, got = Client(url).call("GET", "/api/cluster",
+                                           headers={"Cookie": "hubbub_session=x"})
+            assert status == 503 and "control plane unreachable" in got["error"]
+        finally:
+            cluster.stop_all()
