@@ -176,6 +176,7 @@ class Registry:
         self._first_beat = asyncio.Event()
         self._last_ok = 0.0
         self._restored_at = -1e9
+        self._down = False
         self._closing = False
         self.on_fatal: Callable[[Exception], None] | None = None
         self._wake = asyncio.Event()
@@ -192,6 +193,13 @@ class Registry:
         of a single Redis or Sentinel deployment keep their names.
         """
         return "{" + str(value) + "}" if self._links.sharded else str(value)
+
+    def key_in(self, group: str, *parts: str | int) -> str:
+        """A key of ``group``: in Cluster mode prefixed with the hash tag ``{group}`` (every
+        key of the group in one slot), elsewhere the same as ``key(*parts)``."""
+        if self._links.sharded:
+            return self.prefix + "{" + group + "}:" + ":".join(str(p) for p in parts)
+        return self.key(*parts)
 
     def inbox(self, process_id: str) -> str:
         # Tagged by the process, so in Cluster mode an inbox lives on one node.
@@ -223,8 +231,8 @@ class Registry:
     @property
     def settling(self) -> bool:
         """Whether expired TTL keys of *other* processes prove nothing yet: Redis is away, or
-        came back (or failed over) less than one TTL ago, so they may not have refreshed their
-        keys since. Reapers wait while this holds."""
+        came back (or failed over, or failed a call) less than one TTL ago, so they may not
+        have refreshed their keys since. Reapers wait while this holds."""
         return not self.healthy or time.monotonic() - self._restored_at < self.ttl
 
     async def close(self) -> None:
@@ -301,24 +309,30 @@ class Registry:
         down_since: float | None = None
         while True:
             try:
-                await self.beat()
+                # A beat slower than the TTL counts as a failure: presence would lapse anyway,
+                # and an unresponsive (not refusing) Redis must open the circuit in ``guard``.
+                async with asyncio.timeout(self.ttl):
+                    await self.beat()
             except HubbubError as exc:
                 # A tick hook found a fatal condition (a lost lease): the process must stop.
                 log.error("%s", exc)
                 if self.on_fatal is not None:
                     self.on_fatal(exc)
                 return
-            except (*_REDIS_ERRORS, RedisError) as exc:
+            except (*_REDIS_ERRORS, RedisError, TimeoutError) as exc:
                 metrics.REDIS_ERRORS.labels("presence").inc()
+                self._down = True
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis unreachable (%s); retrying with backoff", exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)  # calls wait for this beat (circuit in guard)
                 continue
+            self._down = False
             if down_since is not None:
                 log.info("redis link restored after %.1fs", time.monotonic() - down_since)
                 down_since = None
+                self._restored_at = time.monotonic()
             backoff = 0.1
             now = time.monotonic()
             if self._last_ok and now - self._last_ok > self.ttl:
@@ -357,11 +371,22 @@ class Registry:
 
     @contextlib.asynccontextmanager
     async def guard(self, op: str) -> AsyncIterator[None]:
-        """Map Redis failures to ``RegistryUnavailable`` and count the round trip."""
+        """Map Redis failures to ``RegistryUnavailable`` and count the round trip.
+
+        While the heartbeat finds the one primary unreachable, calls fail at once instead of
+        each waiting out socket timeouts (degraded mode answers fast). Not in Cluster mode,
+        where the other primaries may still serve the call.
+        """
+        if self._down and not self._links.sharded:
+            metrics.REDIS_ERRORS.labels(op).inc()
+            raise RegistryUnavailable(f"redis unavailable during {op}: heartbeat failing")
         try:
             yield
         except (*_REDIS_ERRORS, RedisError) as exc:
             metrics.REDIS_ERRORS.labels(op).inc()
+            # Part of the deployment failed (in Cluster mode maybe one primary): others may
+            # not have been able to refresh their keys either.
+            self._restored_at = time.monotonic()
             raise RegistryUnavailable(f"redis unavailable during {op}: {exc}") from exc
         metrics.REDIS_ROUNDTRIPS.labels(op).inc()
 

@@ -110,10 +110,16 @@ class PunchFlows:
         try:
             exists, live = await self._target(peer_id, conn.addr_key if first else None)
         except RegistryUnavailable:
-            metrics.PUNCH_REQUESTS.labels("server_error").inc()
-            await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE,
-                                                   "ID server storage unavailable"))
-            return
+            local = self.peers.get(peer_id, time.time())
+            if local is None:
+                metrics.PUNCH_REQUESTS.labels("server_error").inc()
+                await conn.send_message(_punch_failure(pb.PunchHoleResponse.OFFLINE,
+                                                       "ID server storage unavailable"))
+                return
+            # Degraded mode: with the control plane away no binding can change, so a peer
+            # heard here is still worth a punch.
+            exists = True
+            live = Live(local.ip, local.port, local.seen, self.token, self.udp_port, local.mode)
         now = time.time()
         if not exists and live is None:
             metrics.PUNCH_REQUESTS.labels("id_not_exist").inc()

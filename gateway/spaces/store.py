@@ -9,8 +9,9 @@ Keys (all under the registry prefix):
 * ``spaces:alive:<gateway>`` the gateway's membership lease (short TTL, refreshed by it);
 * ``space:<uri>:shard`` the shard holding the space's media (deleted when the space empties).
 
-Every key carries the one slot tag ``spaces`` (a script touches a space's members, the gateway's
-counts and the gateway set together, which Redis Cluster allows only within one slot).
+In Cluster mode every key carries the one slot tag ``{spaces}`` (a script touches a space's
+members, the gateway's counts and the gateway set together, which Redis Cluster allows only
+within one slot).
 Every change is one Lua script, so ids are allocated atomically cluster-wide and a dead gateway's
 players are removed exactly once (the reaper that wins ``SREM spaces:gateways`` does it) as soon
 as its membership lease expires.
@@ -119,7 +120,7 @@ def _opt(value: Any) -> str | None:
 def shard_key(registry: Registry, uri: str) -> str:
     """The key naming the media shard a space is placed on (written by the media relay, removed
     with the space's last member)."""
-    return registry.key(registry.tag("spaces"), "space", uri, "shard")
+    return registry.key_in("spaces", "space", uri, "shard")
 
 
 class SpaceStore:
@@ -141,17 +142,17 @@ class SpaceStore:
             yield
 
     def members_key(self, uri: str) -> str:
-        return self.registry.key(self.registry.tag("spaces"), "space", uri, "members")
+        return self.registry.key_in("spaces", "space", uri, "members")
 
     def shard_key(self, uri: str) -> str:
         return shard_key(self.registry, uri)
 
     def gateway_key(self, gateway: str) -> str:
-        return self.registry.key(self.registry.tag("spaces"), "gw", gateway)
+        return self.registry.key_in("spaces", "spaces", "gw", gateway)
 
     @property
     def gateways_key(self) -> str:
-        return self.registry.key(self.registry.tag("spaces"), "gateways")
+        return self.registry.key_in("spaces", "spaces", "gateways")
 
     async def join(self, uri: str, socket: str, name: str | None, avatar: str | None,
                    address: str | None, grounded: bool) -> tuple[int, list[Member]]:
@@ -211,7 +212,7 @@ class SpaceStore:
         return next((n for n in counts if n), 0)
 
     def alive_key(self, gateway: str) -> str:
-        return self.registry.key(self.registry.tag("spaces"), "alive", gateway)
+        return self.registry.key_in("spaces", "spaces", "alive", gateway)
 
     async def keep_alive(self, ttl: float) -> bool:
         """Refresh this gateway's membership lease.
