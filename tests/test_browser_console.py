@@ -333,20 +333,20 @@ def test_history_and_audit_views(console: tuple[LocalCluster, str], browser: Any
     base = int(time.time()) % 10000
     devices = [Peer("127.0.0.1", cluster.target.rendezvous_port, f"hist{base}x{i}")
                for i in range(DEVICES)]
+    count = "fetch('/api/history').then(r => r.json()).then(d => d.points.length)"
+    before = page.evaluate(count)
     try:
         for d in devices:
             d.register()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and page.evaluate(
-                "fetch('/api/history').then(r => r.json()).then(d => d.points.length)") < 4:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and page.evaluate(count) < before + 3:
             for d in devices:
                 d.heartbeat()
             time.sleep(0.5)
     finally:
         for d in devices:
             d.close()
-    assert page.evaluate("fetch('/api/history').then(r => r.json())"
-                         ".then(d => d.points.length)") >= 2
+    assert page.evaluate(count) >= before + 2
     page.evaluate("location.hash = '#cluster'")
     show(page, "history")
     page.wait_for_selector(".uplot")

@@ -73,6 +73,8 @@ def test_summary_rates_over_processes_and_restarts() -> None:
     assert s["rd"]["hb_s"] == 0.0 and s["rd"]["reg_s"] == 0.0
     point = rates.history_point(s)
     assert set(point) >= {"t", "online", "reg_s", "hb_s", "punch_s", "relay_bps", "players"}
+    burst = rates.average([dict(point, hb_s=0.0), dict(point, hb_s=50.0, t=105.0)])
+    assert burst["hb_s"] == 25.0 and burst["t"] == 105.0
 
 
 def test_rates_module_is_sans_io() -> None:

@@ -2,7 +2,8 @@
 
 The page sends ``{"view": "<name>", "arg": "<space uri or empty>"}`` whenever it switches view;
 the server answers at once and then once a second with ``{"view", "arg", "data"}`` (data shared
-with ``GET /api/<view>`` through the view cache, so many browsers cost one read per second).
+with ``GET /api/<view>`` through the view cache, so many browsers cost one read per second), or
+with ``{"view", "arg", "same": true}`` when the data did not change since the last message.
 The session is checked again every ``RECHECK`` seconds: logging out or removing the user ends
 the feed.
 """
@@ -60,6 +61,7 @@ class LiveFeeds:
 
         task = asyncio.ensure_future(reader())
         checked = time.monotonic()
+        last = b""
         try:
             while not ws.closed and not task.done():
                 now = time.monotonic()
@@ -76,7 +78,13 @@ class LiveFeeds:
                 except RegistryError as exc:
                     out = {"view": name, "arg": arg, "error":
                            f"control plane unreachable: {exc}"}
-                await ws.send_str(orjson.dumps(out).decode())
+                blob = orjson.dumps(out)
+                if blob == last:
+                    # Nothing changed: a short beat keeps the page's "live" mark on.
+                    blob = orjson.dumps({"view": name, "arg": arg, "same": True})
+                else:
+                    last = blob
+                await ws.send_str(blob.decode())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PERIOD):
                         await wake.wait()

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 
-__all__ = ["Scrape", "history_point", "parse", "summarise"]
+__all__ = ["Scrape", "average", "history_point", "parse", "summarise"]
 
 # Series the console reads: name -> label whose values are kept apart (None: summed).
 SERIES: dict[str, str | None] = {
@@ -163,3 +163,11 @@ def history_point(sample: Mapping[str, Any]) -> dict[str, float]:
             "punch_s": rd["punch_s"], "relay_bps": relay["bps"], "pairs": relay["pairs"],
             "players": sample["spaces"]["players"], "fwd_s": media["fwd_s"],
             "loss": media["loss"]}
+
+
+def average(points: list[dict[str, float]]) -> dict[str, float]:
+    """One history point for a window of per-second points: their means, stamped with the last
+    one's time (so a burst between two history points still shows)."""
+    out = {k: round(sum(p[k] for p in points) / len(points), 2) for k in points[-1] if k != "t"}
+    out["t"] = points[-1]["t"]
+    return out

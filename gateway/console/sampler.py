@@ -6,8 +6,8 @@ scrapes each process once a second however many gateways and browsers there are,
 gateway takes over within a few seconds when the sampler dies. Keys written:
 
 * ``console:live`` the latest sample (JSON, expires after a few seconds);
-* ``console:history`` the last hour of headline rates, one point every ``HISTORY_EVERY`` s,
-  newest first, fixed size;
+* ``console:history`` the last hour of headline rates, one point (the mean of the per-second
+  samples) every ``HISTORY_EVERY`` s, newest first, fixed size;
 * ``console:seen`` process id -> last presence summary, so a process that vanished without
   draining shows as missing;
 * ``console:counts`` registered and online device counts (key scans, every ``COUNT_EVERY`` s or
@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 
 from gateway.console.keys import console_key
-from gateway.console.rates import Scrape, history_point, parse, summarise
+from gateway.console.rates import Scrape, average, history_point, parse, summarise
 from gateway.console.scan import HOLE, scan_parts
 from gateway.rendezvous.store import Store
 from hubbub.errors import RegistryError
@@ -83,7 +83,7 @@ class Sampler:
         self._lease = self.redis.register_script(_LEASE_LUA)
         self._prev: dict[str, Scrape] = {}
         self._prev_at = 0.0
-        self._ticks = 0
+        self._window: list[dict[str, float]] = []
         self._counted = 0.0
         self.counts: dict[str, Any] = {}
         self._count_every = COUNT_EVERY
@@ -129,6 +129,7 @@ class Sampler:
         if not held:
             self.leader = False
             self._prev.clear()
+            self._window.clear()
             return
         self.leader = True
         records = await self.registry.processes()
@@ -140,13 +141,15 @@ class Sampler:
             # Liveness records are the cluster's own count; the gateways' gauges lag by seconds.
             sample["rd"]["online"] = self.counts["online"]
         self._prev, self._prev_at = scrapes, mono
-        self._ticks += 1
+        if dt:
+            self._window.append(history_point(sample))
         async with self.registry.guard("console_sample"):
             async with self.redis.pipeline(transaction=False) as p:
                 p.set(self.key("live"), orjson.dumps(sample), px=LIVE_TTL_MS)
-                if dt and self._ticks % HISTORY_EVERY == 0:
-                    p.lpush(self.key("history"), orjson.dumps(history_point(sample)))
+                if len(self._window) >= HISTORY_EVERY:
+                    p.lpush(self.key("history"), orjson.dumps(average(self._window)))
                     p.ltrim(self.key("history"), 0, HISTORY_LEN - 1)
+                    self._window.clear()
                 for r in records:
                     p.hset(self.key("seen"), r.id, orjson.dumps(
                         {"role": r.role, "host": r.host, "pid": r.pid, "state": r.state,

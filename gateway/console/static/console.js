@@ -122,9 +122,14 @@ function connect() {
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
     state.last = Date.now();
-    $("banner").hidden = !msg.error;
-    if (msg.error) $("banner").textContent = msg.error;
-    if (msg.view === state.view && msg.data && state.views[msg.view]) state.views[msg.view].update(msg.data);
+    if (msg.view !== state.view || !state.views[msg.view]) return;
+    const view = state.views[msg.view];
+    if (!msg.same) {
+      $("banner").hidden = !msg.error;
+      if (msg.error) $("banner").textContent = msg.error;
+      if (msg.data) view.update(msg.data);
+    }
+    if (view.tick) view.tick();
   };
   ws.onclose = (ev) => {
     state.ws = null;
@@ -283,8 +288,8 @@ const VIEWS = {
             : [h("span", { class: "muted" }, "empty")]));
         }
         key.textContent = d.public_key || "-";
-        if (query) search();
       },
+      tick() { if (query) search(); },
     };
   },
 
@@ -385,8 +390,12 @@ const VIEWS = {
         render(users, d.users, () => table([
           { label: "user", get: (u) => u.name }, { label: "role", get: (u) => u.role },
           { label: "since", cls: "hide-sm", get: (u) => when(u.created) },
-          { label: "", get: (u) => (isAdmin() && u.name !== state.me.user ? h("button", { class: "small danger admin",
-              onclick: () => { if (window.confirm("Remove " + u.name + "?")) act("/api/users/remove", { name: u.name }, msg); } }, "Remove") : "") },
+          { label: "", get: (u) => (isAdmin() ? h("span", { class: "row" },
+              h("button", { class: "small admin", onclick: () => {
+                const pw = window.prompt("New password for " + u.name + " (8 or more characters)");
+                if (pw) act("/api/users/password", { name: u.name, password: pw }, msg); } }, "Password"),
+              u.name !== state.me.user ? h("button", { class: "small danger admin",
+                onclick: () => { if (window.confirm("Remove " + u.name + "?")) act("/api/users/remove", { name: u.name }, msg); } }, "Remove") : null) : "") },
         ], d.users, { name: "users" }));
         render(entries, d.entries, () => table([
           { label: "when", get: (e) => when(e.t) }, { label: "who", get: (e) => e.user },
