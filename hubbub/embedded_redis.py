@@ -37,6 +37,9 @@ __all__ = ["LocalRedis", "RedisCluster", "SentinelSet", "free_cluster_ports", "m
            "redis_argv"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FAILOVER_AFTER_MS = 2000
+"""Sentinel ``down-after-milliseconds`` / ``cluster-node-timeout`` of the local deployments: the
+fail-over (about this plus 1-2 s) stays inside the default 5 s presence TTL."""
 
 
 def _exe(name: str) -> str:
@@ -407,14 +410,16 @@ def deployment(cfg: Config) -> SentinelSet | RedisCluster | None:
         if len(ports) < 6 or len(ports) % 2:
             raise ConfigError("invalid value for REDIS_CLUSTER_NODES: the embedded cluster "
                               "needs an even number of nodes, at least 6 (3 primaries)")
-        return RedisCluster(root / "redis-cluster", ports, password=password)
+        return RedisCluster(root / "redis-cluster", ports, node_timeout_ms=FAILOVER_AFTER_MS,
+                            password=password)
     if cfg.redis_sentinels:
         ports = _loopback_ports(cfg.redis_sentinels, "REDIS_SENTINELS")
         if (url.hostname or "127.0.0.1") not in LOOPBACK:
             raise ConfigError("invalid value for REDIS_URL: the embedded Redis listens on "
                               "loopback only")
         return SentinelSet(root / "redis-sentinel", url.port or 6379, ports,
-                           cfg.redis_sentinel_master, password=password)
+                           cfg.redis_sentinel_master, down_after_ms=FAILOVER_AFTER_MS,
+                           password=password)
     return None
 
 

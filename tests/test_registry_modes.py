@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, new_prefix
+import redis
+from support import Cluster, free_port, free_port_block, http_get, new_prefix
 
 from gateway.rendezvous.store import MODE_UDP, REG_OK_CHANGED, REG_OK_SAME, Live, Store
 from gateway.spaces.store import SpaceStore
@@ -178,3 +183,45 @@ def test_embedded_deployment_follows_the_settings(tmp_path: Path) -> None:
     assert isinstance(c, RedisCluster) and len(c.nodes) == 6
     with pytest.raises(ConfigError):
         deployment(cfg({"REDIS_CLUSTER_NODES": "10.1.1.1:7000"}))
+
+
+def test_hubbub_redis_runs_a_sentinel_deployment_until_stopped(tmp_path: Path) -> None:
+    """The Procfile's ``hubbub redis`` with Sentinel settings: primary, replica, Sentinels."""
+    primary, sentinels = free_port(), [free_port() for _ in range(3)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "HUBBUB_"))}
+    env.update(REDIS_URL=f"redis://127.0.0.1:{primary}/0", HUBBUB_DATA=str(tmp_path),
+               REDIS_SENTINELS=",".join(f"127.0.0.1:{p}" for p in sentinels))
+    proc = subprocess.Popen([sys.executable, "-m", "hubbub", "redis"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("hubbub redis: sentinel up"), line
+        with redis.Redis(port=sentinels[0]) as r:
+            addr = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "hubbub")
+        assert addr == [b"127.0.0.1", str(primary).encode()]
+        with redis.Redis(port=primary) as r:
+            assert int(r.info("replication")["connected_slaves"]) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
+    assert not SentinelSet(tmp_path / "redis-sentinel", primary, sentinels).nodes[0].ping()
+
+
+def test_gateway_and_status_on_a_cluster(redis_cluster: RedisCluster, tmp_path: Path) -> None:
+    env = redis_cluster.env()
+    c = Cluster(env["REDIS_URL"], new_prefix(), tmp_path)
+    try:
+        g = c.start("gateway", "-p", str(free_port_block(4) + 1), "--spaces-port",
+                    str(free_port()), env=env)
+        assert http_get(f"{g.ops_url}/readyz")[0] == 200
+        assert http_get(f"{g.ops_url}/livez")[0] == 200
+        res = c.hubbub("status", env=env)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("control plane: Redis Cluster, 3 primaries")
+        assert "gateway" in res.stdout
+    finally:
+        c.stop_all()
