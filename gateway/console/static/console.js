@@ -165,7 +165,7 @@ const VIEWS = {
   cluster(root) {
     const alerts = h("div", { class: "alerts", id: "alerts" });
     const stats = h("div", { class: "stats" });
-    const hosts = h("div", { class: "grid", id: "hosts", style: "grid-template-columns: 1fr" });
+    const hosts = h("div", { class: "stack", id: "hosts" });
     root.append(h("div", { class: "card" }, h("h2", {}, "Alerts"), alerts), stats, hosts);
     return {
       update(d) {
@@ -251,7 +251,7 @@ const VIEWS = {
         listCard("blacklist", "limited to LIMIT_SPEED")),
       listMsg,
       h("div", { class: "card" }, h("h2", {}, "Server public key (the clients' Key setting)"), key,
-        h("div", { class: "row", style: "margin-top:8px" }, h("button", { onclick: () => navigator.clipboard && navigator.clipboard.writeText(key.textContent) }, "Copy"))));
+        h("div", { class: "row gap-top" }, h("button", { onclick: () => navigator.clipboard && navigator.clipboard.writeText(key.textContent) }, "Copy"))));
     return {
       update(d) {
         fill(stats, stat("registered", d.registered === null || d.registered === undefined ? "…" : d.registered + (d.registered_complete === false ? "+" : ""), "registered"),
@@ -383,7 +383,7 @@ const VIEWS = {
     };
     root.append(
       h("div", { class: "card" }, h("h2", {}, "Users"), users,
-        isAdmin() ? h("div", { class: "row admin", style: "margin-top:10px" }, name, pw, role, h("button", { onclick: add }, "Add user")) : null, msg),
+        isAdmin() ? h("div", { class: "row admin gap-top" }, name, pw, role, h("button", { onclick: add }, "Add user")) : null, msg),
       h("div", { class: "card" }, h("h2", {}, "Audit log"), entries));
     return {
       update(d) {
