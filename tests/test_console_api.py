@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.cookiejar
 import json
+import signal
 import ssl
 import time
 import urllib.error
@@ -20,7 +21,15 @@ from typing import Any
 
 import pytest
 from rustdesk_sim import Peer
-from support import Cluster, HubbubProcess, free_port, free_port_block, new_prefix, redis_server
+from support import (
+    Cluster,
+    HubbubProcess,
+    free_port,
+    free_port_block,
+    new_prefix,
+    redis_server,
+    shard_env,
+)
 from test_spaces_e2e import _self_signed
 
 from gateway.console.passwords import hash_password, login_hint, verify_password
@@ -306,3 +315,27 @@ def test_unreachable_control_plane_is_an_alert(tmp_path: Path) -> None:
             assert status == 503 and "control plane unreachable" in got["error"]
         finally:
             cluster.stop_all()
+
+
+def test_a_process_gone_without_draining_is_missing(console: Console) -> None:
+    cl = console.cluster
+    shard = cl.start("shard", env=shard_env())
+    auth = {"Authorization": f"Bearer {console.token()}"}
+    api = Client(console.url)
+
+    def view() -> dict[str, Any]:
+        got: dict[str, Any] = api.call("GET", "/api/cluster", headers=auth)[1]
+        return got
+
+    deadline = time.monotonic() + 10
+    while not any(p["role"] == "shard" and p["rss"] for p in view()["processes"]):
+        assert time.monotonic() < deadline, "the sampler never saw the shard"
+        time.sleep(0.2)
+    shard.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not any("missing" in a["text"] for a in view()["alerts"]):
+        assert time.monotonic() < deadline, view()["alerts"]
+        time.sleep(0.2)
+    texts = [a["text"] for a in view()["alerts"]]
+    assert any("no live shard" in t for t in texts)
+    assert view()["missing"][0]["role"] == "shard"
