@@ -44,17 +44,23 @@ async def scan_parts(registry: Registry, shape: str, starts_with: str = "",
     pattern = _escape(head) + _escape(starts_with) + "*" + _escape(tail)
     parts: list[str] = []
     seen = 0
-    cursor = 0
     deadline = time.monotonic() + budget
     async with registry.guard(op):
-        while True:
-            cursor, keys = await registry.redis.scan(cursor, match=pattern, count=1000)
-            seen += len(keys)
-            if not count_only:
-                for k in keys:
+        # scan_iter walks every primary in Cluster mode, one SCAN cursor after another.
+        keys = registry.redis.scan_iter(match=pattern, count=1000)
+        try:
+            async for k in keys:
+                seen += 1
+                if not count_only:
                     text = k.decode(errors="replace") if isinstance(k, bytes) else str(k)
                     parts.append(text[len(head):len(text) - len(tail)])
-            if cursor == 0:
-                return parts, seen, True
-            if time.monotonic() > deadline or (not count_only and len(parts) >= limit):
-                return parts, seen, False
+                    if len(parts) >= limit:
+                        return parts, seen, False
+                if seen % 256 == 0 and time.monotonic() > deadline:
+                    return parts, seen, False
+        finally:
+            # Stop the generator now (it holds a pooled connection), not when it is collected.
+            close = getattr(keys, "aclose", None)
+            if close is not None:
+                await close()
+    return parts, seen, True
