@@ -11,8 +11,10 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping
 
+from hubbub.ipaddr import normalise_ip
 
-__all__ = ["ProxyList", "host_port", "listen_socket", "normalise_ip", "server_tls"]
+
+__all__ = ["ProxyList", "host_port", "listen_socket", "server_tls"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,21 +67,6 @@ def server_tls(cert: str, key: str) -> ssl.SSLContext | None:
 def host_port(host: str, port: int) -> str:
     """``host:port`` as a URL writes it (IPv6 in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def normalise_ip(text: str) -> str:
-    """Canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4.
-
-    Raises:
-        ValueError: ``text`` is not an IP address.
-    """
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    addr = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 def parse_networks(entries: Iterable[str]) -> list[Network]:

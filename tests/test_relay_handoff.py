@@ -6,9 +6,9 @@ import asyncio
 import os
 import socket
 
+from hubbub.ipaddr import normalise_ip
 from hubbub.net import listen_socket
 from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
-from shards.relay.lists import normalise_ip
 
 
 async def test_handoff_moves_a_live_socket_with_its_bytes() -> None:

@@ -22,7 +22,7 @@ from shards.relay.handshake import (
     parse_hello,
 )
 from shards.relay.limiter import BYTES_PER_MBIT, Bucket, PairStats, mbps_to_bytes
-from shards.relay.lists import IpLists, format_list, normalise_ip, parse_list
+from shards.relay.lists import IpLists, format_list, parse_list
 from shards.relay.pairing import TableFull, WaitingTable
 from shards.relay.reframe import Collect
 from shards.relay.ws import OP_BINARY, HandshakeError, WsDecoder, frame_header
@@ -229,13 +229,6 @@ def test_waiting_table_limits_each_source() -> None:
 
 
 # ------------------------------------------------------------------ lists
-def test_normalise_ip() -> None:
-    assert normalise_ip("::ffff:10.1.2.3") == "10.1.2.3"
-    assert normalise_ip(" [2001:DB8::1] ") == "2001:db8::1"
-    with pytest.raises(ValueError):
-        normalise_ip("not-an-ip")
-
-
 def test_list_files() -> None:
     text = "1.2.3.4 some comment\n# note\n\n::ffff:5.6.7.8\nbogus\n2001:db8::1\n"
     entries = parse_list(text)

@@ -18,10 +18,11 @@ from gateway.console.keys import console_key
 from gateway.console.scan import HOLE, scan_parts
 from gateway.rendezvous.admin import change_id
 from gateway.rendezvous.store import Live, PeerRecord, Store
+from hubbub.ipaddr import normalise_ip
 from registry import Registry
 from shards.relay import store as relay_store
 from shards.relay.cli import gather_usage
-from shards.relay.lists import LIST_NAMES, normalise_ip
+from shards.relay.lists import LIST_NAMES
 
 
 __all__ = ["change_device_id", "device_json", "edit_list", "fingerprint", "relay_view",

@@ -19,8 +19,8 @@ from gateway.rendezvous.logic import valid_register_id
 from gateway.rendezvous.store import Store
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
+from hubbub.ipaddr import normalise_ip
 from hubbub.runtime import host_name
-from hubbub.wire.rustdesk.addr import normalize_host
 from registry import RedisTarget, Registry
 
 
@@ -51,10 +51,11 @@ def read_peers(path: Path) -> list[tuple[str, bytes, bytes, str]]:
         try:
             data = json.loads(info or "{}")
             if isinstance(data, dict):
+                ip = str(data.get("ip", ""))
                 # hbbs on a dual-stack socket may have stored "::ffff:a.b.c.d".
-                ip = normalize_host(str(data.get("ip", "")))
+                ip = normalise_ip(ip)
         except ValueError:
-            pass
+            pass  # not JSON, or not an address: kept as stored
         out.append((str(peer_id), _blob(uuid), _blob(pk), ip))
     return out
 

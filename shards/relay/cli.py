@@ -24,9 +24,10 @@ import orjson
 
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryUnavailable
+from hubbub.ipaddr import normalise_ip
 from registry import RedisTarget, Registry
 from shards.relay import store
-from shards.relay.lists import LIST_NAMES, normalise_ip
+from shards.relay.lists import LIST_NAMES
 
 
 __all__ = ["format_usage", "gather_usage", "main"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hubbub.net import normalise_ip
+from hubbub.ipaddr import normalise_ip
 
 
-__all__ = ["LIST_NAMES", "MAX_ENTRIES", "IpLists", "format_list", "normalise_ip", "parse_list"]
+__all__ = ["LIST_NAMES", "MAX_ENTRIES", "IpLists", "format_list", "parse_list"]
 
 LIST_NAMES = ("blacklist", "blocklist")
 MAX_ENTRIES = 100_000

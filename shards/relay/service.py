@@ -30,6 +30,7 @@ import orjson
 
 from hubbub.config import Config
 from hubbub.errors import ConfigError, RegistryUnavailable, RemoteProtocolError
+from hubbub.ipaddr import normalise_ip
 from hubbub.keys import relay_licence
 from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request, Response
@@ -47,7 +48,7 @@ from shards.relay.handshake import (
     check_hello,
 )
 from shards.relay.limiter import Bucket, mbps_to_bytes
-from shards.relay.lists import IpLists, normalise_ip
+from shards.relay.lists import IpLists
 from shards.relay.pair import Pair
 from shards.relay.pairing import TableFull, WaitingTable
 from shards.relay.splice import SplicePair

@@ -4,48 +4,20 @@ IPv4 addresses are packed with a 32-bit time salt into a little-endian 128-bit i
 zero bytes stripped) so that middleboxes do not recognise and rewrite them; IPv6 is 16 address
 bytes plus a little-endian port. IPv4-mapped and IPv4-compatible IPv6 addresses (except ``::1``)
 are treated as IPv4, matching what clients do, so a dual-stack socket's ``::ffff:a.b.c.d`` peer
-encodes exactly like ``a.b.c.d``.
+encodes exactly like ``a.b.c.d`` (the rule of ``hubbub.ipaddr``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
+from hubbub.ipaddr import embedded_v4, normalise_ip
 
-__all__ = ["Addr", "decode", "encode", "normalize_host", "normalize"]
+
+__all__ = ["Addr", "decode", "encode", "normalize"]
 
 Addr = tuple[str, int]
 """``(host text, port)``; IPv4 in dotted form, IPv6 in compressed form without brackets."""
-
-_V4_PREFIX_MAPPED = b"\x00" * 10 + b"\xff\xff"
-_V4_PREFIX_COMPAT = b"\x00" * 12
-
-
-def _v4_of(packed6: bytes) -> bytes | None:
-    """The IPv4 octets hidden in an IPv6 address, or None."""
-    if packed6[:12] == _V4_PREFIX_MAPPED:
-        return packed6[12:]
-    if packed6[:12] == _V4_PREFIX_COMPAT and packed6[12:] not in (b"\0\0\0\0", b"\0\0\0\1"):
-        return packed6[12:]
-    return None
-
-
-def normalize_host(host: str) -> str:
-    """Canonical text of an IP address (``::ffff:1.2.3.4`` -> ``1.2.3.4``); other text unchanged.
-
-    Scope ids (``fe80::1%eth0``) are dropped: they never leave the host.
-    """
-    text = host.split("%", 1)[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return host
-    if ip.version == 6:
-        v4 = _v4_of(ip.packed)
-        if v4 is not None:
-            return str(ipaddress.IPv4Address(v4))
-    return str(ip)
-
 
 def normalize(addr: tuple[object, ...]) -> Addr:
     """``(host, port[, flow, scope])`` from a socket API -> canonical ``(host, port)``.
@@ -58,9 +30,13 @@ def normalize(addr: tuple[object, ...]) -> Addr:
     if isinstance(port, int):
         if ":" not in host:
             return host, port
-        if host.startswith("::ffff:") and "." in host:
+        if host.startswith("::ffff:") and "." in host and "%" not in host:
             return host[7:], port
-    return normalize_host(host), int(str(port))
+    try:
+        host = normalise_ip(host)
+    except ValueError:
+        pass  # not an address (a Unix socket path, say): kept as given
+    return host, int(str(port))
 
 
 def encode(host: str, port: int, tm: int = 0) -> bytes:
@@ -73,7 +49,7 @@ def encode(host: str, port: int, tm: int = 0) -> bytes:
         raise ValueError(f"port out of range: {port}")
     ip = ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
     if ip.version == 6:
-        v4 = _v4_of(ip.packed)
+        v4 = embedded_v4(ip.packed)
         if v4 is None:
             return ip.packed + port.to_bytes(2, "little")
         raw4 = v4
@@ -94,7 +70,7 @@ def decode(data: bytes) -> Addr:
         if len(data) != 18:
             return "::", 0
         ip6 = ipaddress.IPv6Address(data[:16])
-        return normalize_host(str(ip6)), int.from_bytes(data[16:], "little")
+        return normalise_ip(str(ip6)), int.from_bytes(data[16:], "little")
     v = int.from_bytes(data.ljust(16, b"\0"), "little")
     tm = (v >> 17) & 0xFFFFFFFF
     ipn = ((v >> 49) - tm) & 0xFFFFFFFF
