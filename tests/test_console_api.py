@@ -259,6 +259,10 @@ def test_console_is_dual_stack_serves_tls_and_believes_only_trusted_proxies(
     proxied = Client(f"https://127.0.0.1:{port}", tls)
     assert proxied.call("POST", "/api/login", {"user": "admin", "password": "wrong-one"},
                         headers={"X-Forwarded-For": "203.0.113.9"})[0] == 401
+    # A proxy that rewrites Host names the browser's host in X-Forwarded-Host.
+    assert proxied.call("POST", "/api/login", {"user": "admin", "password": PASSWORD},
+                        headers={"Origin": "https://console.example", "Host": "backend",
+                                 "X-Forwarded-Host": "console.example"})[0] == 200
     # ... from anyone else it is not (::1 is not in TRUSTED_PROXIES).
     direct = Client(f"https://[::1]:{port}", tls)
     assert direct.call("POST", "/api/login", {"user": "admin", "password": "wrong-two"},

@@ -110,11 +110,16 @@ def _https(request: web.Request) -> bool:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """A browser's Origin header, when sent, must name this very host."""
+    """A browser's Origin header, when sent, must name this very host (or, behind a trusted
+    proxy, the host the proxy says the browser asked for)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.host
+    hosts = {request.host}
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded and state_of(request).proxies.trusted(request.remote or ""):
+        hosts.add(forwarded.split(",")[0].strip())
+    return urlsplit(origin).netloc in hosts
 
 
 # ---------------------------------------------------------------- callers
