@@ -11,7 +11,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 from nacl.signing import SigningKey, VerifyKey
 
-from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
+from gateway.rendezvous.limits import IpLimiter
 from gateway.rendezvous.logic import (
     choose_relay_host,
     online_bitmap,
@@ -22,6 +22,7 @@ from gateway.rendezvous.logic import (
 )
 from hubbub.errors import ConfigError, FrameTooLarge, RemoteProtocolError
 from hubbub.keys import load_or_create, relay_licence, server_key
+from hubbub.limits import BoundedMap, WindowLimit
 from hubbub.net import ProxyList
 from hubbub.wire.rustdesk.crypto import (
     ServerKeyExchange,
@@ -169,7 +170,7 @@ def test_ip_limiter_rules() -> None:
 
 
 def test_id_limiter() -> None:
-    lim = IdLimiter()
+    lim: WindowLimit[str] = WindowLimit(3, 6.0, max_keys=200_000)  # hbbs: 3 per 6 s per ID
     assert [lim.allow("a", 0.0), lim.allow("a", 1.0), lim.allow("a", 2.0)] == [True] * 3
     assert not lim.allow("a", 3.0)
     assert lim.allow("a", 10.0)

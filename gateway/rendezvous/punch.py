@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.rendezvous import metrics
 from gateway.rendezvous.conns import Conn
-from gateway.rendezvous.limits import BoundedMap
 from gateway.rendezvous.logic import Network, is_lan, plan_punch, valid_register_id
 from gateway.rendezvous.store import MODE_UDP, Live, Store
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable
 from hubbub.keys import ServerKey
+from hubbub.limits import BoundedMap
 from hubbub.wire.rustdesk import addr as addrmangle
 from hubbub.wire.rustdesk.crypto import sign_id_pk
 from hubbub.wire.rustdesk.messages import message, pb

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from gateway.rendezvous import metrics
 from gateway.rendezvous.bindings import KIND_MOVED, KIND_REMOVED, BindingChanged
 from gateway.rendezvous.conns import Conn
-from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
+from gateway.rendezvous.limits import IpLimiter
 from gateway.rendezvous.logic import valid_custom_id
 from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_NOT_OWNER, Store
 from hubbub.errors import RegistryUnavailable
+from hubbub.limits import BoundedMap, WindowLimit
 from hubbub.tasks import TaskSet
 from hubbub.wire.rustdesk.messages import pb
 
@@ -39,7 +40,7 @@ class Rebinding:
     dirty: dict[str, LocalPeer]
     streams: dict[str, Conn]
     rechecks: set[str]
-    change_limiter: IdLimiter
+    change_limiter: WindowLimit[str]
     ip_limiter: IpLimiter
     _tasks: TaskSet
 

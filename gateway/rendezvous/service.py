@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.rendezvous import metrics
 from gateway.rendezvous.conns import Acceptor, Closed, Conn, TcpConn, WsConn
-from gateway.rendezvous.limits import BoundedMap, IdLimiter, IpLimiter
+from gateway.rendezvous.limits import IpLimiter
 from gateway.rendezvous.logic import (
     online_bitmap,
     parse_mask,
@@ -48,6 +48,7 @@ from gateway.rendezvous.store import (
 )
 from hubbub.errors import RegistryError, RegistryUnavailable
 from hubbub.keys import ServerKey, server_key
+from hubbub.limits import BoundedMap, SourceCounter, WindowLimit
 from hubbub.net import ProxyList, listen_socket
 from hubbub.runtime import Context
 from hubbub.tasks import TaskSet
@@ -155,10 +156,11 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         self.streams: dict[str, Conn] = {}
         self.sinks: dict[str, Conn] = {}
         self.conns: set[Conn] = set()
-        self.conns_per_ip: dict[str, int] = {}
+        self.conns_per_ip: SourceCounter[str] = SourceCounter(MAX_CONNS_PER_IP)
         self.ip_limiter = IpLimiter()
-        self.id_limiter = IdLimiter()
-        self.change_limiter = IdLimiter(burst=3, window=600.0, max_ids=50_000)
+        # hbbs: at most 3 RegisterPk per ID within 6 s.
+        self.id_limiter: WindowLimit[str] = WindowLimit(3, 6.0, max_keys=200_000)
+        self.change_limiter: WindowLimit[str] = WindowLimit(3, 600.0, max_keys=50_000)
         self.signed: BoundedMap[str, bytes] = BoundedMap(50_000, 30.0)
         self.punch_log: deque[str] = deque(maxlen=PUNCH_LOG)
         self.punch_seen: BoundedMap[str, bool] = BoundedMap(50_000, 60.0)
@@ -185,7 +187,8 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         self._udp_v6 = False
         self._registering = 0
         self._holes_sent = 0
-        self.nat_probes: BoundedMap[str, list[float]] = BoundedMap(100_000, NAT_PROBE_WINDOW)
+        self.nat_probes: WindowLimit[str] = WindowLimit(NAT_PROBES_PER_WINDOW, NAT_PROBE_WINDOW,
+                                                        max_keys=100_000)
         self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(10_000, IP_CHANGE_WINDOW)
 
     # ------------------------------------------------------------ lifecycle
@@ -296,14 +299,9 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         elif kind == "test_nat_request":
             # Answered to the datagram's own source; rate-limited per IP so spoofed sources
             # cannot turn the server into a steady reflector.
-            probes = self.nat_probes.get(ip, now)
-            if probes is None:
-                self.nat_probes.put(ip, [1.0], now)
-            elif probes[0] >= NAT_PROBES_PER_WINDOW:
+            if not self.nat_probes.allow(ip, now):
                 metrics.DROPPED.labels("nat_probe_rate").inc()
                 return
-            else:
-                probes[0] += 1
             self._send_udp(message(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
         else:
             # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
@@ -521,8 +519,8 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
             self.ip_changes.sweep(now)
             self.punch_seen.sweep(now)
             self.ip_limiter.map.sweep(now)
-            self.id_limiter.map.sweep(now)
-            self.change_limiter.map.sweep(now)
+            self.id_limiter.sweep(now)
+            self.change_limiter.sweep(now)
             metrics.ONLINE_PEERS.set(sum(1 for _, p in self.peers.items()
                                          if now - p.seen < ONLINE_WINDOW))
 
@@ -539,23 +537,16 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         if self._draining or len(self.conns) >= MAX_CONNECTIONS:
             metrics.DROPPED.labels("conn_limit").inc()
             return False
-        n = self.conns_per_ip.get(ip, 0)
-        if n >= MAX_CONNS_PER_IP:
+        if not self.conns_per_ip.add(ip):
             metrics.DROPPED.labels("conn_per_ip").inc()
             return False
-        self.conns_per_ip[ip] = n + 1
         return True
 
     def release(self, conn: Conn) -> None:
         if conn not in self.conns:
             return
         self.conns.discard(conn)
-        ip = conn.addr[0]
-        n = self.conns_per_ip.get(ip, 1) - 1
-        if n <= 0:
-            self.conns_per_ip.pop(ip, None)
-        else:
-            self.conns_per_ip[ip] = n
+        self.conns_per_ip.remove(conn.addr[0])
         metrics.CONNECTIONS.labels(conn.transport_name).dec()
 
     def new_stream(self, main: bool) -> RendezvousStream:
