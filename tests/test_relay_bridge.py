@@ -17,7 +17,7 @@ from loadtest.bench_relay import WsClient
 from shards.relay import bridge
 from shards.relay.bridge import BridgePair
 from shards.relay.budget import PRESSURE_FLOOR, ShardMemory
-from shards.relay.limiter import Bucket
+from shards.relay.limiter import relay_bucket
 from shards.relay.pair import Pair
 
 
@@ -67,7 +67,7 @@ async def _relay_pairs_both_ways() -> None:
             s.setblocking(False)
         heads = (f"head-a{i}".encode(), f"head-b{i}".encode())
         pair = BridgePair(f"u{i}", (a_relay, b_relay), ("tcp", "tcp"), heads, ("a", "b"),
-                          ("a", "b"), loop.time(), 0.0, Bucket(0.0, loop.time()), on_closed,
+                          ("a", "b"), loop.time(), 0.0, relay_bucket(0.0, loop.time()), on_closed,
                           framed=False)
         await pair.start()
         pairs.append(pair)
@@ -105,7 +105,7 @@ async def _mixed_pair(memory: ShardMemory, closed: list[str]
     w.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     w_relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
     pair = BridgePair("m", (w_relay, t_relay), ("ws", "tcp"), (b"", b""), ("w", "t"), ("w", "t"),
-                      loop.time(), 0.0, Bucket(0.0, loop.time()),
+                      loop.time(), 0.0, relay_bucket(0.0, loop.time()),
                       lambda _p, reason: closed.append(reason), memory=memory)
     await pair.start()
     return pair, w, t

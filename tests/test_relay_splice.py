@@ -11,7 +11,7 @@ import pytest
 from support import tcp_pair
 
 from shards.relay import splice
-from shards.relay.limiter import Bucket
+from shards.relay.limiter import relay_bucket
 from shards.relay.pair import Pair
 
 
@@ -30,7 +30,7 @@ async def test_spliced_pair_caps_unsent_backlog_and_moves_bytes_in_order() -> No
         closed.append(reason)
 
     pair = splice.SplicePair("u", a_relay, b_relay, (b"head-a", b""), ("a", "b"), ("a", "b"),
-                             loop.time(), 0.0, Bucket(0.0, loop.time()), on_closed)
+                             loop.time(), 0.0, relay_bucket(0.0, loop.time()), on_closed)
     pair.start()
     for s in (a_relay, b_relay):
         got = s.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_NOTSENT_LOWAT", 25))

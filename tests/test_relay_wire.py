@@ -21,7 +21,7 @@ from shards.relay.handshake import (
     check_hello,
     parse_hello,
 )
-from shards.relay.limiter import BYTES_PER_MBIT, Bucket, PairStats, mbps_to_bytes
+from shards.relay.limiter import BYTES_PER_MBIT, PairStats, mbps_to_bytes, relay_bucket
 from shards.relay.lists import IpLists, format_list, parse_list
 from shards.relay.pairing import TableFull, WaitingTable
 from shards.relay.reframe import Collect
@@ -180,13 +180,13 @@ def test_units_follow_hbbr() -> None:
 
 
 def test_bucket_rate_and_debt() -> None:
-    b = Bucket(100_000, now=0.0)
+    b = relay_bucket(100_000, 0.0)
     assert b.available(0.0) == b.burst
     b.consume(int(b.burst) + 50_000, 0.0)
     assert b.available(0.0) == -50_000
     assert b.wait_time(4096, 0.0) == pytest.approx((50_000 + 4096) / 100_000)
     assert b.available(1.0) == pytest.approx(min(b.burst, 50_000))
-    assert Bucket(0, 0.0).available(5.0) == float("inf")
+    assert relay_bucket(0, 0.0).available(5.0) == float("inf")
 
 
 def test_downgrade_rule() -> None:

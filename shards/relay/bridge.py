@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import cast
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
+from hubbub.limits import TokenBucket
 from shards.relay import metrics
 from shards.relay.budget import (
     PAIR_BUDGET,
@@ -28,7 +29,6 @@ from shards.relay.budget import (
     STALL_CLOSE,
     ShardMemory,
 )
-from shards.relay.limiter import Bucket
 from shards.relay.pair import MIN_BUDGET, Pair
 from shards.relay.reframe import MAX_MESSAGE, Chunk, TcpDecoder, TcpEncoder, WsEncoder
 from shards.relay.ws import WsDecoder
@@ -175,7 +175,7 @@ class BridgePair(Pair):
     def __init__(self, uuid: str, socks: tuple[socket.socket, socket.socket],
                  transports: tuple[str, str], leftovers: tuple[bytes, bytes],
                  addrs: tuple[str, str], ips: tuple[str, str], now: float, rate: float,
-                 total: Bucket, on_closed: Callable[[Pair, str], None], framed: bool = True,
+                 total: TokenBucket, on_closed: Callable[[Pair, str], None], framed: bool = True,
                  memory: ShardMemory | None = None) -> None:
         super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
         self.loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
-"""Token buckets with hbbr's units, and the downgrade rule. Sans-I/O: ``now`` is passed in.
+"""hbbr's bandwidth units, bucket sizes and downgrade rule. Sans-I/O: ``now`` is passed in.
 
-hbbr's settings are "Mb/s" computed as ``value * 1024 * 1024`` bit/s; a bucket here counts bytes,
-so its rate is ``value * 131072`` bytes/s. A rate of 0 means unlimited. Buckets may go into debt
+hbbr's settings are "Mb/s" computed as ``value * 1024 * 1024`` bit/s; a bucket here
+(``hubbub.limits.TokenBucket``) counts bytes, so its rate is ``value * 131072`` bytes/s. A rate
+of 0 means unlimited. Buckets may go into debt
 (a splice or read can return more than was available); the pump then waits until the debt is
 paid, which keeps the long-run average exact.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hubbub.limits import TokenBucket
 
-__all__ = ["BYTES_PER_MBIT", "Bucket", "PairStats", "mbps_to_bytes"]
+
+__all__ = ["BYTES_PER_MBIT", "PairStats", "burst_for", "mbps_to_bytes", "relay_bucket"]
 
 BYTES_PER_MBIT = 1024 * 1024 // 8
 BURST_SECONDS = 0.05
@@ -23,53 +26,14 @@ def mbps_to_bytes(value: float) -> float:
     return max(0.0, value) * BYTES_PER_MBIT
 
 
-class Bucket:
-    """A token bucket; ``rate`` bytes/s, burst of ``BURST_SECONDS`` worth (at least 16 KiB)."""
+def relay_bucket(rate: float, now: float) -> TokenBucket:
+    """A pair's or shard's bucket: ``rate`` bytes/s (0 unlimited), a burst of ``burst_for``."""
+    return TokenBucket(rate, burst_for(rate), now)
 
-    __slots__ = ("_last", "burst", "rate", "tokens")
 
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = 0.0
-        self.burst = 0.0
-        self.tokens = 0.0
-        self._last = now
-        self.set_rate(rate, now)
-
-    def set_rate(self, rate: float, now: float) -> None:
-        self._refill(now)
-        self.rate = max(0.0, rate)
-        self.burst = max(self.rate * BURST_SECONDS, MIN_BURST)
-        self.tokens = min(self.tokens, self.burst) if self.tokens else self.burst
-
-    @property
-    def unlimited(self) -> bool:
-        return self.rate <= 0.0
-
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            if self.rate > 0:
-                self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-            self._last = now
-
-    def available(self, now: float) -> float:
-        """Bytes that may be moved now (infinite when unlimited; may be negative)."""
-        if self.rate <= 0.0:
-            return float("inf")
-        self._refill(now)
-        return self.tokens
-
-    def consume(self, n: int, now: float) -> None:
-        if self.rate > 0.0:
-            self._refill(now)
-            self.tokens -= n
-
-    def wait_time(self, need: float, now: float) -> float:
-        """Seconds until ``need`` bytes are available (0 when they already are)."""
-        if self.rate <= 0.0:
-            return 0.0
-        self._refill(now)
-        missing = min(need, self.burst) - self.tokens
-        return max(0.0, missing / self.rate)
+def burst_for(rate: float) -> float:
+    """``BURST_SECONDS`` worth of ``rate``, at least 16 KiB."""
+    return max(max(0.0, rate) * BURST_SECONDS, MIN_BURST)
 
 
 @dataclass

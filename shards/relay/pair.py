@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from hubbub.limits import TokenBucket
 from shards.relay import metrics
-from shards.relay.limiter import Bucket, PairStats
+from shards.relay.limiter import PairStats, burst_for, relay_bucket
 
 
 __all__ = ["MIN_BUDGET", "Pair"]
@@ -35,11 +36,11 @@ class Pair:
     mode = "base"
 
     def __init__(self, uuid: str, addrs: tuple[str, str], ips: tuple[str, str], now: float,
-                 rate: float, total: Bucket, on_closed: Callable[[Pair, str], None]) -> None:
+                 rate: float, total: TokenBucket, on_closed: Callable[[Pair, str], None]) -> None:
         self.uuid = uuid
         self.addrs = addrs
         self.ips = ips
-        self.bucket = Bucket(rate, now)
+        self.bucket = relay_bucket(rate, now)
         self.total = total
         self.limited = False
         self.moved = 0
@@ -70,7 +71,7 @@ class Pair:
         self.total.consume(n, now)
 
     def set_rate(self, rate: float, limited: bool, now: float) -> None:
-        self.bucket.set_rate(rate, now)
+        self.bucket.set_rate(rate, burst_for(rate), now)
         self.limited = limited
 
     def flush_metrics(self) -> None:

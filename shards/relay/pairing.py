@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from hubbub.limits import SourceCounter
+
 
 __all__ = ["TableFull", "WaitingTable"]
 
@@ -36,7 +38,7 @@ class WaitingTable(Generic[T]):
         self.max_waiting = max_waiting
         self.max_per_source = max_per_source
         self._waiting: dict[str, tuple[float, T, str]] = {}
-        self._sources: dict[str, int] = {}
+        self._sources: SourceCounter[str] = SourceCounter(max_per_source)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -60,19 +62,14 @@ class WaitingTable(Generic[T]):
             return entry[1]
         if len(self._waiting) >= self.max_waiting:
             raise TableFull(f"{len(self._waiting)} relay halves already waiting")
-        if self._sources.get(source, 0) >= self.max_per_source:
+        if not self._sources.add(source):
             raise TableFull(f"{self.max_per_source} relay halves already waiting from {source}")
         self._waiting[uuid] = (now + self.timeout, half, source)
-        self._sources[source] = self._sources.get(source, 0) + 1
         return None
 
     def _remove(self, uuid: str) -> None:
         _, _, source = self._waiting.pop(uuid)
-        left = self._sources[source] - 1
-        if left:
-            self._sources[source] = left
-        else:
-            del self._sources[source]
+        self._sources.remove(source)
 
     def discard(self, uuid: str, half: T) -> bool:
         """Forget ``half`` if it still waits under ``uuid``."""

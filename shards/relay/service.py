@@ -47,7 +47,7 @@ from shards.relay.handshake import (
     WsFirstMessage,
     check_hello,
 )
-from shards.relay.limiter import Bucket, mbps_to_bytes
+from shards.relay.limiter import burst_for, mbps_to_bytes, relay_bucket
 from shards.relay.lists import IpLists
 from shards.relay.pair import Pair
 from shards.relay.pairing import TableFull, WaitingTable
@@ -110,7 +110,7 @@ class RelayService:
         self.table: WaitingTable[Half] = WaitingTable(self.cfg.relay_timeout)
         self.pairs: set[Pair] = set()
         self.lists = IpLists()
-        self.total = Bucket(0.0, 0.0)
+        self.total = relay_bucket(0.0, 0.0)
         self.memory = budget.ShardMemory()
         self._splice = self.cfg.relay_pump == "splice" and splice.AVAILABLE
         self.host_shards: list[str] = [self.registry.id]
@@ -144,7 +144,7 @@ class RelayService:
         self.table.max_waiting = max(64, min(self.table.max_waiting, nofile // 4))
         # No single address may hold more than a quarter of the table.
         self.table.max_per_source = max(64, self.table.max_waiting // 4)
-        self.total = Bucket(self._total_share(), self._loop.time())
+        self.total = relay_bucket(self._total_share(), self._loop.time())
         tcp = listen_socket(cfg.bind_host, cfg.relay_port)
         try:
             ws = listen_socket(cfg.bind_host, cfg.relay_ws_port)
@@ -461,7 +461,8 @@ class RelayService:
         if ids != self.host_shards:
             self.host_shards = ids
             assert self._loop is not None
-            self.total.set_rate(self._total_share(), self._loop.time())
+            share = self._total_share()
+            self.total.set_rate(share, burst_for(share), self._loop.time())
         if time.monotonic() - self._last_list_load > LIST_RELOAD_EVERY:
             await self._reload_lists()
 

@@ -22,8 +22,8 @@ import os
 import socket
 from collections.abc import Callable
 
+from hubbub.limits import TokenBucket
 from shards.relay import metrics
-from shards.relay.limiter import Bucket
 from shards.relay.pair import MIN_BUDGET, Pair
 
 
@@ -79,7 +79,7 @@ class SplicePair(Pair):
 
     def __init__(self, uuid: str, a: socket.socket, b: socket.socket, heads: tuple[bytes, bytes],
                  addrs: tuple[str, str], ips: tuple[str, str], now: float, rate: float,
-                 total: Bucket, on_closed: Callable[[Pair, str], None]) -> None:
+                 total: TokenBucket, on_closed: Callable[[Pair, str], None]) -> None:
         super().__init__(uuid, addrs, ips, now, rate, total, on_closed)
         self.loop = asyncio.get_running_loop()
         self.socks = (a, b)
