@@ -8,6 +8,7 @@ from support import ROOT, io_imports
 
 from gateway.spaces import channel
 from gateway.spaces.channel import ChannelMessage
+from hubbub.limits import TokenBucket
 from hubbub.wire.wired import outbound, positions
 from hubbub.wire.wired.connection import ServerConnection
 from hubbub.wire.wired.events import CloseConnection, LocationRecord, ResumeAudio
@@ -19,7 +20,7 @@ from hubbub.wire.wired.inbound import (
     Rejected,
     parse_frame,
 )
-from hubbub.wire.wired.ratelimit import Strikes, TokenBucket
+from hubbub.wire.wired.strikes import Strikes
 
 
 LIM = Limits()

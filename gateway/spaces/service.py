@@ -14,7 +14,6 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import Counter as Tally
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from gateway.spaces.media import MediaRelay
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
+from hubbub.limits import SourceCounter
 from hubbub.net import ProxyList, host_port, listen_socket, server_tls
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
 from hubbub.runtime import Context
@@ -88,7 +88,7 @@ class SpacesService:
         self.limits = Limits(max_url=self.cfg.spaces_max_url, max_name=self.cfg.spaces_max_name,
                              max_chat=self.cfg.spaces_max_chat)
         self.clients: dict[str, Client] = {}
-        self._per_ip: Tally[str] = Tally()
+        self._per_ip: SourceCounter[str] = SourceCounter(self.cfg.spaces_sockets_per_ip)
         self.proxies = ProxyList(self.cfg.trusted_proxies)
         self._next = 0
         self._server: Server | None = None
@@ -190,7 +190,7 @@ class SpacesService:
 
     async def _serve(self, ws: ServerConnection) -> None:
         ip = self._client_ip(ws)
-        if self._per_ip[ip] >= self.cfg.spaces_sockets_per_ip:
+        if not self._per_ip.add(ip):
             metrics.ERRORS.labels("too_many_connections").inc()
             metrics.CLOSED.labels("1008").inc()
             with contextlib.suppress(ConnectionClosed):
@@ -198,7 +198,6 @@ class SpacesService:
                                              "too many connections from this address"), text=True)
                 await ws.close(1008, "too many connections")
             return
-        self._per_ip[ip] += 1
         self._next += 1
         client = Client(f"{self.registry.id}/{self._next}", ws, ip, self.limits,
                         self.cfg.spaces_rate, self.cfg.spaces_burst)
@@ -214,9 +213,7 @@ class SpacesService:
             pass
         finally:
             await self._cleanup(client)
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
+            self._per_ip.remove(ip)
 
     async def _cleanup(self, client: Client) -> None:
         self.clients.pop(client.session, None)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubbub.limits import TokenBucket
 from hubbub.wire.webrtc import rtcp
 from hubbub.wire.webrtc.ice import (
     IceDisconnected,
@@ -36,7 +37,6 @@ from hubbub.wire.webrtc.params import (
     random_token,
 )
 from hubbub.wire.webrtc.rtp import OutboundStream, RtpError, is_rtcp, read_rtp
-from hubbub.wire.wired.ratelimit import TokenBucket
 from shards.media import metrics
 from shards.media.forwarding import Output, fan_out
 from shards.media.metrics import Counts

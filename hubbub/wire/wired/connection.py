@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from hubbub.limits import TokenBucket
 from hubbub.wire.wired.events import (
     CloseConnection,
     Event,
@@ -28,7 +29,7 @@ from hubbub.wire.wired.events import (
 )
 from hubbub.wire.wired.inbound import Limits, parse_frame
 from hubbub.wire.wired.positions import RECORD_SIZE
-from hubbub.wire.wired.ratelimit import Strikes, TokenBucket
+from hubbub.wire.wired.strikes import Strikes
 
 
 __all__ = ["CLOSE_POLICY", "ServerConnection"]

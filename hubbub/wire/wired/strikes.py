@@ -1,6 +1,7 @@
-"""Per-socket admission: a token bucket for messages and a strike counter for abuse.
+"""The strike counter that closes a spaces socket which keeps misbehaving.
 
-Time is an input (``now``, monotonic seconds) so both are deterministic in tests.
+Time is an input (``now``, monotonic seconds) so it is deterministic in tests; the message rate
+itself is a ``hubbub.limits.TokenBucket``.
 """
 
 from __future__ import annotations
@@ -9,33 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-__all__ = ["Strikes", "TokenBucket"]
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; one message costs one token.
-
-    It starts full. Also the per-packet limit of the media shard's producers, so ``allow`` is
-    kept to a few operations.
-    """
-
-    rate: float
-    burst: float
-    tokens: float = field(init=False)
-    stamp: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
-
-    def allow(self, now: float) -> bool:
-        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
+__all__ = ["Strikes"]
 
 
 @dataclass
