@@ -523,7 +523,7 @@ class Registry:
                 self._sub = None
                 failed = True
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 1.0)
             finally:
                 await sub.aclose()
 

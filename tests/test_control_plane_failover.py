@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 import uuid as uuidlib
@@ -129,10 +130,14 @@ def exchange(a_half: TcpClient, b_half: TcpClient, data: bytes) -> None:
 
 
 async def chat(sender: WiredClient, receiver: WiredClient, text: str) -> None:
-    await sender.send("chat", text)
-    for _ in range(10):
-        got = await receiver.wait_for("player_chat", timeout=5)
-        if got["text"] == text:
+    """A chat line gets through within 10 s (pub/sub is at most once: a line published while
+    a gateway re-subscribes after a fail-over is lost, so the sender says it again)."""
+    for attempt in range(10):
+        line = f"{text} #{attempt}"
+        await sender.send("chat", line)
+        with contextlib.suppress(TimeoutError):
+            await receiver.wait_for("player_chat", timeout=1.0,
+                                    where=lambda d, line=line: d["text"] == line)
             return
     raise AssertionError(f"{text!r} never arrived")
 
@@ -270,7 +275,8 @@ async def test_cluster_flows_survive_a_primary_killed_mid_run(tmp_path: Path) ->
         exchange(*pair, b"through the fail-over")
         await chat(spaces[1], spaces[0], "after the fail-over")
         flows.relay_pair("rlclafter", _src(4101))
-        assert known.heartbeat() is not None
+        # UDP: a client resends an unanswered heartbeat.
+        assert any(known.heartbeat() is not None for _ in range(3))
         print(f"\ncluster fail-over: registrations back after {recovered:.2f}s, "
               f"{len(acked)} acknowledged, {len(lost)} lost; relay pair, space and new punches "
               f"across gateways continue")
