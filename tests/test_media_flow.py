@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,25 +29,34 @@ DEVICE_CAPS = {
 CERT = new_certificate()
 
 
-@pytest.fixture
-async def router() -> AsyncIterator[MediaRouter]:
+@contextlib.asynccontextmanager
+async def open_router(host: str, announced: str) -> AsyncIterator[MediaRouter]:
+    """A router on its own UDP mux and ICE-TCP listener bound to ``host``, torn down after."""
     counts = Counts()
     mux = UdpMux(counts)
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(lambda: mux, local_addr=("127.0.0.1", 0))
-    tcp = await loop.create_server(mux.tcp_protocol, "127.0.0.1", 0)
-    r = MediaRouter(mux, CERT, counts, "127.0.0.1", tcp.sockets[0].getsockname()[1])
-    yield r
-    for sid in list(r.sessions):
-        r.close_session(sid)
+    await mux.open(host, 0)
+    tcp = await asyncio.get_running_loop().create_server(
+        mux.tcp_protocol, sock=listen_socket(host, 0, reuse_port=False))
+    r = MediaRouter(mux, CERT, counts, announced, tcp.sockets[0].getsockname()[1])
+    try:
+        yield r
+    finally:
+        for sid in list(r.sessions):
+            r.close_session(sid)
+        assert mux.sock is not None
+        mux.sock.close()
+        tcp.close()
+        for conn in list(mux.tcp.values()):
+            conn.close()
+        await asyncio.sleep(0.05)
     # nothing routable is left behind
     assert not mux.by_ufrag and not mux.by_addr and not r.transports and not r.spaces
-    assert mux.sock is not None
-    mux.sock.close()
-    tcp.close()
-    for conn in list(mux.tcp.values()):
-        conn.close()
-    await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[MediaRouter]:
+    async with open_router("127.0.0.1", "127.0.0.1") as r:
+        yield r
 
 
 def call(r: MediaRouter, session: str, op: str, data: Any = None,
@@ -399,14 +409,7 @@ async def test_lost_path_is_replaced_by_the_next_valid_check(router: MediaRouter
 @pytest.mark.parametrize("announced", ["127.0.0.1", "::1"])
 async def test_dual_stack_sockets_carry_media_for_both_families(announced: str) -> None:
     """The shard's default ``::`` sockets serve IPv4 peers (as mapped addresses) and IPv6."""
-    counts = Counts()
-    mux = UdpMux(counts)
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(
-        lambda: mux, sock=listen_socket("::", 0, socket.SOCK_DGRAM, reuse_port=False))
-    tcp = await loop.create_server(mux.tcp_protocol, sock=listen_socket("::", 0, reuse_port=False))
-    r = MediaRouter(mux, CERT, counts, announced, tcp.sockets[0].getsockname()[1])
-    try:
+    async with open_router("::", announced) as r:
         spaces = {"space-a": 3}
         for use_tcp in (False, True):
             a, b = f"A{use_tcp}", f"B{use_tcp}"
@@ -420,12 +423,3 @@ async def test_dual_stack_sockets_carry_media_for_both_families(announced: str) 
             assert await wait_for(lambda peer=recv: peer.rtp_received >= 15), (announced, use_tcp)
             await send.close()
             await recv.close()
-    finally:
-        for sid in list(r.sessions):
-            r.close_session(sid)
-        assert mux.sock is not None
-        mux.sock.close()
-        tcp.close()
-        for conn in list(mux.tcp.values()):
-            conn.close()
-        await asyncio.sleep(0.05)
