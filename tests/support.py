@@ -102,6 +102,9 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "websockets", "aiortc", "aioice",
                         "redis", "uvloop"})
 """What a sans-I/O module must not import."""
+SANS_IO_PARTS = frozenset({"websockets.protocol", "websockets.server", "websockets.frames",
+                           "websockets.http11", "websockets.datastructures"})
+"""The websockets library's own sans-I/O API, which sans-I/O modules may use."""
 
 
 def io_imports(path: Path) -> set[str]:
@@ -109,9 +112,10 @@ def io_imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[0] for a in node.names}
+            found |= {a.name.split(".")[0] for a in node.names if a.name not in SANS_IO_PARTS}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module.split(".")[0])
+            if node.module not in SANS_IO_PARTS:
+                found.add(node.module.split(".")[0])
     return found & IO_MODULES
 
 

@@ -12,12 +12,12 @@ import pytest
 import uvloop
 from support import tcp_pair
 
+from hubbub.wire.relay.bandwidth import relay_bucket
 from hubbub.wire.rustdesk.framing import encode_frame
 from loadtest.bench_relay import WsClient
 from shards.relay import bridge
 from shards.relay.bridge import BridgePair
 from shards.relay.budget import PRESSURE_FLOOR, ShardMemory
-from shards.relay.limiter import relay_bucket
 from shards.relay.pair import Pair
 
 

@@ -11,11 +11,11 @@ import random
 import pytest
 
 from hubbub.errors import FrameTooLarge
+from hubbub.wire.relay.first_message import TcpFirstMessage, WsFirstMessage
+from hubbub.wire.relay.reframe import ASSEMBLY_CAP, Collect, TcpDecoder, TcpEncoder, WsEncoder
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
+from hubbub.wire.websocket import OP_BINARY, OP_CONT, OP_PING, WsDecoder, frame_header
 from loadtest.bench_relay import WsClient, request_relay, request_relay_frame
-from shards.relay.handshake import TcpFirstMessage, WsFirstMessage
-from shards.relay.reframe import ASSEMBLY_CAP, Collect, TcpDecoder, TcpEncoder, WsEncoder
-from shards.relay.ws import OP_BINARY, OP_CONT, OP_PING, WsDecoder, frame_header
 
 
 UPGRADE = (b"GET /ws/relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -10,8 +10,8 @@ import socket
 import pytest
 from support import tcp_pair
 
+from hubbub.wire.relay.bandwidth import relay_bucket
 from shards.relay import splice
-from shards.relay.limiter import relay_bucket
 from shards.relay.pair import Pair
 
 

@@ -1,9 +1,12 @@
-"""Server side of RFC 6455 for the relay's WebSocket port. Sans-I/O.
+"""The WebSocket frame codec of hubbub's own sockets (the relay's port): streaming, sans-I/O.
 
 hbbr speaks plain ``ws://`` (TLS belongs to a reverse proxy), negotiates no extension or
 subprotocol, and treats one binary message as one RustDesk message. The relay needs the exact
 byte position where the first message ends, so that the rest can travel with the socket when it
-is handed to another shard; hence this small codec instead of a full WebSocket library.
+is handed to another shard, and must stream messages of any size through bounded memory; the
+websockets library's sans-I/O protocol buffers whole frames and consumes all it is fed, so frame
+headers are read here and only the payload unmasking is left to that protocol (its C speedups).
+The gateways' WebSocket ports run the websockets library itself.
 """
 
 from __future__ import annotations
@@ -11,19 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from websockets.protocol import Protocol as _WsProtocol, Side, State
+
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
-
-
-_apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] | None
-try:
-    _apply_mask = importlib.import_module("websockets.speedups").apply_mask
-except ImportError:  # pragma: no cover - the C speedups ship with websockets wheels
-    _apply_mask = None
 
 
 __all__ = [
@@ -50,13 +46,26 @@ UPGRADE_REQUIRED = (b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13
                     b"Content-Length: 0\r\nConnection: close\r\n\r\n")
 
 
+# One server-side protocol instance, always OPEN, used only to unmask: each payload piece goes
+# in as one complete masked binary frame and comes out as the frame's data. Without extensions
+# and size limit, nothing else in it can change or grow.
+_UNMASKER = _WsProtocol(Side.SERVER, state=State.OPEN, max_size=None)
+
+
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    if _apply_mask is not None:
-        return bytes(_apply_mask(payload, mask))
+    """``payload`` XORed with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
     n = len(payload)
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        n, "little")
+    if not n:
+        return b""
+    if n < 126:
+        head = bytes((0x82, 0x80 | n))
+    elif n < 65536:
+        head = b"\x82\xfe" + n.to_bytes(2, "big")
+    else:
+        head = b"\x82\xff" + n.to_bytes(8, "big")
+    _UNMASKER.receive_data(head + mask + payload)
+    (frame,) = _UNMASKER.events_received()
+    return bytes(frame.data)  # type: ignore[union-attr]  # always a Frame here
 
 
 def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:

@@ -21,6 +21,8 @@ from typing import cast
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
 from hubbub.limits import TokenBucket
+from hubbub.wire.relay.reframe import MAX_MESSAGE, Chunk, TcpDecoder, TcpEncoder, WsEncoder
+from hubbub.wire.websocket import WsDecoder
 from shards.relay import metrics
 from shards.relay.budget import (
     PAIR_BUDGET,
@@ -30,8 +32,6 @@ from shards.relay.budget import (
     ShardMemory,
 )
 from shards.relay.pair import MIN_BUDGET, Pair
-from shards.relay.reframe import MAX_MESSAGE, Chunk, TcpDecoder, TcpEncoder, WsEncoder
-from shards.relay.ws import WsDecoder
 
 
 __all__ = ["HIGH_WATER", "MAX_MESSAGE", "RAW_HIGH_WATER", "READ_BUFFER", "BridgePair"]

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 from hubbub.limits import TokenBucket
+from hubbub.wire.relay.bandwidth import PairStats, burst_for, relay_bucket
 from shards.relay import metrics
-from shards.relay.limiter import PairStats, burst_for, relay_bucket
 
 
 __all__ = ["MIN_BUDGET", "Pair"]

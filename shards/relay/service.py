@@ -36,23 +36,23 @@ from hubbub.net import ProxyList, listen_socket
 from hubbub.ops import Request, Response
 from hubbub.runtime import Context
 from hubbub.tasks import TaskSet
-from shards.relay import budget, metrics, splice, store
-from shards.relay.bridge import BridgePair
-from shards.relay.claims import Claims
-from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
-from shards.relay.handshake import (
+from hubbub.wire.relay.bandwidth import burst_for, mbps_to_bytes, relay_bucket
+from hubbub.wire.relay.first_message import (
     Hello,
     Refused,
     TcpFirstMessage,
     WsFirstMessage,
     check_hello,
 )
-from shards.relay.limiter import burst_for, mbps_to_bytes, relay_bucket
+from hubbub.wire.relay.waiting import TableFull, WaitingTable
+from hubbub.wire.websocket import HandshakeError
+from shards.relay import budget, metrics, splice, store
+from shards.relay.bridge import BridgePair
+from shards.relay.claims import Claims
+from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
 from shards.relay.lists import IpLists
 from shards.relay.pair import Pair
-from shards.relay.pairing import TableFull, WaitingTable
 from shards.relay.splice import SplicePair
-from shards.relay.ws import HandshakeError
 
 
 __all__ = ["Half", "RelayService"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
+from hubbub.wire.relay.reframe import Collect, TcpDecoder
 from hubbub.wire.rustdesk.messages import kind, parse
-from shards.relay.reframe import Collect, TcpDecoder
-from shards.relay.ws import Handshake, HandshakeDone, WsDecoder
+from hubbub.wire.websocket import Handshake, HandshakeDone, WsDecoder
 
 
 __all__ = [

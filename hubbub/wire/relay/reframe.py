@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from hubbub.errors import FrameTooLarge
 from hubbub.wire.rustdesk.framing import encode_header
-from shards.relay.ws import OP_BINARY, OP_CLOSE, OP_CONT, MessageSink, close_frame, frame_header
+from hubbub.wire.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    MessageSink,
+    close_frame,
+    frame_header,
+)
 
 
 __all__ = [
