@@ -49,7 +49,9 @@ class Directory:
         self.gateways = {p.id.rsplit(":", 1)[-1]: p for p in procs if p.role == "gateway"}
         self._gateways_at = time.monotonic()
 
-    async def _relay_loop(self) -> None:
+    async def _directory_loop(self) -> None:
+        """Every two seconds the gateway directory and the least-loaded relay host; every six
+        the admin settings."""
         ticks = 0
         while True:
             try:

@@ -29,6 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.rendezvous import metrics
 from gateway.rendezvous.conns import Acceptor, Closed, Conn, TcpConn, WsConn
+from gateway.rendezvous.directory import Directory
 from gateway.rendezvous.limits import IpLimiter
 from gateway.rendezvous.logic import (
     online_bitmap,
@@ -37,7 +38,6 @@ from gateway.rendezvous.logic import (
 )
 from gateway.rendezvous.punch import PunchFlows
 from gateway.rendezvous.rebinding import Rebinding
-from gateway.rendezvous.relays import Directory
 from gateway.rendezvous.store import (
     MODE_STREAM,
     MODE_UDP,
@@ -236,7 +236,7 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         with contextlib.suppress(RegistryError):
             await self._load_admin()
         self._bg = [asyncio.create_task(self._flush_loop(), name="rd-flush"),
-                    asyncio.create_task(self._relay_loop(), name="rd-relay"),
+                    asyncio.create_task(self._directory_loop(), name="rd-directory"),
                     asyncio.create_task(self._sweep_loop(), name="rd-sweep"),
                     asyncio.create_task(self._probe_loop(), name="rd-probe")]
         self._up = True
