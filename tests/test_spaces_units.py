@@ -136,7 +136,7 @@ def test_deflate_leaves_binary_frames_alone() -> None:
 
 
 async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix: str) -> None:
-    from gateway.spaces.media import MediaRelay
+    from gateway.spaces.media import MediaShardClient
     from registry import Registry
 
     gw = Registry(redis_url, prefix, "gateway", "h1", ttl=1.5)
@@ -144,7 +144,7 @@ async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix:
     await gw.start()
     try:
         assert await gw.wait_ready(5)
-        relay = MediaRelay(gw)
+        media = MediaShardClient(gw)
         reads = 0
         processes = gw.processes
 
@@ -158,14 +158,14 @@ async def test_media_placement_reads_the_shard_list_once(redis_url: str, prefix:
         await gw.redis.set(shard_key(gw, uri), b"gone-shard")
         # The space sits on a shard this gateway does not know and no shard is live: one look
         # at the shard list, not one more right behind it.
-        assert await relay.place(uri) is None
+        assert await media.place(uri) is None
         assert reads == 1
         shard.set_info(media={"udp": 1, "tcp": 0})
         await shard.start()
         assert await shard.wait_ready(5)
         await asyncio.sleep(0.3)  # past the pause between two looks at an empty list
         reads = 0
-        assert await relay.place(uri) == shard.id
+        assert await media.place(uri) == shard.id
         assert reads == 1
         assert await gw.redis.get(shard_key(gw, uri)) == shard.id.encode()
     finally:

@@ -10,7 +10,7 @@ from gateway.spaces import channel
 from gateway.spaces.channel import ChannelMessage
 from hubbub.limits import TokenBucket
 from hubbub.wire.wired import outbound, positions
-from hubbub.wire.wired.connection import ServerConnection
+from hubbub.wire.wired.admission import Admission
 from hubbub.wire.wired.events import CloseConnection, LocationRecord, ResumeAudio
 from hubbub.wire.wired.inbound import (
     INBOUND_SUBJECTS,
@@ -222,14 +222,14 @@ def test_wire_package_is_sans_io() -> None:
 
 
 # ------------------------------------------------------------------ connection (admission)
-def events(conn: ServerConnection, *messages: str | bytes, now: float = 0.0) -> list[object]:
+def events(conn: Admission, *messages: str | bytes, now: float = 0.0) -> list[object]:
     for m in messages:
         conn.receive(m, now)
     return list(conn.events_received())
 
 
 def test_connection_yields_messages_records_and_errors() -> None:
-    conn = ServerConnection(LIM, rate=100, burst=100)
+    conn = Admission(LIM, rate=100, burst=100)
     got = events(conn, frame("chat", "hi"), bytes(21), b"short", "nope")
     assert got == [Message("chat", "hi"), LocationRecord(bytes(21)),
                    Rejected("invalid_data", "a location record is 21 bytes, got 5", None),
@@ -237,7 +237,7 @@ def test_connection_yields_messages_records_and_errors() -> None:
 
 
 def test_connection_rate_limit_notifies_once_a_second_then_closes() -> None:
-    conn = ServerConnection(LIM, rate=1, burst=2, strike_limit=5)
+    conn = Admission(LIM, rate=1, burst=2, strike_limit=5)
     got = events(conn, *(frame("chat", "x") for _ in range(5)))
     assert got[:2] == [Message("chat", "x")] * 2
     assert got[2:] == [Rejected("rate_limited", "too many messages; slow down")]
@@ -247,16 +247,16 @@ def test_connection_rate_limit_notifies_once_a_second_then_closes() -> None:
 
 
 def test_connection_closes_after_repeated_invalid_frames() -> None:
-    conn = ServerConnection(LIM, rate=1000, burst=1000, strike_limit=3)
+    conn = Admission(LIM, rate=1000, burst=1000, strike_limit=3)
     got = events(conn, "a", "b", "c", "d")
     assert [type(e).__name__ for e in got] == ["Rejected"] * 4 + ["CloseConnection"]
-    conn2 = ServerConnection(LIM, rate=1000, burst=1000, strike_limit=3)
+    conn2 = Admission(LIM, rate=1000, burst=1000, strike_limit=3)
     conn2.reject("not_joined", "join first", None, 0.0)
     assert conn2.events_received() == [Rejected("not_joined", "join first", None)]
 
 
 def test_resume_audio_bursts_are_coalesced_with_a_trailing_one() -> None:
-    conn = ServerConnection(LIM, rate=1, burst=1, resume_gap=0.1)
+    conn = Admission(LIM, rate=1, burst=1, resume_gap=0.1)
     resume = '{"subject":"resume_audio","data":null}'
     assert events(conn, resume, resume, resume, now=5.0) == [ResumeAudio()]
     assert conn.get_timer() == pytest.approx(5.1)

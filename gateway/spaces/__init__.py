@@ -1,1 +1,1 @@
-"""The Wired spaces host in the gateway: signalling, membership and fan-out, media relay."""
+"""The Wired spaces host in the gateway: signalling, membership and fan-out, media shard client."""

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.spaces import metrics
 from hubbub.tasks import TaskSet
 from hubbub.wire.wired import outbound
-from hubbub.wire.wired.connection import ServerConnection as WiredConnection
+from hubbub.wire.wired.admission import Admission
 from hubbub.wire.wired.inbound import Limits
 
 
@@ -57,7 +57,7 @@ class Client:
         self.grounded = True
         self.positions: bool | None = None
         """Opted in to batched positions: True/False when said, None until then."""
-        self.conn = WiredConnection(limits, rate, float(burst), STRIKE_LIMIT,
+        self.admission = Admission(limits, rate, float(burst), STRIKE_LIMIT,
                                     resume_gap=RESUME_GAP)
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False

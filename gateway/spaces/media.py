@@ -1,4 +1,4 @@
-"""Relay of the Wired WebRTC subjects to the media shard that holds a socket's session.
+"""The gateway's client of the media shards: places spaces and forwards the WebRTC subjects.
 
 Contract with the shards: ``media.call`` requests (``{session, gateway, op, data, spaces}``,
 reply = list of ``[subject, data]``), ``media.push`` messages from a shard to a session's gateway,
@@ -24,7 +24,7 @@ from hubbub.wire.wired import outbound
 from registry import ProcessRecord, Registry
 
 
-__all__ = ["MediaClient", "MediaRelay"]
+__all__ = ["MediaSocket", "MediaShardClient"]
 
 log = logging.getLogger("hubbub.spaces.media")
 
@@ -44,8 +44,8 @@ return cur
 """
 
 
-class MediaClient(Protocol):
-    """What the relay needs from a client connection."""
+class MediaSocket(Protocol):
+    """What the media shard client needs from a spaces socket."""
 
     session: str
     shard: str | None
@@ -59,13 +59,13 @@ class MediaClient(Protocol):
     def abort(self, code: int, reason: str) -> None: ...
 
 
-class MediaRelay:
+class MediaShardClient:
     """Places spaces on shards and forwards media subjects for this gateway's sockets."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.shards: dict[str, ProcessRecord] = {}
-        self.sessions: dict[str, MediaClient] = {}
+        self.sessions: dict[str, MediaSocket] = {}
         self.capabilities: Any = None
         self._place = registry.redis.register_script(_PLACE)
         self._tasks = TaskSet(log, "spaces media")
@@ -137,16 +137,16 @@ class MediaRelay:
         return usable[0].id if usable else None
 
     # ------------------------------------------------------------ sessions
-    def attach(self, client: MediaClient) -> None:
+    def attach(self, client: MediaSocket) -> None:
         self.sessions[client.session] = client
 
-    def detach(self, client: MediaClient) -> None:
+    def detach(self, client: MediaSocket) -> None:
         """The socket is gone: tell its shard to drop every transport (in the background)."""
         self.sessions.pop(client.session, None)
         if client.shard is not None:
             self._tasks.spawn(self._quiet(client, "close", None))
 
-    async def handle(self, client: MediaClient, subject: str, data: Any) -> None:
+    async def handle(self, client: MediaSocket, subject: str, data: Any) -> None:
         """Relay one WebRTC subject; replies or an ``error`` message go to the client."""
         if subject == "get_router_rtp_capabilities" and self.capabilities is not None:
             client.send(outbound.encode("router_rtp_capabilities", self.capabilities))
@@ -177,7 +177,7 @@ class MediaRelay:
                 self.capabilities = pair[1]
             client.send(outbound.encode(pair[0], pair[1]))
 
-    async def lifecycle(self, client: MediaClient, op: str, data: Any) -> None:
+    async def lifecycle(self, client: MediaSocket, op: str, data: Any) -> None:
         """``join``/``leave`` for a bound session; failures are logged, not sent."""
         if client.shard is None:
             return
@@ -194,7 +194,7 @@ class MediaRelay:
                               client.session, won)
         await self._quiet(client, op, data)
 
-    async def call(self, client: MediaClient, shard: str, op: str,
+    async def call(self, client: MediaSocket, shard: str, op: str,
                    data: Any) -> list[tuple[str, Any]]:
         payload = {"session": client.session, "gateway": self.registry.id, "op": op,
                    "data": data, "spaces": client.memberships()}
@@ -207,7 +207,7 @@ class MediaRelay:
         metrics.MEDIA_CALLS.labels("ok").inc()
         return _pairs(reply)
 
-    async def _bind(self, client: MediaClient) -> str | None:
+    async def _bind(self, client: MediaSocket) -> str | None:
         spaces = client.memberships()
         shard = await (self.place(next(iter(spaces))) if spaces else self._any_shard())
         if shard is not None:
@@ -215,7 +215,7 @@ class MediaRelay:
             self.attach(client)
         return shard
 
-    async def _quiet(self, client: MediaClient, op: str, data: Any) -> None:
+    async def _quiet(self, client: MediaSocket, op: str, data: Any) -> None:
         shard = client.shard
         if shard is None:
             return
@@ -237,7 +237,7 @@ class MediaRelay:
         code = exc.code if isinstance(exc, RemoteError) else "media_error"
         return "media_error", f"{code}: {exc}"
 
-    def _lose(self, client: MediaClient, reason: str) -> None:
+    def _lose(self, client: MediaSocket, reason: str) -> None:
         self.sessions.pop(client.session, None)
         client.shard = None
         client.abort(CLOSE_MEDIA_LOST, "media shard restarted")

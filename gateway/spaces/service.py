@@ -1,10 +1,10 @@
 """The spaces service of a gateway: Wired WebSocket signalling and HTTP on ``SPACES_PORT``.
 
 Thin asyncio adapter: each socket's messages go through a sans-I/O
-``hubbub.wire.wired.connection.ServerConnection`` (parsing, validation, rate limit, abuse,
+``hubbub.wire.wired.admission.Admission`` (parsing, validation, rate limit, abuse,
 ``resume_audio`` coalescing); this module acts on its events: it applies them to the space state
 (``SpaceStore``), fans out through the space channels (``Hub``) and relays WebRTC subjects to
-media shards (``MediaRelay``).
+media shards (``MediaShardClient``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gateway.spaces.channel import ChannelMessage
 from gateway.spaces.client import Client
 from gateway.spaces.http import HttpRoutes
 from gateway.spaces.hub import Hub
-from gateway.spaces.media import MediaRelay
+from gateway.spaces.media import MediaShardClient
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
 from hubbub.errors import RegistryUnavailable, ServiceError
@@ -83,7 +83,7 @@ class SpacesService:
         gate = asyncio.Semaphore(REDIS_CONCURRENCY)
         self.store = SpaceStore(ctx.registry, gate)
         self.hub = Hub(ctx.registry, gate)
-        self.media = MediaRelay(ctx.registry)
+        self.media = MediaShardClient(ctx.registry)
         self.http = HttpRoutes(self.store, self.healthy)
         self.limits = Limits(max_url=self.cfg.spaces_max_url, max_name=self.cfg.spaces_max_name,
                              max_chat=self.cfg.spaces_max_chat)
@@ -229,8 +229,8 @@ class SpacesService:
 
     async def _on_message(self, client: Client, message: str | bytes) -> None:
         now = time.monotonic()
-        client.conn.receive(message, now)
-        await self._handle_events(client, client.conn.events_received(), now)
+        client.admission.receive(message, now)
+        await self._handle_events(client, client.admission.events_received(), now)
         self._arm_timer(client)
 
     async def _handle_events(self, client: Client, events: list[Event], now: float) -> None:
@@ -262,7 +262,7 @@ class SpacesService:
 
     def _arm_timer(self, client: Client) -> None:
         """Run the connection's timer (a trailing coalesced resume_audio) when it is due."""
-        due = client.conn.get_timer()
+        due = client.admission.get_timer()
         if due is None or client.timer is not None or client.closing:
             return
         loop = asyncio.get_running_loop()
@@ -270,8 +270,8 @@ class SpacesService:
         def fire() -> None:
             client.timer = None
             now = time.monotonic()
-            client.conn.handle_timer(now)
-            events = client.conn.events_received()
+            client.admission.handle_timer(now)
+            events = client.admission.events_received()
             if events and not client.closing:
                 client.spawn(self._handle_events(client, events, now))
             # The loop may call back a hair before the deadline: then nothing was due yet, and
@@ -282,8 +282,8 @@ class SpacesService:
 
     def _reject(self, client: Client, code: str, message: str, subject: str | None,
                 now: float) -> None:
-        client.conn.reject(code, message, subject, now)
-        for event in client.conn.events_received():
+        client.admission.reject(code, message, subject, now)
+        for event in client.admission.events_received():
             if isinstance(event, Rejected):
                 client.send_error(event.code, event.message, event.subject)
             elif isinstance(event, CloseConnection):

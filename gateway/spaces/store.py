@@ -118,8 +118,8 @@ def _opt(value: Any) -> str | None:
 
 
 def shard_key(registry: Registry, uri: str) -> str:
-    """The key naming the media shard a space is placed on (written by the media relay, removed
-    with the space's last member)."""
+    """The key naming the media shard a space is placed on (written by the media shard client,
+    removed with the space's last member)."""
     return registry.key_in("spaces", "space", uri, "shard")
 
 

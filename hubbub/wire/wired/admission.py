@@ -1,4 +1,4 @@
-"""One spaces connection, server side, sans I/O: admission, parsing, abuse handling.
+"""Admission of one spaces socket's messages, sans I/O: parsing, rate limit, abuse handling.
 
 Feed every WebSocket message with ``receive(message, now)`` and act on ``events_received()``:
 
@@ -32,7 +32,7 @@ from hubbub.wire.wired.positions import RECORD_SIZE
 from hubbub.wire.wired.strikes import Strikes
 
 
-__all__ = ["CLOSE_POLICY", "ServerConnection"]
+__all__ = ["CLOSE_POLICY", "Admission"]
 
 CLOSE_POLICY = 1008
 # Exactly what the reference client's JSON.stringify produces (other spellings take the normal,
@@ -41,7 +41,7 @@ _RESUME = re.compile(r'\s*\{\s*"subject"\s*:\s*"resume_audio"\s*(,\s*"data"\s*:\
 _RESUME_MAX = 64
 
 
-class ServerConnection:
+class Admission:
     """Admission state of one spaces socket.
 
     Args:
