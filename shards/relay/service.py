@@ -47,7 +47,7 @@ from hubbub.wire.relay.first_message import (
 from hubbub.wire.relay.waiting import TableFull, WaitingTable
 from hubbub.wire.websocket import HandshakeError
 from shards.relay import budget, metrics, splice, store
-from shards.relay.bridge import BridgePair
+from shards.relay.buffered import BufferedPair
 from shards.relay.claims import Claims
 from shards.relay.handoff import HandoffServer, Transfer, hand_over, handoff_address
 from shards.relay.lists import IpLists
@@ -394,7 +394,7 @@ class RelayService:
             sp.start()
             pair = sp
         else:
-            bp = BridgePair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
+            bp = BufferedPair(a.uuid, (a.sock, b.sock), (a.transport, b.transport),
                             (a.leftover, b.leftover), addrs, ips, now, rate, self.total,
                             self._pair_closed, framed=not raw, memory=self.memory)
             self._tasks.spawn(bp.start())

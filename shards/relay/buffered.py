@@ -1,4 +1,4 @@
-"""Relay pairs pumped through asyncio transports: raw TCP pairs, and pairs with a WebSocket side.
+"""Relay pairs pumped through buffered asyncio protocols: the raw byte pump and the message bridge.
 
 Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A raw
 TCP side's bytes go to the other socket unchanged (the default for TCP <-> TCP pairs unless
@@ -34,7 +34,7 @@ from shards.relay.budget import (
 from shards.relay.pair import MIN_BUDGET, Pair
 
 
-__all__ = ["HIGH_WATER", "MAX_MESSAGE", "RAW_HIGH_WATER", "READ_BUFFER", "BridgePair"]
+__all__ = ["HIGH_WATER", "MAX_MESSAGE", "RAW_HIGH_WATER", "READ_BUFFER", "BufferedPair"]
 
 log = logging.getLogger("hubbub.relay")
 
@@ -52,7 +52,7 @@ _SHARED = memoryview(bytearray(READ_BUFFER))
 
 
 class _Side(asyncio.BufferedProtocol):
-    def __init__(self, pair: BridgePair, idx: int, encoder: TcpEncoder | WsEncoder | None
+    def __init__(self, pair: BufferedPair, idx: int, encoder: TcpEncoder | WsEncoder | None
                  ) -> None:
         self.pair = pair
         self.idx = idx
@@ -159,8 +159,9 @@ class _Side(asyncio.BufferedProtocol):
         tr.write(b"".join(parts))
 
 
-class BridgePair(Pair):
-    """Two sockets pumped through asyncio transports, messages re-framed on a mixed pair.
+class BufferedPair(Pair):
+    """Two sockets pumped through asyncio transports: raw bytes (mode ``raw``, TCP <-> TCP) or,
+    when a side speaks WebSocket, messages re-framed for the other side (mode ``bridge``).
 
     Args:
         socks: the two sockets (raw, never owned by a transport before).

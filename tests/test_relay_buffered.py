@@ -15,9 +15,9 @@ from support import tcp_pair
 from hubbub.wire.relay.bandwidth import relay_bucket
 from hubbub.wire.rustdesk.framing import encode_frame
 from loadtest.bench_relay import WsClient
-from shards.relay import bridge
-from shards.relay.bridge import BridgePair
+from shards.relay import buffered
 from shards.relay.budget import PRESSURE_FLOOR, ShardMemory
+from shards.relay.buffered import BufferedPair
 from shards.relay.pair import Pair
 
 
@@ -66,7 +66,7 @@ async def _relay_pairs_both_ways() -> None:
         for s in (a_relay, b_relay, a_client, b_client):
             s.setblocking(False)
         heads = (f"head-a{i}".encode(), f"head-b{i}".encode())
-        pair = BridgePair(f"u{i}", (a_relay, b_relay), ("tcp", "tcp"), heads, ("a", "b"),
+        pair = BufferedPair(f"u{i}", (a_relay, b_relay), ("tcp", "tcp"), heads, ("a", "b"),
                           ("a", "b"), loop.time(), 0.0, relay_bucket(0.0, loop.time()), on_closed,
                           framed=False)
         await pair.start()
@@ -95,7 +95,7 @@ async def _relay_pairs_both_ways() -> None:
 
 # ------------------------------------------------------------------ memory budgets
 async def _mixed_pair(memory: ShardMemory, closed: list[str]
-                      ) -> tuple[BridgePair, socket.socket, socket.socket]:
+                      ) -> tuple[BufferedPair, socket.socket, socket.socket]:
     """A paired WebSocket half (client end ``w``) and TCP half (client end ``t``)."""
     loop = asyncio.get_running_loop()
     w, w_relay = tcp_pair()
@@ -104,7 +104,7 @@ async def _mixed_pair(memory: ShardMemory, closed: list[str]
         s.setblocking(False)
     w.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     w_relay.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-    pair = BridgePair("m", (w_relay, t_relay), ("ws", "tcp"), (b"", b""), ("w", "t"), ("w", "t"),
+    pair = BufferedPair("m", (w_relay, t_relay), ("ws", "tcp"), (b"", b""), ("w", "t"), ("w", "t"),
                       loop.time(), 0.0, relay_bucket(0.0, loop.time()),
                       lambda _p, reason: closed.append(reason), memory=memory)
     await pair.start()
@@ -115,7 +115,7 @@ async def test_pair_over_the_shard_budget_is_paused_then_closed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A fragmented message that keeps the shard over its budget: the sender is paused (the
     relay reads no more of it) and the pair is closed once it stayed over too long."""
-    monkeypatch.setattr(bridge, "STALL_CLOSE", 0.5)
+    monkeypatch.setattr(buffered, "STALL_CLOSE", 0.5)
     loop = asyncio.get_running_loop()
     memory = ShardMemory(limit=64 * 1024)
     closed: list[str] = []
