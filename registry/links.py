@@ -326,6 +326,7 @@ class Links:
             RegistryUnavailable: fewer replicas than required confirmed within the bound.
         """
         need = await self._needed_replicas(key)
+        node = None
         async with self.redis.pipeline(transaction=False) as p:
             queued = build(p)
             if asyncio.iscoroutine(queued):  # a script queued with ``client=p``
@@ -333,11 +334,16 @@ class Links:
             if need:
                 if self._cluster is not None:
                     # WAIT counts this connection's writes: it must reach the key's node.
-                    p.execute_command("WAIT", need, WAIT_TIMEOUT_MS,
-                                      target_nodes=self._cluster.get_node_from_key(key))
+                    node = self._cluster.get_node_from_key(key)
+                    p.execute_command("WAIT", need, WAIT_TIMEOUT_MS, target_nodes=node)
                 else:
                     p.execute_command("WAIT", need, WAIT_TIMEOUT_MS)
             results: list[Any] = await p.execute()
+        if node is not None and self._cluster is not None and \
+                self._cluster.get_node_from_key(key).name != node.name:
+            # The write was redirected (slot moved) after WAIT ran on the old owner: its
+            # answer says nothing about the write.
+            raise RegistryUnavailable("slot moved during a durable write")
         if need:
             acked = int(results.pop())
             if acked < need:
