@@ -339,8 +339,8 @@ class Links:
                 else:
                     p.execute_command("WAIT", need, WAIT_TIMEOUT_MS)
             results: list[Any] = await p.execute()
-        if node is not None and self._cluster is not None and \
-                self._cluster.get_node_from_key(key).name != node.name:
+        owner = self._cluster.get_node_from_key(key) if node is not None and self._cluster else None
+        if node is not None and (owner is None or owner.name != node.name):
             # The write was redirected (slot moved) after WAIT ran on the old owner: its
             # answer says nothing about the write.
             raise RegistryUnavailable("slot moved during a durable write")
