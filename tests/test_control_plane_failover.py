@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import contextlib
+import selectors
 import signal
+import socket
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -33,7 +35,7 @@ from wired_client import WiredClient
 from gateway.rendezvous.logic import split_host_port
 from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.wire.rustdesk.framing import encode_frame
-from hubbub.wire.rustdesk.messages import pb
+from hubbub.wire.rustdesk.messages import parse, pb
 
 
 pytestmark = pytest.mark.slow
@@ -47,6 +49,31 @@ def _gateways(cluster: Cluster, env: dict[str, str]) -> tuple[list[HubbubProcess
     procs = [cluster.start("gateway", "-p", str(p), "--spaces-port", str(free_port()), env=env)
              for p in ports]
     return procs, ports
+
+
+def _heartbeat_all(peers: list[Peer], timeout: float = 5.0) -> int:
+    """Send every peer's RegisterPeer at once; how many were answered within ``timeout``."""
+    sel = selectors.DefaultSelector()
+    for p in peers:
+        p.udp.setblocking(False)
+        p.send_udp(msg(register_peer=pb.RegisterPeer(id=p.id, serial=0)))
+        sel.register(p.udp, selectors.EVENT_READ, p.id)
+    answered: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(answered) < len(peers) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.5):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                with contextlib.suppress(BlockingIOError):
+                    m = parse(sock.recv(65536))
+                    if m is not None and m.WhichOneof("union") == "register_peer_response":
+                        answered.add(key.data)
+    finally:
+        sel.close()
+        for p in peers:
+            p.udp.setblocking(True)
+    return len(answered)
 
 
 def _src(i: int) -> str:
@@ -157,13 +184,10 @@ async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -
         s.start()
         flows = Flows(cluster, s.env(), tmp_path)
         ports = flows.ports
-        acked: list[Peer] = []
-        for i in range(DEVICES):
-            peer = Peer("127.0.0.1", ports[i % 2], f"fo{i:05d}", src_ip=_src(i))
-            if peer.register_pk() == OK:
-                acked.append(peer)
-            peer.close()
-        assert len(acked) == DEVICES
+        devices = [Peer("127.0.0.1", ports[i % 2], f"fo{i:05d}", src_ip=_src(i))
+                   for i in range(DEVICES)]
+        acked = [d for d in devices if d.register_pk() == OK]
+        assert len(acked) == DEVICES and _heartbeat_all(devices) == DEVICES
         known = [Peer("127.0.0.1", ports[i % 2], f"known{i:02d}", src_ip=_src(4000 + i))
                  for i in range(10)]
         for k in known:
@@ -173,6 +197,8 @@ async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -
         old = s.primary_node()
         killed = time.monotonic()
         old.stop(signal.SIGKILL)
+        # Every device's heartbeat is answered while there is no primary at all.
+        during = _heartbeat_all(devices)
         recovered = None
         answered_heartbeats = heartbeats = 0
         i = 0
@@ -198,8 +224,10 @@ async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -
         await chat(spaces[1], spaces[0], "after the fail-over")
         flows.relay_pair("rlafter1", _src(4101))
         print(f"\nsentinel fail-over: registrations back after {recovered:.2f}s, "
-              f"{len(acked)} acknowledged, {len(lost)} lost, known heartbeats answered "
+              f"{len(acked)} acknowledged, {len(lost)} lost, heartbeats of all devices "
+              f"answered during it {during}/{DEVICES}, known heartbeats answered "
               f"{answered_heartbeats}/{heartbeats}; relay pair, space and new punches continue")
+        assert during == DEVICES
         assert lost == []
         assert recovered <= 10.0
         assert answered_heartbeats == heartbeats

@@ -225,3 +225,25 @@ def test_gateway_and_status_on_a_cluster(redis_cluster: RedisCluster, tmp_path: 
         assert "gateway" in res.stdout
     finally:
         c.stop_all()
+
+
+async def test_sentinel_with_a_password_on_the_data_nodes(tmp_path: Path) -> None:
+    s = SentinelSet(tmp_path, free_port(), [free_port() for _ in range(3)], durable=False,
+                    password="s3cret")
+    try:
+        s.start()
+        good = Registry(target_of(s.env()), new_prefix(), "gateway", "h", ttl=1.5)
+        bad = Registry(target_of({**s.env(), "REDIS_URL": "redis://127.0.0.1:1/0"}),
+                       good.prefix, "t", "h", presence=False)
+        try:
+            await good.start()
+            assert await good.wait_ready(10)
+            assert [r.id for r in await good.processes()] == [good.id]
+            assert await good.durable(good.key("k"), lambda p: p.set(good.key("k"), b"v"))
+            with pytest.raises(RegistryUnavailable):
+                await bad.processes()  # Sentinel names the primary; no password: refused
+        finally:
+            await good.close()
+            await bad.close()
+    finally:
+        s.stop()
