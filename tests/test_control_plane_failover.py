@@ -36,6 +36,7 @@ from gateway.rendezvous.logic import split_host_port
 from hubbub.embedded_redis import LocalRedis, RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import parse, pb
+from loadtest.cluster import rss_bytes
 
 
 pytestmark = pytest.mark.slow
@@ -335,6 +336,7 @@ async def test_degraded_mode_while_redis_is_unreachable(tmp_path: Path) -> None:
         pair = flows.relay_pair("rldegraded", _src(2100))
         assert _status(g1, "/readyz") == 200 and _status(g1, "/livez") == 200
         assert node.proc is not None
+        rss_before = rss_bytes(g1.proc.pid)
         node.proc.send_signal(signal.SIGSTOP)  # requests go unanswered, as with a lost host
         stopped = time.monotonic()
         not_ready = heartbeats = checks = false_ok = punches = late_checks = 0
@@ -364,6 +366,7 @@ async def test_degraded_mode_while_redis_is_unreachable(tmp_path: Path) -> None:
                 false_ok += 1
             fresh.close()
             time.sleep(0.3)
+        rss_growth = rss_bytes(g1.proc.pid) - rss_before
         node.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
         while _status(g1, "/readyz") != 200 and time.monotonic() - resumed < 15:
@@ -376,13 +379,14 @@ async def test_degraded_mode_while_redis_is_unreachable(tmp_path: Path) -> None:
               f"answered {heartbeats}, punches between known peers {punches}/{late_checks}, relay "
               f"pair kept "
               f"flowing, false OK {false_ok}, ready again after {ready_after:.2f}s, "
-              f"registration after: {ok_after}")
+              f"registration after: {ok_after}, gateway RSS growth {rss_growth >> 10} KiB")
         assert not_ready >= checks - 4  # readyz turns 503 within one presence TTL
         # Punches are tried at once from when the heartbeat finds Redis gone (one socket
         # timeout in).
         assert heartbeats == checks and punches == late_checks > 0
         assert false_ok == 0
         assert ready_after < 10 and ok_after
+        assert rss_growth < 16 << 20  # nothing piles up while Redis is away
         assert all(p.proc.poll() is None for p in cluster.procs)
     finally:
         close_all()
