@@ -209,10 +209,10 @@ def test_hostile_first_frames_are_closed(relay: Relay, first: bytes) -> None:
     assert all(p.healthy() for p in relay.shards)
 
 
-def test_bad_websocket_upgrade_gets_400(relay: Relay) -> None:
+def test_bad_websocket_upgrade_gets_426(relay: Relay) -> None:
     s = relay.raw(relay.port + 2)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert s.recv(100).startswith(b"HTTP/1.1 426")  # as every hubbub WebSocket port answers
 
 
 def _admin(relay: Relay, *args: str) -> str:

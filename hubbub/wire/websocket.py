@@ -11,13 +11,12 @@ The gateways' WebSocket ports run the websockets library itself.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from websockets.http11 import Request
 from websockets.protocol import Protocol as _WsProtocol, Side, State
+from websockets.server import ServerProtocol
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
 
@@ -36,14 +35,11 @@ __all__ = [
     "frame_header",
 ]
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 MAX_HEAD = 8192
 
-BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-UPGRADE_REQUIRED = (b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 # One server-side protocol instance, always OPEN, used only to unmask: each payload piece goes
@@ -113,7 +109,8 @@ class HandshakeError(RemoteProtocolError):
 
 
 class Handshake:
-    """Accumulate an HTTP upgrade request (bounded) and answer it."""
+    """Accumulate an HTTP upgrade request (bounded) and answer it through the websockets
+    library's sans-I/O server protocol: the checks and answers of every hubbub WebSocket port."""
 
     def __init__(self, max_head: int = MAX_HEAD) -> None:
         self._buf = bytearray()
@@ -134,35 +131,26 @@ class Handshake:
             return None
         if end > self._max:
             raise HandshakeError("request head too large")
-        head = bytes(self._buf[:end]).decode("latin-1")
-        leftover = bytes(self._buf[end + 4:])
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or parts[0] != "GET" or not parts[2].startswith("HTTP/1."):
-            raise HandshakeError("not an HTTP GET request")
+        head, leftover = bytes(self._buf[:end + 4]), bytes(self._buf[end + 4:])
+        self._buf.clear()
+        # Only the head goes in, so the bytes behind it stay ours, exactly as received.
+        proto = ServerProtocol(max_size=None)
+        proto.receive_data(head)
+        events = proto.events_received()
+        request = events[0] if events and isinstance(events[0], Request) else None
+        if request is None:  # not HTTP: the protocol has answered it already
+            raise HandshakeError(str(proto.handshake_exc or "malformed request"),
+                                 b"".join(proto.data_to_send()))
+        answer = proto.accept(request)
+        proto.send_response(answer)
+        response = b"".join(proto.data_to_send())
+        if answer.status_code != 101:
+            raise HandshakeError(str(proto.handshake_exc or answer.reason_phrase), response)
         headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise HandshakeError("malformed header line")
-            key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-        if "websocket" not in headers.get("upgrade", "").lower():
-            raise HandshakeError("missing Upgrade: websocket")
-        if "upgrade" not in [t.strip() for t in headers.get("connection", "").lower().split(",")]:
-            raise HandshakeError("missing Connection: upgrade")
-        if headers.get("sec-websocket-version", "") != "13":
-            raise HandshakeError("unsupported WebSocket version", UPGRADE_REQUIRED)
-        key = headers.get("sec-websocket-key", "")
-        try:
-            if len(base64.b64decode(key, validate=True)) != 16:
-                raise HandshakeError("bad Sec-WebSocket-Key")
-        except binascii.Error:
-            raise HandshakeError("bad Sec-WebSocket-Key") from None
-        accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
-        response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        return HandshakeDone(parts[1], headers, response, leftover)
+        for name, value in request.headers.raw_items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return HandshakeDone(request.path, headers, response, leftover)
 
 
 class WsDecoder:
