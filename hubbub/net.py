@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping
 
+from hubbub.errors import ServiceError
 from hubbub.ipaddr import normalise_ip
 
 
@@ -55,12 +56,15 @@ def server_tls(cert: str, key: str) -> ssl.SSLContext | None:
     """The TLS context of a listener serving ``SSL_CERT``/``SSL_KEY`` (None when unset).
 
     Raises:
-        OSError, ssl.SSLError: the files cannot be read or do not hold a matching pair.
+        ServiceError: the files cannot be read or do not hold a matching pair.
     """
     if not (cert and key):
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
     return ctx
 
 

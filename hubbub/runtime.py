@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ import uvloop
 
 from hubbub import memory, metrics
 from hubbub.config import Config
-from hubbub.errors import HubbubError, LeaseLost
+from hubbub.errors import HubbubError, LeaseLost, RegistryError
 from hubbub.logs import setup_logging
 from hubbub.net import host_port
 from hubbub.ops import OpsServer
@@ -88,6 +88,24 @@ ServiceFactory = Callable[[Context], Awaitable[Sequence[Service]]]
 
 def host_name(cfg: Config) -> str:
     return cfg.host_id or socket.gethostname()
+
+
+@contextlib.asynccontextmanager
+async def tool_registry(cfg: Config) -> AsyncIterator[Registry]:
+    """A command-line tool's link to the control plane: started, ready, no presence record.
+
+    Raises:
+        RegistryError: Redis did not answer within 5 s.
+    """
+    registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, "admin", host_name(cfg),
+                        presence=False)
+    await registry.start()
+    try:
+        if not await registry.wait_ready(5.0):
+            raise RegistryError("redis did not answer")
+        yield registry
+    finally:
+        await registry.close()
 
 
 def admin_token(cfg: Config) -> str:

@@ -8,7 +8,6 @@ from support import ROOT, io_imports
 
 from gateway.spaces import channel
 from gateway.spaces.channel import ChannelMessage
-from hubbub.limits import TokenBucket
 from hubbub.wire.wired import outbound, positions
 from hubbub.wire.wired.admission import Admission
 from hubbub.wire.wired.events import CloseConnection, LocationRecord, ResumeAudio
@@ -178,15 +177,6 @@ def test_stamp_and_batch() -> None:
     assert positions.decode_batch(b"\x02" + rec) is None
     assert positions.decode_batch(batch[:-1]) is None
     assert positions.decode_batch(b"\x01" + rec * 257) is None
-
-
-def test_token_bucket() -> None:
-    b = TokenBucket(rate=10, burst=5)
-    assert all(b.allow(0.0) for _ in range(5))
-    assert not b.allow(0.0)
-    assert b.allow(0.1)
-    assert not b.allow(0.1)
-    assert all(b.allow(10.0) for _ in range(5))  # refills to burst, never beyond
 
 
 def test_strikes() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from gateway.console.live import LiveFeeds
 from gateway.console.passwords import first_admin_password
 from gateway.console.sampler import Sampler
 from gateway.rendezvous.store import Store
-from hubbub.errors import RegistryError, ServiceError
+from hubbub.errors import RegistryError
 from hubbub.keys import server_key
 from hubbub.net import ProxyList, listen_socket, server_tls
 from hubbub.runtime import Context, admin_token
@@ -54,10 +53,7 @@ class ConsoleService:
 
     async def start(self) -> None:
         cfg = self.cfg
-        try:
-            tls = server_tls(cfg.ssl_cert, cfg.ssl_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
+        tls = server_tls(cfg.ssl_cert, cfg.ssl_key)
         key = server_key("-" if cfg.key is None else cfg.key, Path(cfg.data_dir))
         state = ConsoleState(self.registry, self.accounts, Store(self.registry),
                              admin_token(cfg), ProxyList(cfg.trusted_proxies), key.public_b64,

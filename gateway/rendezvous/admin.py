@@ -21,8 +21,8 @@ from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_OK, Live, Store
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ops import Request, Response
-from hubbub.runtime import host_name
-from registry import RedisTarget, Registry
+from hubbub.runtime import tool_registry
+from registry import Registry
 
 
 if TYPE_CHECKING:
@@ -251,16 +251,9 @@ def main(argv: Sequence[str]) -> int:
     cfg, args = parse_config(parser, "admin", argv)
 
     async def run() -> str:
-        registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, "admin", host_name(cfg),
-                            presence=False)
-        await registry.start()
-        try:
-            if not await registry.wait_ready(5.0):
-                raise RegistryError("redis did not answer")
+        async with tool_registry(cfg) as registry:
             return await run_command(registry, Store(registry), args.words, cfg.relay_servers,
                                      cfg.always_use_relay)
-        finally:
-            await registry.close()
 
     try:
         print(asyncio.run(run()))

@@ -20,8 +20,7 @@ from gateway.rendezvous.store import Store
 from hubbub.config import add_setting_flags, new_parser, parse_config
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ipaddr import normalise_ip
-from hubbub.runtime import host_name
-from registry import RedisTarget, Registry
+from hubbub.runtime import tool_registry
 
 
 __all__ = ["main", "read_peers"]
@@ -83,12 +82,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
 
     async def run() -> tuple[int, int, int]:
-        registry = Registry(RedisTarget.from_config(cfg), cfg.prefix, "admin", host_name(cfg),
-                            presence=False)
-        await registry.start()
-        try:
-            if not await registry.wait_ready(5.0):
-                raise RegistryError("redis did not answer")
+        async with tool_registry(cfg) as registry:
             store = Store(registry)
             added = kept = skipped = 0
             for peer_id, uuid, pk, ip in rows:
@@ -100,8 +94,6 @@ def main(argv: Sequence[str]) -> int:
                 else:
                     kept += 1
             return added, kept, skipped
-        finally:
-            await registry.close()
 
     try:
         added, kept, skipped = asyncio.run(run())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +29,7 @@ from gateway.spaces.hub import Hub
 from gateway.spaces.media import MediaShardClient
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
-from hubbub.errors import RegistryUnavailable, ServiceError
+from hubbub.errors import RegistryUnavailable
 from hubbub.limits import SourceCounter
 from hubbub.net import ProxyList, host_port, listen_socket, server_tls
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
@@ -101,10 +100,7 @@ class SpacesService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
-        try:
-            tls = server_tls(cfg.ssl_cert, cfg.ssl_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ServiceError(f"cannot load SSL_CERT/SSL_KEY: {exc}") from exc
+        tls = server_tls(cfg.ssl_cert, cfg.ssl_key)
         sock = listen_socket(cfg.bind_host, cfg.spaces_port)
         self.port = sock.getsockname()[1]
         ping = cfg.spaces_idle_timeout / 2
