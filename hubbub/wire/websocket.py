@@ -5,17 +5,18 @@ subprotocol, and treats one binary message as one RustDesk message. The relay ne
 byte position where the first message ends, so that the rest can travel with the socket when it
 is handed to another shard, and must stream messages of any size through bounded memory; the
 websockets library's sans-I/O protocol buffers whole frames and consumes all it is fed, so frame
-headers are read here and only the payload unmasking is left to that protocol (its C speedups).
-The gateways' WebSocket ports run the websockets library itself.
+headers are read here, while unmasking and the upgrade handshake are the library's (its public
+frame parser and server protocol). The gateways' WebSocket ports run the websockets library.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
+from websockets.frames import Frame
 from websockets.http11 import Request
-from websockets.protocol import Protocol as _WsProtocol, Side, State
 from websockets.server import ServerProtocol
 
 from hubbub.errors import FrameTooLarge, RemoteProtocolError
@@ -39,29 +40,32 @@ OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 MAX_HEAD = 8192
 
+_HEAD_64 = b"\x82\xff"  # FIN, binary, masked, 64-bit length
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-# One server-side protocol instance, always OPEN, used only to unmask: each payload piece goes
-# in as one complete masked binary frame and comes out as the frame's data. Without extensions
-# and size limit, nothing else in it can change or grow.
-_UNMASKER = _WsProtocol(Side.SERVER, state=State.OPEN, max_size=None)
-
-
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """``payload`` XORed with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    """``payload`` XORed with the 4-byte ``mask`` repeated (RFC 6455 section 5.3).
+
+    Done by the websockets library's frame parser (its C speedups when installed): it is handed a
+    masked binary frame whose header is made up here and whose payload is ``payload`` itself, so
+    the bytes are not copied on the way in.
+    """
     n = len(payload)
     if not n:
         return b""
-    if n < 126:
-        head = bytes((0x82, 0x80 | n))
-    elif n < 65536:
-        head = b"\x82\xfe" + n.to_bytes(2, "big")
-    else:
-        head = b"\x82\xff" + n.to_bytes(8, "big")
-    _UNMASKER.receive_data(head + mask + payload)
-    (frame,) = _UNMASKER.events_received()
-    return bytes(frame.data)  # type: ignore[union-attr]  # always a Frame here
+    parts = iter((_HEAD_64, n.to_bytes(8, "big"), mask, payload))
+
+    def read_exact(_size: int) -> Generator[None, None, bytes]:
+        return next(parts)  # type: ignore[return-value]  # a memoryview is read as bytes
+        yield  # a generator, as the parser expects
+
+    parser = Frame.parse(read_exact, mask=True)
+    try:
+        parser.send(None)
+    except StopIteration as done:
+        return bytes(done.value.data)
+    raise AssertionError("the frame parser asked for more than one frame")
 
 
 def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
