@@ -2,28 +2,38 @@
 
 aiortc brings DTLS (``RTCDtlsTransport``) and SCTP (``RTCSctpTransport``); pylibsrtp brings the
 SRTP sessions DTLS keys. hubbub drives them without aiortc's ICE or RTP stacks, which means using
-members aiortc keeps private: the DTLS role, the SRTP sessions, SCTP's association state, outbound
-queue and send primitive, and libsrtp's functions from pylibsrtp's binding (so a forwarded packet
-is protected in a buffer kept per subscriber, without the per-call allocations of
-``Session.protect``). No other module imports aiortc, aioice or pylibsrtp; ``contract_problems``
-lists what the pinned versions no longer provide, and a test fails loudly on it.
+members aiortc keeps private: the DTLS role, the SRTP sessions, SCTP's association state,
+outbound queue, transmit step and chunk send primitive, and libsrtp's functions from pylibsrtp's
+binding (so a forwarded packet is protected in a buffer kept per subscriber, without the
+per-call allocations of ``Session.protect``). No other module imports aiortc, aioice or
+pylibsrtp; ``contract_problems`` lists what the pinned versions no longer provide, and a test
+fails loudly on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
+import aiortc.rtcsctptransport as _sctp
 from aiortc.rtcdtlstransport import (
     RTCCertificate,
     RTCDtlsFingerprint,
     RTCDtlsParameters,
     RTCDtlsTransport,
 )
-from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport
+from aiortc.rtcsctptransport import (
+    Chunk,
+    DataChunk,
+    ForwardTsnChunk,
+    RTCSctpCapabilities,
+    RTCSctpTransport,
+    SackChunk,
+)
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
@@ -196,9 +206,40 @@ class DtlsEndpoint:
 
 OnMessage = Callable[[int, int, bytes], Awaitable[None]]
 
+SCTP_HEADER = 12
+SCTP_PACKET_LIMIT = SCTP_HEADER + 16 + _sctp.USERDATA_MAX_LENGTH
+"""Largest SCTP packet sent: what aiortc sends for one full DATA chunk, so a bundle never
+needs a bigger DTLS record or datagram than an unbundled packet does."""
+_COMMON = struct.Struct("!HHL")
+_CHECKSUM = struct.Struct("<L")
+_ZERO = bytes(4)
+_crc32c = cast(Callable[[bytes], int], getattr(_sctp, "crc32c", None))  # what aiortc checks
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (aiortc's transmit step once its chunk sends are
+    buffered, DTLS's send over an ``IceLink``) to its end, right now."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("an SCTP send step suspended")
+
 
 class SctpAssociation(RTCSctpTransport):
-    """aiortc's SCTP association over a ``DtlsEndpoint``, with chosen stream counts.
+    """aiortc's SCTP association over a ``DtlsEndpoint``, with chosen stream counts, that
+    sends at most once per event-loop iteration.
+
+    aiortc transmits after each queued message and puts every chunk in a packet of its own;
+    fanning one message out to many subscribers thus costs a DTLS record, a datagram and a SACK
+    back per subscriber and message. Here the transmit step runs once per loop iteration, and
+    the DATA, SACK and FORWARD TSN chunks it (and the receive path) produce go out bundled
+    (RFC 4960 section 6.10: control chunks first, then DATA in TSN order, packets no bigger
+    than ``SCTP_PACKET_LIMIT``). aiortc keeps its congestion window, flight size,
+    retransmission, T3 and PR-SCTP bookkeeping: only the moment and the packing of sends
+    change. Other chunks (handshake, RECONFIG, ABORT, SHUTDOWN, HEARTBEAT) go out alone, after
+    what was queued before them.
 
     Args:
         endpoint: the DTLS endpoint it runs over (connected).
@@ -213,6 +254,15 @@ class SctpAssociation(RTCSctpTransport):
         self._on_message = on_message
         self._outbound_streams_count = streams
         self._inbound_streams_max = streams
+        self._pending_sack: bytes | None = None
+        self._pending_control: list[bytes] = []
+        self._pending_data: list[bytes] = []
+        self._transmit_due = False
+        self._flush_handle: asyncio.Handle | None = None
+        self.packets_sent = 0
+        """Bundled packets sent (for tests and stats)."""
+        self.chunks_sent = 0
+        """Chunks sent in bundled packets."""
 
     async def open(self, max_message_size: int, port: int) -> None:
         await self.start(RTCSctpCapabilities(maxMessageSize=max_message_size), port)
@@ -241,6 +291,82 @@ class SctpAssociation(RTCSctpTransport):
             self._reconfig_queue.append(stream_id)
             asyncio.ensure_future(self._transmit_reconfig())
 
+    # ------------------------------------------------------------ bundling
+    async def _transmit(self) -> None:
+        # Every caller (a queued message, a SACK, T3) only needs a transmit step to follow.
+        self._transmit_due = True
+        self._schedule_flush()
+
+    async def _send_chunk(self, chunk: Chunk) -> None:
+        if isinstance(chunk, DataChunk):
+            self._pending_data.append(bytes(chunk))
+        elif isinstance(chunk, SackChunk):
+            self._pending_sack = bytes(chunk)  # a later SACK says all an earlier one did
+        elif isinstance(chunk, ForwardTsnChunk):
+            self._pending_control.append(bytes(chunk))
+        else:
+            # What was queued before goes first, as it would have without bundling (DATA
+            # ahead of a RECONFIG that names its last TSN, say).
+            self._drain()
+            await super()._send_chunk(chunk)
+            return
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._association_state == self.State.CLOSED:
+            self._transmit_due = False
+            self._pending_sack = None
+            self._pending_control.clear()
+            self._pending_data.clear()
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        """Run a due transmit step, then send everything buffered."""
+        if self._transmit_due:
+            self._transmit_due = False
+            _run_now(super()._transmit())
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Send the buffered chunks as few packets as the size limit allows."""
+        control = self._pending_control
+        if self._pending_sack is not None:
+            control.insert(0, self._pending_sack)
+            self._pending_sack = None
+        data = self._pending_data
+        if not control and not data:
+            return
+        self._pending_control, self._pending_data = [], []
+        header = _COMMON.pack(self._local_port, self._remote_port or 0,
+                              self._remote_verification_tag)
+        send = self.transport._send_data
+        batch: list[bytes] = []
+        size = SCTP_HEADER
+        try:
+            for chunk in (*control, *data):
+                if batch and size + len(chunk) > SCTP_PACKET_LIMIT:
+                    _run_now(send(self._packet(header, batch)))
+                    batch, size = [], SCTP_HEADER
+                batch.append(chunk)
+                size += len(chunk)
+            _run_now(send(self._packet(header, batch)))
+        except ConnectionError:
+            # DTLS is gone: the association ends with it, as aiortc's own sends would.
+            return
+
+    def _packet(self, header: bytes, chunks: list[bytes]) -> bytes:
+        body = b"".join(chunks)
+        self.packets_sent += 1
+        self.chunks_sent += len(chunks)
+        checksum = _crc32c(header + _ZERO + body)
+        return header + _CHECKSUM.pack(checksum) + body
+
 
 def contract_problems() -> list[str]:
     """What this module relies on and the installed aiortc/pylibsrtp no longer provide."""
@@ -252,13 +378,16 @@ def contract_problems() -> list[str]:
     dtls_init = RTCDtlsTransport.__init__.__code__.co_names
     problems += [f"RTCDtlsTransport.{a}" for a in ("_rx_srtp", "_tx_srtp", "_data_receiver")
                  if a not in dtls_init]
-    for name in ("_receive", "_send", "_set_state", "_transmit_reconfig", "start", "stop"):
+    for name in ("_receive", "_send", "_send_chunk", "_transmit", "_set_state",
+                 "_transmit_reconfig", "start", "stop"):
         if not callable(getattr(RTCSctpTransport, name, None)):
             problems.append(f"RTCSctpTransport.{name}")
     sctp_init = RTCSctpTransport.__init__.__code__.co_names
     problems += [f"RTCSctpTransport.{a}" for a in (
         "_outbound_queue", "_association_state", "_outbound_streams_count",
-        "_inbound_streams_max", "_reconfig_queue") if a not in sctp_init]
+        "_inbound_streams_max", "_reconfig_queue", "_local_port", "_remote_port",
+        "_remote_verification_tag") if a not in sctp_init]
+    problems += _bundling_problems()
     if not hasattr(RTCSctpTransport, "State") or not hasattr(RTCSctpTransport.State,
                                                              "ESTABLISHED"):
         problems.append("RTCSctpTransport.State.ESTABLISHED")
@@ -271,4 +400,33 @@ def contract_problems() -> list[str]:
     for func in ("srtp_protect", "srtp_protect_rtcp", "srtp_unprotect", "srtp_unprotect_rtcp"):
         if not hasattr(lib, func):
             problems.append(f"libsrtp {func}")
+    return problems
+
+
+def _bundling_problems() -> list[str]:
+    """What ``SctpAssociation``'s bundling relies on: chunk types and layouts, and that every
+    send of aiortc's association goes through ``_send_chunk`` and its transmit step through
+    ``_transmit`` (bundling would be bypassed otherwise), and that neither suspends."""
+    problems = []
+    for cls, kind in ((DataChunk, 0), (SackChunk, 3), (ForwardTsnChunk, 192)):
+        if getattr(cls, "type", None) != kind:
+            problems.append(f"aiortc {cls.__name__}.type")
+    if not callable(getattr(_sctp, "crc32c", None)) or not isinstance(
+            getattr(_sctp, "USERDATA_MAX_LENGTH", None), int):
+        problems.append("aiortc rtcsctptransport.crc32c/USERDATA_MAX_LENGTH")
+    names = RTCSctpTransport._send_chunk.__code__.co_names
+    if "serialize_packet" not in names or "_send_data" not in names:
+        problems.append("RTCSctpTransport._send_chunk sends one packet via _send_data")
+    names = RTCSctpTransport._transmit.__code__.co_names
+    if "_send_chunk" not in names or "sleep" in names or "_send_data" in names:
+        problems.append("RTCSctpTransport._transmit sends only through _send_chunk")
+    for name in ("_send", "_receive_sack_chunk", "_t3_expired"):
+        if "_transmit" not in getattr(RTCSctpTransport, name).__code__.co_names:
+            problems.append(f"RTCSctpTransport.{name} transmits through _transmit")
+    for name in ("_send_sack", "_send_reconfig_param", "_abort", "_init"):
+        if "_send_chunk" not in getattr(RTCSctpTransport, name).__code__.co_names:
+            problems.append(f"RTCSctpTransport.{name} sends through _send_chunk")
+    dtls_send = RTCDtlsTransport._send_data.__code__.co_names
+    if "_write_ssl" not in dtls_send:
+        problems.append("RTCDtlsTransport._send_data")
     return problems
