@@ -8,6 +8,7 @@ from hubbub.ipaddr import normalise_ip
 from hubbub.limits import BoundedMap, SourceCounter, TokenBucket, WindowLimit
 from hubbub.net import ProxyList
 from hubbub.wire.rustdesk import addr
+from hubbub.wire.webrtc import stun
 
 
 # ------------------------------------------------------------------ addresses
@@ -38,9 +39,12 @@ from hubbub.wire.rustdesk import addr
 ])
 def test_ip_rule(text: str, canonical: str) -> None:
     assert normalise_ip(text) == canonical
-    # The wire codec and the socket-address helper follow the same rule.
+    # The RustDesk codec, the socket-address helper and STUN follow the same rule.
     assert addr.normalize((text.strip(" []"), 9)) == (canonical, 9)
     assert addr.decode(addr.encode(text.strip(" []"), 9, 12345)) == (canonical, 9)
+    txid = bytes(12)
+    assert stun.unpack_xor_address(stun.pack_xor_address(text.strip(" []"), 9, txid),
+                                   txid) == (canonical, 9)
 
 
 @pytest.mark.parametrize("text", ["not-an-ip", "", "1.2.3", "1.2.3.4.5", "gggg::1", "[]"])

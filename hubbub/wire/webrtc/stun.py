@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from hubbub.errors import RemoteProtocolError
+from hubbub.ipaddr import normalise_ip
 
 
 __all__ = [
@@ -169,9 +170,8 @@ def _attr(atype: int, value: bytes) -> bytes:
 
 
 def pack_xor_address(host: str, port: int, txid: bytes) -> bytes:
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack socket
+    # An IPv4 client on a dual-stack socket is told its IPv4 address (hubbub.ipaddr's rule).
+    ip = ipaddress.ip_address(normalise_ip(host))
     xport = port ^ (MAGIC_COOKIE >> 16)
     if ip.version == 4:
         xaddr = int(ip) ^ MAGIC_COOKIE
