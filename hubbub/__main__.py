@@ -1,3 +1,5 @@
+"""``python -m hubbub``: the same as the ``hubbub`` console script."""
+
 from hubbub.cli import main
 
 

@@ -147,7 +147,7 @@ class MediaShardClient:
             self._tasks.spawn(self._quiet(client, "close", None))
 
     async def handle(self, client: MediaSocket, subject: str, data: Any) -> None:
-        """Relay one WebRTC subject; replies or an ``error`` message go to the client."""
+        """Forward one WebRTC subject; replies or an ``error`` message go to the client."""
         if subject == "get_router_rtp_capabilities" and self.capabilities is not None:
             client.send(outbound.encode("router_rtp_capabilities", self.capabilities))
             return

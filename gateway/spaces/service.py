@@ -3,7 +3,7 @@
 Thin asyncio adapter: each socket's messages go through a sans-I/O
 ``hubbub.wire.wired.admission.Admission`` (parsing, validation, rate limit, abuse,
 ``resume_audio`` coalescing); this module acts on its events: it applies them to the space state
-(``SpaceStore``), fans out through the space channels (``Hub``) and relays WebRTC subjects to
+(``SpaceStore``), fans out through the space channels (``Hub``) and forwards WebRTC subjects to
 media shards (``MediaShardClient``).
 """
 

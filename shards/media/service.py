@@ -1,7 +1,7 @@
 """The shard's media service: UDP socket, ``media.call`` inbox handler, timers, pushes.
 
 Contract with the spaces gateway (see the README, "Media plane"): the gateway calls
-``media.call`` with ``{session, gateway, op, data, spaces}`` and relays the reply messages to
+``media.call`` with ``{session, gateway, op, data, spaces}`` and forwards the reply messages to
 the socket; messages for other sockets travel as ``media.push`` to their gateway, in order, from
 one pusher task. On drain every session's gateway gets ``media.lost`` so it can close the socket
 with 1012 and the client reconnects onto a live shard.
