@@ -3,10 +3,10 @@
 Each side is an ``asyncio.BufferedProtocol`` reading into one buffer shared by the process. A raw
 TCP side's bytes go to the other socket unchanged (the default for TCP <-> TCP pairs unless
 ``RELAY_PUMP=splice``). On a pair with a WebSocket side each side's messages are streamed to the
-other side in that side's framing as they arrive (``reframe``); empty and text messages are
-dropped. Backpressure runs both ways: when one side's write buffer passes its high-water mark the
-other side stops reading, and a limited pair stops reading until its buckets refill. What a pair
-holds counts against its own and the shard's memory budget (``budget``).
+other side in that side's framing as they arrive (``hubbub.wire.relay.reframe``); empty and text
+messages are dropped. Backpressure runs both ways: when one side's write buffer passes its
+high-water mark the other side stops reading, and a limited pair stops reading until its buckets
+refill. What a pair holds counts against its own and the shard's memory budget (``budget``).
 """
 
 from __future__ import annotations

@@ -2,9 +2,8 @@
 
 hbbr's settings are "Mb/s" computed as ``value * 1024 * 1024`` bit/s; a bucket here
 (``hubbub.limits.TokenBucket``) counts bytes, so its rate is ``value * 131072`` bytes/s. A rate
-of 0 means unlimited. Buckets may go into debt
-(a splice or read can return more than was available); the pump then waits until the debt is
-paid, which keeps the long-run average exact.
+of 0 means unlimited. Buckets may go into debt (a splice or read can return more than was
+available); the pump then waits until the debt is paid, which keeps the long-run average exact.
 """
 
 from __future__ import annotations

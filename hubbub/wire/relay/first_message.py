@@ -119,7 +119,7 @@ class WsFirstMessage:
         """Returns (bytes to send, hello or None).
 
         Raises:
-            ws.HandshakeError: a bad upgrade (its ``response`` should be sent).
+            websocket.HandshakeError: a bad upgrade (its ``response`` should be sent).
             Refused: ``too_large``, ``garbage``, ``wrong_message`` or ``closed``.
         """
         out = b""
