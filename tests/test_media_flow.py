@@ -15,7 +15,7 @@ from hubbub.net import listen_socket
 from hubbub.wire.webrtc import params
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from shards.media.metrics import Counts
-from shards.media.mux import UdpMux
+from shards.media.mux import BURST_LIMIT, UdpMux
 from shards.media.router import MediaRouter
 from shards.media.stack import new_certificate
 
@@ -423,3 +423,44 @@ async def test_dual_stack_sockets_carry_media_for_both_families(announced: str) 
             assert await wait_for(lambda peer=recv: peer.rtp_received >= 15), (announced, use_tcp)
             await send.close()
             await recv.close()
+
+
+async def test_forwarded_packets_of_one_iteration_go_out_together() -> None:
+    counts = Counts()
+    mux = UdpMux(counts)
+    await mux.open("127.0.0.1", 0)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    try:
+        key = sink.getsockname()
+        send, addr = mux.sender_for(key)
+        for i in range(50):
+            send(bytes([i]) * 40, addr)
+        with pytest.raises(BlockingIOError):
+            sink.recv(100)  # held until the loop turns
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
+        got = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got.append(sink.recv(100))
+        assert got == [bytes([i]) * 40 for i in range(50)]
+
+        # A burst is bounded: past the limit it is sent at once.
+        for _ in range(BURST_LIMIT):
+            send(b"x" * 20, addr)
+        assert mux._burst == [] and mux._burst_handle is None
+        with contextlib.suppress(BlockingIOError):
+            while sink.recv(100):
+                pass
+
+        # What the kernel refuses is a counted drop, not a forwarded packet.
+        counts.rtp_out = 3
+        send(b"y" * 20, ("127.0.0.1", 0))  # port 0: refused by sendto
+        mux.flush()
+        assert counts.drop_send == 1 and counts.rtp_out == 2
+    finally:
+        sink.close()
+        assert mux.sock is not None
+        mux.sock.close()
