@@ -76,6 +76,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self._burst: list[bytes] = []
         self._burst_to: list[Key] = []
         self._burst_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self, host: str, port: int) -> None:
         """Bind the shard's UDP socket (``::`` serves IPv4 too) and read it with the loop.
@@ -88,8 +89,10 @@ class UdpMux(asyncio.DatagramProtocol):
             OSError: the address is taken or unusable.
         """
         sock = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=False)
+        # Kept: asyncio's lookup of the running loop makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
+            await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
         except BaseException:
             sock.close()
             raise
@@ -178,7 +181,8 @@ class UdpMux(asyncio.DatagramProtocol):
         """
         burst = self._burst
         if not burst:
-            self._burst_handle = asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop or asyncio.get_running_loop()
+            self._burst_handle = loop.call_soon(self.flush)
         burst.append(data)
         self._burst_to.append(key)
         if len(burst) >= BURST_LIMIT:

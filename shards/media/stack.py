@@ -88,6 +88,7 @@ class IceLink:
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def feed(self, data: bytes) -> None:
@@ -101,7 +102,9 @@ class IceLink:
         while not self._queue:
             if self._closed:
                 raise ConnectionError("transport closed")
-            self._waiter = asyncio.get_running_loop().create_future()
+            if self._loop is None:  # kept: each lookup makes a getpid() system call
+                self._loop = asyncio.get_running_loop()
+            self._waiter = self._loop.create_future()
             await self._waiter
         return self._queue.popleft()
 
@@ -259,6 +262,8 @@ class SctpAssociation(RTCSctpTransport):
         self._pending_data: list[bytes] = []
         self._transmit_due = False
         self._flush_handle: asyncio.Handle | None = None
+        # Looked up once: asyncio's lookup makes a getpid() system call each time.
+        self._flush_loop = asyncio.get_running_loop()
         self.packets_sent = 0
         """Bundled packets sent (for tests and stats)."""
         self.chunks_sent = 0
@@ -314,7 +319,7 @@ class SctpAssociation(RTCSctpTransport):
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._flush_loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
