@@ -22,7 +22,6 @@ import os
 import selectors
 import signal
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -37,9 +36,8 @@ from hubbub.embedded_redis import (
     free_cluster_ports,
 )
 from hubbub.errors import HubbubError
-from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from hubbub.wire.rustdesk.messages import kind, message, parse, pb
-from loadtest.bench_rendezvous import _answer_punches
+from loadtest.bench_rendezvous import _answer_punches, p50_p99, punch_once
 from loadtest.cluster import LocalCluster, free_port, free_port_block
 from registry import RedisTarget, Registry
 from registry.target import parse_host_port
@@ -117,35 +115,15 @@ def _punches(a_port: int, b_port: int, licence: str, count: int) -> tuple[float,
         b.start()
         time.sleep(0.5)
         for _ in range(count):
-            with socket.create_connection((HOST, a_port), timeout=3) as a:
-                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                dec = FrameDecoder(1 << 16)
-                t0 = time.perf_counter()
-                a.sendall(encode_frame(message(punch_hole_request=pb.PunchHoleRequest(
-                    id=peer_id, version="1.4.9", licence_key=licence))))
-                answer = None
-                while answer is None:
-                    try:
-                        data = a.recv(4096)
-                    except TimeoutError:
-                        break
-                    if not data:
-                        break
-                    for frame in dec.feed(data):
-                        m = parse(frame)
-                        if m is not None and kind(m) == "punch_hole_response":
-                            answer = m
-                if answer is not None and answer.punch_hole_response.socket_addr:
-                    samples.append((time.perf_counter() - t0) * 1000)
-                else:
-                    failures += 1
+            took = punch_once(a_port, peer_id, licence)
+            if took is None:
+                failures += 1
+            else:
+                samples.append(took)
     finally:
         stop.set()
-    samples.sort()
-    if not samples:
-        return float("nan"), float("nan"), failures
-    return (statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))],
-            failures)
+    p50, p99 = p50_p99(samples)
+    return p50, p99, failures
 
 
 def _through_gateways(env: Mapping[str, str], devices: int, punches: int,

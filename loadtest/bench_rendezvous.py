@@ -168,6 +168,39 @@ def _answer_punches(port: int, peer_id: str, stop: threading.Event) -> None:
     u.close()
 
 
+def punch_once(port: int, peer_id: str, licence: str) -> float | None:
+    """One PunchHoleRequest on a fresh TCP connection to ``port``: milliseconds until a
+    PunchHoleResponse with an address, None when none came."""
+    with socket.create_connection((HOST, port), timeout=3) as a:
+        a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dec = FrameDecoder(1 << 16)
+        req = encode_frame(message(punch_hole_request=pb.PunchHoleRequest(
+            id=peer_id, version="1.4.9", licence_key=licence)))
+        t0 = time.perf_counter()
+        a.sendall(req)
+        while True:
+            try:
+                data = a.recv(4096)
+            except TimeoutError:
+                return None
+            if not data:
+                return None
+            for frame in dec.feed(data):
+                m = parse(frame)
+                if m is not None and kind(m) == "punch_hole_response":
+                    if not m.punch_hole_response.socket_addr:
+                        return None
+                    return (time.perf_counter() - t0) * 1000
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    """Median and 99th percentile (NaN for no samples)."""
+    if not samples:
+        return float("nan"), float("nan")
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 def _punch_rtt(count: int) -> dict[str, Any]:
     with LocalCluster(gateways=1, shards=0) as cluster:
         p1 = cluster.target.rendezvous_port
@@ -181,37 +214,14 @@ def _punch_rtt(count: int) -> dict[str, Any]:
             samples = []
             failures = 0
             for _ in range(count):
-                with socket.create_connection((HOST, p2), timeout=3) as a:
-                    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    dec = FrameDecoder(1 << 16)
-                    req = encode_frame(message(punch_hole_request=pb.PunchHoleRequest(
-                        id="777000111", version="1.4.9",
-                        licence_key=cluster.target.licence_key)))
-                    t0 = time.perf_counter()
-                    a.sendall(req)
-                    done = False
-                    while not done:
-                        try:
-                            data = a.recv(4096)
-                        except TimeoutError:
-                            break
-                        if not data:
-                            break
-                        for frame in dec.feed(data):
-                            m = parse(frame)
-                            if m is not None and kind(m) == "punch_hole_response":
-                                if m.punch_hole_response.socket_addr:
-                                    samples.append((time.perf_counter() - t0) * 1000)
-                                else:
-                                    failures += 1
-                                done = True
-                    if not done:
-                        failures += 1
+                took = punch_once(p2, "777000111", cluster.target.licence_key)
+                if took is None:
+                    failures += 1
+                else:
+                    samples.append(took)
         finally:
             stop.set()
-    samples.sort()
-    p50 = statistics.median(samples) if samples else float("nan")
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("nan")
+    p50, p99 = p50_p99(samples)
     return {"case": "punch round trip, A and B on different gateways",
             "value": f"p50 {p50:.2f} / p99 {p99:.2f}", "unit": "ms",
             "note": f"{len(samples)} punches, {failures} failed",

@@ -53,17 +53,25 @@ def _gateways(cluster: Cluster, env: dict[str, str]) -> tuple[list[HubbubProcess
 
 
 def _heartbeat_all(peers: list[Peer], timeout: float = 5.0) -> int:
-    """Send every peer's RegisterPeer at once; how many were answered within ``timeout``."""
+    """Send every peer's RegisterPeer at once, resending to the unanswered every second (a
+    burst of 1,000 datagrams may overflow a socket buffer, and real clients resend too); how
+    many were answered within ``timeout``."""
     sel = selectors.DefaultSelector()
     for p in peers:
         p.udp.setblocking(False)
-        p.send_udp(msg(register_peer=pb.RegisterPeer(id=p.id, serial=0)))
         sel.register(p.udp, selectors.EVENT_READ, p.id)
     answered: set[str] = set()
     deadline = time.monotonic() + timeout
+    resend = 0.0
     try:
         while len(answered) < len(peers) and time.monotonic() < deadline:
-            for key, _ in sel.select(timeout=0.5):
+            if time.monotonic() >= resend:
+                for p in peers:
+                    if p.id not in answered:
+                        with contextlib.suppress(BlockingIOError):
+                            p.send_udp(msg(register_peer=pb.RegisterPeer(id=p.id, serial=0)))
+                resend = time.monotonic() + 1.0
+            for key, _ in sel.select(timeout=0.2):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 with contextlib.suppress(BlockingIOError):
@@ -75,6 +83,30 @@ def _heartbeat_all(peers: list[Peer], timeout: float = 5.0) -> int:
         for p in peers:
             p.udp.setblocking(True)
     return len(answered)
+
+
+def _register_until_ok(ports: list[int], tag: str, since: float, acked: list[Peer],
+                       known: list[Peer] | None = None) -> tuple[float, int, int]:
+    """Register new devices across the gateways until one is acknowledged (30 s at most);
+    between tries, heartbeat the ``known`` devices. Returns (seconds since ``since`` until the
+    first OK, heartbeats sent, heartbeats answered)."""
+    sent = answered = 0
+    i = 0
+    while time.monotonic() - since < 30:
+        peer = Peer("127.0.0.1", ports[i % 2], f"{tag}{i:05d}", src_ip=_src(5000 + i))
+        peer.send_udp(pb.RendezvousMessage(register_pk=pb.RegisterPk(
+            id=peer.id, uuid=peer.uuid, pk=peer.pk)))
+        r = peer.recv_udp(("register_pk_response",), timeout=2.0)
+        peer.close()
+        if r is not None and r.register_pk_response.result == OK:
+            acked.append(peer)
+            return time.monotonic() - since, sent, answered
+        if known:
+            sent += 1
+            answered += known[i % len(known)].heartbeat() is not None
+        i += 1
+        time.sleep(0.05)
+    raise AssertionError("registrations never came back")
 
 
 def _src(i: int) -> str:
@@ -200,24 +232,8 @@ async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -
         old.stop(signal.SIGKILL)
         # Every device's heartbeat is answered while there is no primary at all.
         during = _heartbeat_all(devices)
-        recovered = None
-        answered_heartbeats = heartbeats = 0
-        i = 0
-        while time.monotonic() - killed < 30 and recovered is None:
-            peer = Peer("127.0.0.1", ports[i % 2], f"nw{i:05d}", src_ip=_src(5000 + i))
-            peer.send_udp(pb.RendezvousMessage(register_pk=pb.RegisterPk(
-                id=peer.id, uuid=peer.uuid, pk=peer.pk)))
-            r = peer.recv_udp(("register_pk_response",), timeout=2.0)
-            if r is not None and r.register_pk_response.result == OK:
-                acked.append(peer)
-                recovered = time.monotonic() - killed
-            heartbeats += 1
-            if known[i % len(known)].heartbeat() is not None:
-                answered_heartbeats += 1
-            i += 1
-            peer.close()
-            time.sleep(0.05)
-        assert recovered is not None, "registrations never came back"
+        recovered, heartbeats, answered_heartbeats = _register_until_ok(
+            ports, "nw", killed, acked, known)
         new = s.primary_node()
         assert new is not old
         lost = [p.id for p in acked if not _bound(new, f"{cluster.prefix}rd:", p)]
@@ -284,20 +300,7 @@ async def test_cluster_flows_survive_a_primary_killed_mid_run(tmp_path: Path) ->
         victim = _slot_owner(c, rd_key)
         killed = time.monotonic()
         victim.stop(signal.SIGKILL)
-        recovered = None
-        i = 0
-        while time.monotonic() - killed < 30 and recovered is None:
-            peer = Peer("127.0.0.1", ports[i % 2], f"cn{i:05d}", src_ip=_src(5000 + i))
-            peer.send_udp(pb.RendezvousMessage(register_pk=pb.RegisterPk(
-                id=peer.id, uuid=peer.uuid, pk=peer.pk)))
-            r = peer.recv_udp(("register_pk_response",), timeout=2.0)
-            if r is not None and r.register_pk_response.result == OK:
-                acked.append(peer)
-                recovered = time.monotonic() - killed
-            i += 1
-            peer.close()
-            time.sleep(0.05)
-        assert recovered is not None, "registrations never came back"
+        recovered, _, _ = _register_until_ok(ports, "cn", killed, acked)
         owner = _slot_owner(c, rd_key)
         assert owner is not victim
         lost = [p.id for p in acked if not _bound(owner, f"{cluster.prefix}{{rd}}:", p)]
