@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -51,7 +52,8 @@ def _tcp_accepts(family: int, host: str, port: int) -> bool:
 
 def test_every_listener_serves_both_families(cluster: Cluster) -> None:
     rendezvous = free_port_block(4) + 1
-    env = shard_env(1, 4, RENDEZVOUS_PORT=str(rendezvous), SPACES_PORT=str(free_port()))
+    env = shard_env(1, 4, RENDEZVOUS_PORT=str(rendezvous), SPACES_PORT=str(free_port()),
+                    CONSOLE_PORT=str(free_port()))
     unbound: dict[str, str | None] = {**env, "BIND": None}
     gateway = cluster.start("gateway", env=unbound)
     shard = cluster.start("shard", env=unbound)
@@ -65,6 +67,10 @@ def test_every_listener_serves_both_families(cluster: Cluster) -> None:
         for proc in (gateway, shard):
             assert _http_status(host, proc.ops_port, "/healthz") == 200, (proc.role, host)
         assert _http_status(host, int(env["SPACES_PORT"]), "/healthz") == 200, host
+        with pytest.raises(urllib.error.HTTPError) as denied:  # the console asks for a login
+            _http_status(host, int(env["CONSOLE_PORT"]), "/api/me")
+        denied.value.close()
+        assert denied.value.code == 401, host
         for what, port in tcp_ports.items():
             assert _tcp_accepts(family, host, port), (what, host)
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
