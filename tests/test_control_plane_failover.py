@@ -86,13 +86,17 @@ def _heartbeat_all(peers: list[Peer], timeout: float = 5.0) -> int:
 
 
 def _register_until_ok(ports: list[int], tag: str, since: float, acked: list[Peer],
-                       known: list[Peer] | None = None) -> tuple[float, int, int]:
+                       known: list[Peer] | None = None,
+                       slots: set[int] | None = None) -> tuple[float, int, int]:
     """Register new devices across the gateways until one is acknowledged (30 s at most);
     between tries, heartbeat the ``known`` devices. Returns (seconds since ``since`` until the
-    first OK, heartbeats sent, heartbeats answered)."""
+    first OK, heartbeats sent, heartbeats answered). ``slots``: only IDs hashing there."""
     sent = answered = 0
     i = 0
     while time.monotonic() - since < 30:
+        if slots is not None and key_slot(f"{tag}{i:05d}".encode()) not in slots:
+            i += 1
+            continue
         peer = Peer("127.0.0.1", ports[i % 2], f"{tag}{i:05d}", src_ip=_src(5000 + i))
         peer.send_udp(pb.RendezvousMessage(register_pk=pb.RegisterPk(
             id=peer.id, uuid=peer.uuid, pk=peer.pk)))
@@ -202,10 +206,12 @@ async def chat(sender: WiredClient, receiver: WiredClient, text: str) -> None:
     raise AssertionError(f"{text!r} never arrived")
 
 
-def _bound(node: LocalRedis, prefix: str, peer: Peer) -> bool:
-    """``prefix`` ends where ``peer:<id>`` starts (it holds the slot tag in Cluster mode)."""
+def _bound(node: LocalRedis, prefix: str, peer: Peer, tagged: bool = False) -> bool:
+    """``prefix`` ends where ``peer:<id>`` starts; ``tagged``: the ID is the slot tag
+    (Cluster mode)."""
+    pid = f"{{{peer.id}}}" if tagged else peer.id
     with node.client() as c:
-        return bool(c.hget(f"{prefix}peer:{peer.id}", "u") == peer.uuid)
+        return bool(c.hget(f"{prefix}peer:{pid}", "u") == peer.uuid)
 
 
 async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -> None:
@@ -263,6 +269,12 @@ async def test_sentinel_failover_loses_no_acknowledged_binding(tmp_path: Path) -
         s.stop()
 
 
+def _slots_of(c: RedisCluster, primary: LocalRedis) -> set[int]:
+    with primary.client() as r:
+        return {slot for first, last, owner, *_ in r.execute_command("CLUSTER", "SLOTS")
+                if int(owner[1]) == primary.port for slot in range(first, last + 1)}
+
+
 def _slot_owner(c: RedisCluster, key: str) -> LocalRedis:
     """The live primary serving ``key``'s slot, as a live node reports it."""
     slot = key_slot(key.encode())
@@ -296,14 +308,19 @@ async def test_cluster_flows_survive_a_primary_killed_mid_run(tmp_path: Path) ->
         known.register()
         pair = flows.relay_pair("rlclbefore", _src(4100))
         spaces = await flows.space()
-        rd_key = f"{cluster.prefix}{{rd}}:peer:x"
+        # Each device's keys carry its own tag: kill a primary that holds some of them and
+        # time the registrations of IDs on its slots.
+        rd_key = f"{cluster.prefix}rd:peer:{{{acked[0].id}}}"
         victim = _slot_owner(c, rd_key)
+        victim_slots = _slots_of(c, victim)
+        assert any(key_slot(p.id.encode()) not in victim_slots for p in acked)
         killed = time.monotonic()
         victim.stop(signal.SIGKILL)
-        recovered, _, _ = _register_until_ok(ports, "cn", killed, acked)
-        owner = _slot_owner(c, rd_key)
-        assert owner is not victim
-        lost = [p.id for p in acked if not _bound(owner, f"{cluster.prefix}{{rd}}:", p)]
+        recovered, _, _ = _register_until_ok(ports, "cn", killed, acked, slots=victim_slots)
+        assert _slot_owner(c, rd_key) is not victim
+        lost = [p.id for p in acked
+                if not _bound(_slot_owner(c, f"rd:peer:{{{p.id}}}"), f"{cluster.prefix}rd:", p,
+                              tagged=True)]
         exchange(*pair, b"through the fail-over")
         await chat(spaces[1], spaces[0], "after the fail-over")
         flows.relay_pair("rlclafter", _src(4101))

@@ -436,3 +436,107 @@ async def test_binding_news_and_guarded_flush_on_redis_cluster(
             (KIND_KEY, "cl1"), (KIND_MOVED, "cl1"), (KIND_REMOVED, "Cluster_1")]
     finally:
         await reg.close()
+
+
+def _primary_of(c: RedisCluster, key: str) -> int:
+    """The port of the primary serving ``key``."""
+    with c.nodes[0].client() as r:
+        slot = int(r.execute_command("CLUSTER", "KEYSLOT", key))
+        for first, last, primary, *_ in r.execute_command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return int(primary[1])
+    raise AssertionError("slot not served")
+
+
+async def test_peers_spread_over_the_primaries_of_a_cluster(
+        redis_cluster: RedisCluster, tmp_path: Path) -> None:
+    """Each peer's keys carry its own tag: they land on every primary, and registration,
+    punches, the guarded flush, online queries, a change of ID between two primaries
+    (including the crash cases of its steps) and removal work across them."""
+    cfg = load_config("gateway", new_parser("t").parse_args([]),
+                      {**redis_cluster.env(), "DATA_DIR": str(tmp_path), "KEY": "_",
+                       "BIND": "127.0.0.1"}, None)
+    reg = Registry(RedisTarget.from_config(cfg), new_prefix(), "gateway", "h", ttl=1.5)
+    await reg.start()
+    try:
+        assert await reg.wait_ready(10)
+        svc = RendezvousService(Context(cfg, reg, None, "h"))  # type: ignore[arg-type]
+        svc.udp = FakeUdp()  # type: ignore[assignment]
+        store = svc.store
+        ids = [f"spread{i:03d}" for i in range(30)]
+        for i, pid in enumerate(ids):
+            assert await _register(svc, pid, (f"203.0.113.{i + 1}", 42000), uuid=pid.encode()
+                                   ) == R.OK
+        homes = {_primary_of(redis_cluster, store.peer_key(p)) for p in ids}
+        assert len(homes) == 3
+        assert all(_primary_of(redis_cluster, store.live_key(p))
+                   == _primary_of(redis_cluster, store.peer_key(p)) for p in ids)
+        # One guarded flush over peers on all primaries; a stale generation is refused.
+        now = time.time()
+        live = Live("", 42000, now, svc.token, 21116, MODE_UDP)
+        batch = [(p, live, binding_gen(p.encode(), b"p" * 32, f"203.0.113.{i + 1}".encode()))
+                 for i, p in enumerate(ids)]
+        assert await store.flush_bound([*batch, ("spread000", live, b"stale")], now) == (
+            30, ["spread000"])
+        assert all(x is not None for x in await store.lives(ids))
+        # A punch for a peer on any primary reaches it.
+        answer, udp = await _ask(svc, "spread007")
+        assert answer is None and [m.WhichOneof("union") for m, _ in udp] == ["punch_hole"]
+        # Change of ID between two primaries.
+        old = "spread001"
+        new = next(f"Moved_{i}" for i in range(100)
+                   if _primary_of(redis_cluster, store.peer_key(f"Moved_{i}"))
+                   != _primary_of(redis_cluster, store.peer_key(old)))
+        c = Conn(("203.0.113.2", 42001))
+        await svc.handle(c, Msg(register_pk=pb.RegisterPk(
+            old_id=old, id=new, uuid=old.encode())).SerializeToString(), main=True)
+        assert c.out[-1].register_pk_response.result == R.OK
+        assert await store.peer(old) is None
+        rec = await store.peer(new)
+        assert rec is not None and rec.uuid == old.encode()
+        assert set(await reg.redis.hkeys(store.peer_key(new))) == {b"u", b"k", b"ip"}
+        answer, udp = await _ask(svc, new)
+        assert answer is None and [m.WhichOneof("union") for m, _ in udp] == ["punch_hole"]
+        # Taken by another device: refused, the old ID stays bound and unmarked.
+        assert await store.change_id("spread002", new, b"spread002") == 3
+        assert set(await reg.redis.hkeys(store.peer_key("spread002"))) == {b"u", b"k", b"ip"}
+        # Crash after mark + claim: the old ID stays the binding, the claim is not bound.
+        src, dst = "spread003", "Crashed_3"
+        m = await store._mark(keys=[store.peer_key(src), store.live_key(src)],
+                              args=[src.encode(), dst])
+        await store._claim(keys=[store.peer_key(dst), store.live_key(dst)],
+                           args=[src.encode(), m[2], m[3], src, m[4], m[5]])
+        assert (await store.peer(src)) is not None and await store.peer(dst) is None
+        assert (await store.lookup(dst)) == (None, None)
+        # Another device cannot take the ID while the claim is pending ...
+        assert await store.change_id("spread004", dst, b"spread004") == 3
+        # ... and a retry of the same change completes it.
+        assert await store.change_id(src, dst, src.encode()) == CHANGE_OK
+        assert await store.peer(src) is None and await store.peer(dst) is not None
+        # Crash after mark + claim, then the old ID moves elsewhere: the claim is aborted,
+        # deleted by its first reader, and the ID free for another device.
+        src, dst = "spread005", "Crashed_5"
+        m = await store._mark(keys=[store.peer_key(src), store.live_key(src)],
+                              args=[src.encode(), dst])
+        await store._claim(keys=[store.peer_key(dst), store.live_key(dst)],
+                           args=[src.encode(), m[2], m[3], src, m[4], m[5]])
+        assert await store.change_id(src, "Elsewhere_5", src.encode()) == CHANGE_OK
+        assert await store.peer(dst) is None and not await reg.redis.exists(store.peer_key(dst))
+        assert await store.change_id("spread006", dst, b"spread006") == CHANGE_OK
+        # Crash after the commit: the new ID is bound, its marker dropped by a registration.
+        src, dst = "spread008", "Crashed_8"
+        m = await store._mark(keys=[store.peer_key(src), store.live_key(src)],
+                              args=[src.encode(), dst])
+        await store._claim(keys=[store.peer_key(dst), store.live_key(dst)],
+                           args=[src.encode(), m[2], m[3], src, m[4], m[5]])
+        await store._decide(keys=[store.peer_key(src), store.live_key(src)],
+                            args=[src.encode(), dst, "1"])
+        assert await _register(svc, dst, ("203.0.113.9", 42000), uuid=src.encode()) == R.OK
+        assert set(await reg.redis.hkeys(store.peer_key(dst))) == {b"u", b"k", b"ip"}
+        # Removal.
+        assert await store.remove_peer(new)
+        assert await store.peer(new) is None and await store.lives([new]) == [None]
+        hist = await store.id_history()
+        assert f"{old} {new}" in " | ".join(hist)
+    finally:
+        await reg.close()
