@@ -21,7 +21,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -136,7 +136,11 @@ class _NodeReader:
 
     def __init__(self, node: ClusterNode, kwargs: dict[str, Any], dispatch: Dispatch) -> None:
         self.name = node.name
-        self.client = aioredis.Redis(host=node.host, port=int(node.port), **kwargs)
+        # No retries: a reader whose node went away must end at once, so the subscriber
+        # notices a killed primary even when this process sends it no commands, and
+        # re-subscribes on the promoted replica (the client's default retries took seconds).
+        self.client = aioredis.Redis(host=node.host, port=int(node.port),
+                                     **{**kwargs, "retry": Retry(NoBackoff(), 0)})
         self.pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
         self.channels: set[str] = set()
         self._dispatch = dispatch
