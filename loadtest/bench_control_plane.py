@@ -23,7 +23,6 @@ import selectors
 import signal
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,7 +36,7 @@ from hubbub.embedded_redis import (
 )
 from hubbub.errors import HubbubError
 from hubbub.wire.rustdesk.messages import kind, message, parse, pb
-from loadtest.bench_rendezvous import _answer_punches, p50_p99, punch_once
+from loadtest.bench_rendezvous import p50_p99, punch_series
 from loadtest.cluster import LocalCluster, free_port, free_port_block
 from registry import RedisTarget, Registry
 from registry.target import parse_host_port
@@ -106,22 +105,7 @@ def _registrations(port: int, devices: int, tag: str) -> float:
 
 
 def _punches(a_port: int, b_port: int, licence: str, count: int) -> tuple[float, float, int]:
-    stop = threading.Event()
-    peer_id = "777000222"
-    b = threading.Thread(target=_answer_punches, args=(b_port, peer_id, stop), daemon=True)
-    samples: list[float] = []
-    failures = 0
-    try:
-        b.start()
-        time.sleep(0.5)
-        for _ in range(count):
-            took = punch_once(a_port, peer_id, licence)
-            if took is None:
-                failures += 1
-            else:
-                samples.append(took)
-    finally:
-        stop.set()
+    samples, failures = punch_series(a_port, b_port, "777000222", licence, count)
     p50, p99 = p50_p99(samples)
     return p50, p99, failures
 

@@ -201,26 +201,34 @@ def p50_p99(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+def punch_series(ask_port: int, answer_port: int, peer_id: str, licence: str,
+                 count: int) -> tuple[list[float], int]:
+    """``count`` punches through ``ask_port`` to a device ``peer_id`` answering on
+    ``answer_port``: the round trips in milliseconds and how many failed."""
+    stop = threading.Event()
+    b = threading.Thread(target=_answer_punches, args=(answer_port, peer_id, stop), daemon=True)
+    samples: list[float] = []
+    failures = 0
+    try:
+        b.start()
+        time.sleep(0.5)
+        for _ in range(count):
+            took = punch_once(ask_port, peer_id, licence)
+            if took is None:
+                failures += 1
+            else:
+                samples.append(took)
+    finally:
+        stop.set()
+    return samples, failures
+
+
 def _punch_rtt(count: int) -> dict[str, Any]:
     with LocalCluster(gateways=1, shards=0) as cluster:
         p1 = cluster.target.rendezvous_port
         p2 = free_port_block(4) + 1  # its NAT-test port is p2 - 1, its WebSocket port p2 + 2
         cluster.add("gateway", RENDEZVOUS_PORT=str(p2), SPACES_PORT=str(free_port()))
-        stop = threading.Event()
-        b = threading.Thread(target=_answer_punches, args=(p1, "777000111", stop), daemon=True)
-        try:
-            b.start()
-            time.sleep(0.5)
-            samples = []
-            failures = 0
-            for _ in range(count):
-                took = punch_once(p2, "777000111", cluster.target.licence_key)
-                if took is None:
-                    failures += 1
-                else:
-                    samples.append(took)
-        finally:
-            stop.set()
+        samples, failures = punch_series(p2, p1, "777000111", cluster.target.licence_key, count)
     p50, p99 = p50_p99(samples)
     return {"case": "punch round trip, A and B on different gateways",
             "value": f"p50 {p50:.2f} / p99 {p99:.2f}", "unit": "ms",
