@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.console.keys import console_key
+from gateway.console.keys import console_key, json_object
 from gateway.console.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password, verify_password
 from registry import Registry
 
@@ -64,6 +64,9 @@ class User:
     name: str
     role: str
     created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "created": self.created}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +155,7 @@ class Accounts:
     async def _record(self, name: str) -> dict[str, Any] | None:
         async with self.registry.guard("console_user"):
             raw: Any = await self.redis.hget(self.users_key, name)
-        if raw is None:
-            return None
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        return rec if isinstance(rec, dict) else None
+        return json_object(raw)
 
     async def users(self) -> list[User]:
         async with self.registry.guard("console_user"):

@@ -268,7 +268,7 @@ async def _audit(st: ConsoleState, _arg: str) -> Any:
     entries = await st.accounts.audit_log(200)
     users = await st.accounts.users()
     return {"entries": [e.to_json() for e in entries],
-            "users": [{"name": u.name, "role": u.role, "created": u.created} for u in users]}
+            "users": [u.to_json() for u in users]}
 
 
 VIEWS: dict[str, ViewFn] = {"cluster": _cluster, "rustdesk": _rustdesk, "spaces": _spaces,
@@ -412,8 +412,7 @@ async def kick(request: web.Request) -> web.StreamResponse:
 
 async def users(request: web.Request) -> web.StreamResponse:
     found = await state_of(request).accounts.users()
-    return _json({"users": [{"name": u.name, "role": u.role, "created": u.created}
-                            for u in found]})
+    return _json({"users": [u.to_json() for u in found]})
 
 
 async def user_add(request: web.Request) -> web.StreamResponse:

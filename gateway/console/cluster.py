@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.console.keys import console_key
+from gateway.console.keys import console_key, json_object
 from hubbub.errors import RegistryError
 from registry import ProcessRecord, Registry
 
@@ -31,13 +31,7 @@ async def latest_sample(registry: Registry) -> dict[str, Any] | None:
     """
     async with registry.guard("console_live"):
         raw: Any = await registry.redis.get(console_key(registry, "live"))
-    if raw is None:
-        return None
-    try:
-        sample = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return sample if isinstance(sample, dict) else None
+    return json_object(raw)
 
 
 def process_json(rec: ProcessRecord, stats: dict[str, Any] | None) -> dict[str, Any]:

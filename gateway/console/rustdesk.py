@@ -12,9 +12,7 @@ import hashlib
 import time
 from typing import Any
 
-import orjson
-
-from gateway.console.keys import console_key
+from gateway.console.keys import console_key, json_object
 from gateway.console.scan import HOLE, scan_parts
 from gateway.rendezvous.admin import change_id
 from gateway.rendezvous.store import Live, PeerRecord, Store
@@ -89,7 +87,7 @@ async def summary(registry: Registry, sample: dict[str, Any] | None) -> dict[str
     """
     async with registry.guard("console_counts"):
         raw: Any = await registry.redis.get(console_key(registry, "counts"))
-    counts = orjson.loads(raw) if raw else {}
+    counts = json_object(raw) or {}
     rd = (sample or {}).get("rd") or {}
     return {"registered": counts.get("registered"), "registered_complete":
             counts.get("complete", True), **rd, "relay": (sample or {}).get("relay") or {}}

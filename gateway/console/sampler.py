@@ -30,6 +30,7 @@ from gateway.console.rates import Scrape, average, history_point, parse, summari
 from gateway.console.scan import HOLE, scan_parts
 from gateway.rendezvous.store import Store
 from hubbub.errors import RegistryError
+from hubbub.net import host_port
 from hubbub.tasks import TaskSet
 from registry import ProcessRecord, Registry
 
@@ -68,10 +69,7 @@ def ops_url(rec: ProcessRecord) -> str | None:
     port = rec.info.get("ops_port")
     if not isinstance(port, int) or port <= 0:
         return None
-    host = rec.public_ip or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host_port(rec.public_ip or '127.0.0.1', port)}/metrics"
 
 
 class Sampler:
