@@ -103,6 +103,14 @@ class _Cluster(RedisCluster):
         return _ClusterScript(self, script)
 
 
+async def _pump(pubsub: PubSub, dispatch: Dispatch) -> None:
+    """Hand every message of ``pubsub`` to ``dispatch`` until cancelled or the link fails."""
+    while True:
+        msg = await pubsub.get_message(timeout=1.0)
+        if msg is not None:
+            dispatch(msg)
+
+
 class _PlainSubscriber:
     """Classic ``SUBSCRIBE`` on one connection (single Redis or the Sentinel's primary)."""
 
@@ -120,10 +128,7 @@ class _PlainSubscriber:
         await self._pubsub.unsubscribe(channel)
 
     async def pump(self) -> None:
-        while True:
-            msg = await self._pubsub.get_message(timeout=1.0)
-            if msg is not None:
-                self._dispatch(msg)
+        await _pump(self._pubsub, self._dispatch)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
@@ -164,10 +169,7 @@ class _NodeReader:
                 await self.pubsub.sunsubscribe(channel)
 
     async def _read(self) -> None:
-        while True:
-            msg = await self.pubsub.get_message(timeout=1.0)
-            if msg is not None:
-                self._dispatch(msg)
+        await _pump(self.pubsub, self._dispatch)
 
     async def aclose(self) -> None:
         if self.task is not None:

@@ -81,7 +81,3 @@ class BindingChanged:
         if ev.kind not in _KINDS or not ev.peer_id or (ev.kind == KIND_MOVED and not ev.new_id):
             return None
         return ev
-
-    def names(self) -> tuple[str, ...]:
-        """The IDs whose local entries this change concerns."""
-        return (self.peer_id, self.new_id) if self.new_id else (self.peer_id,)
