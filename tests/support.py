@@ -127,6 +127,19 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def assert_memory_bounded(start: int, peaks: list[int], afters: list[int], during: int,
+                          after: int) -> None:
+    """RSS growth over ``start`` per round: at most ``during`` at its peak, and at most ``after``
+    once the last round's load is gone (printed, so a run shows the numbers)."""
+    mib = 1024 * 1024
+    report = (f"start {start / mib:.1f} MiB; growth during "
+              f"{[round(p / mib, 1) for p in peaks]} MiB, after "
+              f"{[round(a / mib, 1) for a in afters]} MiB")
+    print(report)
+    assert max(peaks) <= during, report
+    assert afters[-1] <= after, report
+
+
 @dataclass
 class HubbubProcess:
     """A ``hubbub <role>`` subprocess with its ops port and log file."""

@@ -16,7 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from support import Cluster, HubbubProcess, RedisServer, free_port, free_port_block, new_prefix
+from support import (
+    Cluster,
+    HubbubProcess,
+    RedisServer,
+    assert_memory_bounded,
+    free_port,
+    free_port_block,
+    new_prefix,
+)
 
 from hubbub.memory import HeapTrimmer, resident_bytes
 from loadtest.bench_relay import WsClient
@@ -105,12 +113,7 @@ def test_unfinished_and_huge_messages_stay_bounded_and_memory_comes_back(
         time.sleep(3.0)  # closing handshakes end (spaces: close_timeout 2 s), a trim check runs
         peaks.append(peak[0] - start)
         afters.append(rss_bytes(gateway.proc.proc.pid) - start)
-    report = (f"start {start / MiB:.1f} MiB; growth during "
-              f"{[round(p / MiB, 1) for p in peaks]} MiB, after "
-              f"{[round(a / MiB, 1) for a in afters]} MiB")
-    print(report)
-    assert max(peaks) <= DURING_BOUND, report
-    assert afters[-1] <= AFTER_MARGIN, report
+    assert_memory_bounded(start, peaks, afters, DURING_BOUND, AFTER_MARGIN)
 
 
 @pytest.mark.parametrize("name", ["spaces", "rendezvous_ws"])

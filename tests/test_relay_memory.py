@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from relay_support import KEY, Relay, closed_within, new_uuid, running_relay
-from support import RedisServer
+from support import RedisServer, assert_memory_bounded
 
 from loadtest.bench_relay import ABUSE_KINDS, AbusePair, abuse, recv_exact
 from loadtest.cluster import rss_bytes
@@ -73,12 +73,7 @@ def test_abusive_mixed_pairs_stay_bounded_and_memory_comes_back(relay: Relay) ->
         _settle(relay)
         peaks.append(peak[0] - start)
         afters.append(_rss(relay) - start)
-    report = (f"start {start / MiB:.1f} MiB; growth during "
-              f"{[round(p / MiB, 1) for p in peaks]} MiB, after "
-              f"{[round(a / MiB, 1) for a in afters]} MiB")
-    print(report)
-    assert max(peaks) <= DURING_BOUND, report
-    assert afters[-1] <= AFTER_MARGIN, report
+    assert_memory_bounded(start, peaks, afters, DURING_BOUND, AFTER_MARGIN)
     assert relay.metric("hubbub_relay_held_bytes") == 0
 
 

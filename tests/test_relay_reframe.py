@@ -127,6 +127,16 @@ def _drain(enc: TcpEncoder | WsEncoder) -> bytes:
     return data
 
 
+def _feed_split(dec: WsDecoder, enc: TcpEncoder | WsEncoder, stream: bytes,
+                rng: random.Random) -> bytes:
+    """Feed ``stream`` in random pieces; every byte the encoder put out."""
+    got = b""
+    for piece in _split(stream, rng):
+        dec.feed(piece)
+        got += _drain(enc)
+    return got
+
+
 def test_tcp_to_ws_streams_messages_at_every_split() -> None:
     rng = random.Random(9)
     messages = [rng.randbytes(n) for n in (1, 63, 64, 200, 16383, 16384, 70000, 0, 5)]
@@ -150,10 +160,7 @@ def test_ws_to_tcp_streams_frames_and_assembles_fragments() -> None:
               + WsClient.frame(frag[2], 0) + WsClient.frame(b"text", 1) + WsClient.frame(b""))
     enc = TcpEncoder()
     dec = WsDecoder(enc, 1 << 20)
-    got = b""
-    for piece in _split(stream, rng):
-        dec.feed(piece)
-        got += _drain(enc)
+    got = _feed_split(dec, enc, stream, rng)
     assert FrameDecoder(1 << 20).feed(got) == [whole, b"".join(frag)]
     assert dec.replies() == [frame_header(0xA, 4) + b"ping"]
 
@@ -165,10 +172,7 @@ def test_ws_to_ws_keeps_message_boundaries() -> None:
               + WsClient.frame(b"", 2, fin=False) + WsClient.frame(b"", 0))
     enc = WsEncoder()
     dec = WsDecoder(enc, 1 << 20)
-    got = b""
-    for piece in _split(stream, rng):
-        dec.feed(piece)
-        got += _drain(enc)
+    got = _feed_split(dec, enc, stream, rng)
     assert _ws_messages(got) == [(OP_BINARY, a), (OP_BINARY, b + c)]
 
 
