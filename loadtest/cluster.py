@@ -7,6 +7,7 @@ processes are the real ``hubbub gateway`` / ``hubbub shard`` started as subproce
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -32,13 +33,28 @@ from loadtest.targets import Target
 __all__ = ["LocalCluster", "cpu_seconds", "free_port", "free_port_block", "rss_bytes"]
 
 HOST = "127.0.0.1"
+# Ports handed out lately by this process, so two picks made before any server binds differ.
+_recent: collections.deque[int] = collections.deque(maxlen=512)
 
 
 def _free_both(port: int) -> bool:
+    """Whether ``port`` is free for TCP and UDP on every address of both families.
+
+    The probe binds the wildcard dual-stack (``[::]`` with ``IPV6_V6ONLY`` off), which clashes
+    with any listener on the port, IPv4 or IPv6: a port held only by another process's v6-only
+    ``SO_REUSEPORT`` listener would otherwise pass a 127.0.0.1 probe and then be shared.
+    """
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s = socket.socket(socket.AF_INET6, kind)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address: tuple[str, int] = ("::", port)
+        except OSError:  # no IPv6 on this host
+            s = socket.socket(socket.AF_INET, kind)
+            address = ("0.0.0.0", port)
+        with s:
             try:
-                s.bind((HOST, port))
+                s.bind(address)
             except OSError:
                 return False
     return True
@@ -53,21 +69,26 @@ def _ephemeral_low() -> int:
 
 
 def free_port_block(size: int = 1) -> int:
-    """First of ``size`` consecutive ports free for TCP and UDP on 127.0.0.1 right now.
+    """First of ``size`` consecutive ports free for TCP and UDP on both families right now.
 
     Ports come from below the kernel's ephemeral range, so an outgoing connection cannot take
     one between this check and the server's bind; 21200 and up also avoids hubbub's defaults.
+    A port handed out recently is not handed out again, since its server may not be up yet.
     """
     top = _ephemeral_low() - size
     for _ in range(500):
         base = random.randrange(21200, max(21201, top))
-        if all(_free_both(base + i) for i in range(size)):
+        block = range(base, base + size)
+        if any(p in _recent for p in block):
+            continue
+        if all(_free_both(p) for p in block):
+            _recent.extend(block)
             return base
     raise LoadTestError(f"no block of {size} free ports")
 
 
 def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1 right now (outside the ephemeral range)."""
+    """A port free for TCP and UDP on both families right now (outside the ephemeral range)."""
     return free_port_block(1)
 
 
