@@ -23,6 +23,7 @@ import os
 import pkgutil
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ __all__ = [
     "main",
     "markdown_report",
     "markdown_table",
+    "median_rows",
     "normalise",
     "plot",
     "run_module",
@@ -167,14 +169,43 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def median_rows(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Row by row over several runs of one module: the median of every numeric column
+    (values that are not finite numbers left out), the majority of every flag, text from the
+    first run. Every run must give the same rows in the same order."""
+    out: list[dict[str, Any]] = []
+    for rows in zip(*runs, strict=True):
+        merged: dict[str, Any] = {}
+        for key, first in rows[0].items():
+            values = [r.get(key) for r in rows]
+            if isinstance(first, bool):
+                merged[key] = sum(v is True for v in values) * 2 > len(values)
+            elif isinstance(first, int | float):
+                nums = [v for v in values if _number(v) is not None]
+                merged[key] = statistics.median(nums) if nums else first
+            else:
+                merged[key] = first
+        out.append(merged)
+    return out
+
+
 def module_main(argv: Sequence[str] | None, prog: str, description: str,
-                run: Callable[[bool], list[dict[str, Any]]], quick_help: str) -> int:
-    """``python -m loadtest.bench_<name>``: run one module, print its table; 1 if a bar failed."""
+                run: Callable[[bool], list[dict[str, Any]]], quick_help: str,
+                judge: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    """``python -m loadtest.bench_<name> [--quick] [--runs N]``: run one module (N times:
+    medians per row, re-judged by ``judge`` against their targets), print its table; 1 if a
+    bar failed."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--runs", type=int, default=1, help="repeat and report medians")
     args = parser.parse_args(argv)
-    rows = run(args.quick)
+    runs = [run(args.quick) for _ in range(max(1, args.runs))]
+    rows = median_rows(runs) if len(runs) > 1 else runs[0]
+    if judge is not None and len(runs) > 1:
+        rows = [judge(r) for r in rows]
     print(markdown_table(rows))
+    if len(runs) > 1:
+        print(f"\nmedians of {len(runs)} runs")
     return 0 if all(r.get("ok") is not False for r in rows) else 1
 
 

@@ -24,7 +24,6 @@ import contextlib
 import multiprocessing
 import os
 import resource
-import statistics
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hubbub.runtime import loop_runner
+from loadtest.bench import median_rows
 from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters
 from shards.media.stack import Certificate, new_certificate
 
@@ -361,17 +361,7 @@ def _with_target(row: dict[str, Any]) -> dict[str, Any]:
 
 def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per case, the median of every numeric column over several runs (text from the first)."""
-    out: list[dict[str, Any]] = []
-    for rows in zip(*runs, strict=True):
-        merged: dict[str, Any] = {}
-        for key, first in rows[0].items():
-            values = [r[key] for r in rows]
-            if isinstance(first, (int, float)) and not isinstance(first, bool):
-                merged[key] = statistics.median(values)
-            else:
-                merged[key] = first
-        out.append(_with_target(merged))
-    return out
+    return [_with_target(r) for r in median_rows(runs)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

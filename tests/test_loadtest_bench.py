@@ -122,3 +122,28 @@ def test_summary_table_has_each_headline_figure() -> None:
     assert "| media | FAILED: boom | |" in summary
     assert bench.summary_table([{"bench": "x", "metric": "words"}]) == ""
     assert bench.markdown_report(ROWS).startswith("| bench | figure | ratio / value |")
+
+
+def test_median_rows_over_several_runs() -> None:
+    runs = [[{"case": "a", "value": v, "p50": p, "ok": ok, "note": n}]
+            for v, p, ok, n in ((3.0, 1, True, "first"), (1.0, None, False, "second"),
+                                (2.0, float("nan"), True, "third"))]
+    assert bench.median_rows(runs) == [{"case": "a", "value": 2.0, "p50": 1, "ok": True,
+                                        "note": "first"}]
+    with pytest.raises(ValueError):
+        bench.median_rows([[{"a": 1}], []])
+
+
+def test_module_main_reports_medians_judged_again(capsys: pytest.CaptureFixture[str]) -> None:
+    values = iter([5.0, 1.0, 2.0])
+
+    def run(quick: bool) -> list[dict[str, Any]]:
+        v = next(values)
+        return [{"case": "c", "value": v, "ok": v <= 2.0}]
+
+    def judge(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "ok": row["value"] <= 2.0}
+
+    assert bench.module_main(["--runs", "3"], "p", "d", run, "q", judge) == 0
+    out = capsys.readouterr().out
+    assert "| c | 2 | yes |" in out and "medians of 3 runs" in out
