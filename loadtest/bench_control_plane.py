@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import selectors
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -35,8 +32,7 @@ from hubbub.embedded_redis import (
     free_cluster_ports,
 )
 from hubbub.errors import HubbubError
-from hubbub.wire.rustdesk.messages import kind, message, parse, pb
-from loadtest.bench_rendezvous import p50_p99, punch_series
+from loadtest.bench_rendezvous import p50_p99, punch_series, register_many
 from loadtest.cluster import LocalCluster, free_port, free_port_block
 from registry import RedisTarget, Registry
 from registry.target import parse_host_port
@@ -59,48 +55,8 @@ def _target(env: Mapping[str, str]) -> RedisTarget:
 
 def _registrations(port: int, devices: int, tag: str) -> float:
     """OK answers per second for ``devices`` RegisterPk, ``WINDOW`` in flight."""
-    sel = selectors.DefaultSelector()
-    todo = [f"{tag}{i:07d}" for i in range(devices)]
-    socks = []
-    for i in range(0, devices, PER_SOURCE):
-        n = i // PER_SOURCE
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind((f"127.3.{n // 250}.{n % 250 + 1}", 0))
-        u.setblocking(False)
-        socks.append((u, todo[i:i + PER_SOURCE]))
-
-    def send(u: socket.socket, peer_id: str) -> None:
-        u.sendto(message(register_pk=pb.RegisterPk(id=peer_id, uuid=os.urandom(8).hex().encode(),
-                                                   pk=os.urandom(32))), (HOST, port))
-
-    queue = list(socks)
-    ok = 0
-    start = time.perf_counter()
-    deadline = time.monotonic() + 60
-    active = 0
-    while (queue or active) and time.monotonic() < deadline:
-        while queue and active < WINDOW:
-            u, ids = queue.pop()
-            send(u, ids.pop())
-            sel.register(u, selectors.EVENT_READ, ids)
-            active += 1
-        for key, _ in sel.select(timeout=2.0):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            data = sock.recv(4096)
-            m = parse(data)
-            if m is None or kind(m) != "register_pk_response":
-                continue
-            if m.register_pk_response.result == pb.RegisterPkResponse.OK:
-                ok += 1
-            sel.unregister(sock)
-            active -= 1
-            if key.data:
-                queue.append((sock, key.data))
-    took = time.perf_counter() - start
-    for u, _ in socks:
-        u.close()
-    sel.close()
+    ok, took = register_many(port, [f"{tag}{i:07d}" for i in range(devices)], window=WINDOW,
+                             per_source=PER_SOURCE)
     return ok / took
 
 

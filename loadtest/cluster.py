@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +30,8 @@ from hubbub.keys import load_or_create
 from loadtest.targets import Target
 
 
-__all__ = ["LocalCluster", "cpu_seconds", "free_port", "free_port_block", "rss_bytes"]
+__all__ = ["LocalCluster", "cpu_seconds", "free_port", "free_port_block", "pin", "pinned",
+           "rss_bytes", "split_cores"]
 
 HOST = "127.0.0.1"
 # Ports handed out lately by this process, so two picks made before any server binds differ.
@@ -98,6 +99,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process ``pid`` to ``cpus`` (Linux affinity is per thread; threads
+    started later inherit it from the thread that starts them)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # gone already
+        return
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that has just exited
+            os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block with this process (every thread, and what it starts) pinned to ``cpus``;
+    the previous affinity is restored afterwards. ``None`` or an empty set: no pinning."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        pin(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        if cpus:
+            pin(os.getpid(), before)
+
+
+def split_cores() -> tuple[int | None, set[int]]:
+    """The core for the servers under test and the cores left to the load generator, from
+    this process's affinity: ``(None, set())`` when there are not two cores to split."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, set()
+    return cores[0], set(cores[1:])
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of process ``pid`` in bytes (``/proc``; 0 when unknown)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -131,12 +167,16 @@ class LocalCluster:
         gateways: gateway processes (they share the public ports with SO_REUSEPORT).
         shards: shard processes (one slot each).
         env: extra environment for every process (e.g. ``{"ALWAYS_USE_RELAY": "Y"}``).
+        pin_cpu: pin every server process (gateways, shards and redis-server, with all their
+            threads) to this one core, so a benchmark measures the servers on one core while
+            its load generator runs on the others.
     """
 
     gateways: int = 1
     shards: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 30.0
+    pin_cpu: int | None = None
     workdir: Path = field(init=False)
     target: Target = field(init=False)
     procs: list[_Proc] = field(default_factory=list, init=False)
@@ -186,6 +226,7 @@ class LocalCluster:
         deadline = time.monotonic() + self.start_timeout
         for p in self.procs:
             self._wait_healthy(p, deadline)
+        self._pin_all()  # threads started before a process was first pinned
 
     def _start_redis(self, port: int) -> None:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -195,6 +236,7 @@ class LocalCluster:
             [exe, "--port", str(port), "--bind", HOST, "--dir", str(self.workdir), "--save", "",
              "--appendonly", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._pin(self.redis.pid)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2) as s:
@@ -209,6 +251,7 @@ class LocalCluster:
         until it is healthy; it is stopped with the cluster."""
         proc = self._spawn(role, env)
         self._wait_healthy(proc, time.monotonic() + self.start_timeout)
+        self._pin_all()
         return proc
 
     def _spawn(self, role: str, extra: Mapping[str, str] | None = None) -> _Proc:
@@ -221,9 +264,33 @@ class LocalCluster:
             popen = subprocess.Popen([sys.executable, "-m", "hubbub", role, "--ops-port", str(ops)],
                                      stdout=log, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.workdir)
+        self._pin(popen.pid)
         proc = _Proc(role, ops, log_path, popen)
         self.procs.append(proc)
         return proc
+
+    def _pin(self, pid: int) -> None:
+        if self.pin_cpu is not None:
+            pin(pid, {self.pin_cpu})
+
+    def _pin_all(self) -> None:
+        for pid in self.server_pids():
+            self._pin(pid)
+
+    def server_pids(self) -> list[int]:
+        """Every running server process: gateways, shards and redis-server."""
+        pids = [p.popen.pid for p in self.procs if p.popen.poll() is None]
+        if self.redis is not None and self.redis.poll() is None:
+            pids.append(self.redis.pid)
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds all server processes (redis-server included) have used so far."""
+        total = 0.0
+        for pid in self.server_pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # exited meanwhile
+                total += cpu_seconds(pid)
+        return total
 
     def _wait_healthy(self, p: _Proc, deadline: float) -> None:
         while time.monotonic() < deadline:
