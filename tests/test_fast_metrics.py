@@ -6,9 +6,14 @@ import re
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from hubbub.metrics import FastCounter, FastCounterFamily
+
+
+def generate_openmetrics(registry: CollectorRegistry) -> bytes:
+    text: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _scrub(text: bytes) -> str:
