@@ -38,10 +38,12 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import redis
 
+from hubbub.errors import LoadTestError
 from hubbub.wire.rustdesk.framing import FrameDecoder, encode_frame
 from hubbub.wire.rustdesk.messages import kind, message, parse, pb
 from loadtest.bench import module_main
@@ -60,6 +62,8 @@ __all__ = ["main", "p50_p99", "punch_once", "punch_series", "register_many", "ru
 HOST = "127.0.0.1"
 OFFERED = 250_000.0
 """Heartbeats/s the generator offers: more than one server core can answer."""
+WARM_RATE = 20_000.0
+"""Heartbeats/s of the warm-up rounds, when the gateways look every peer up in Redis."""
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,13 @@ def _seed_peers(redis_url: str, prefix: str, ids: list[str]) -> None:
     r.close()
 
 
-def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any) -> None:
+def _generator(port: int, ids: list[str], seconds: float, rate: float, conn: Connection) -> None:
     """Open-loop load: every ID from its own fixed socket, paced to ``rate`` datagrams/s.
 
-    Answers are not read (the kernel drops them once the buffers fill): the gateways' own
-    counters say how many heartbeats they answered, and the generator stays cheap.
+    Warm-up rounds (every ID once, at ``WARM_RATE``) go first, until ``conn`` says every
+    gateway knows its peers. Answers are not read (the kernel drops them once the buffers
+    fill): the gateways' own counters say how many heartbeats they answered, and the generator
+    stays cheap.
     """
     per = max(1, len(ids) // 256)
     socks = []
@@ -207,15 +213,20 @@ def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any)
         for x in ids[i:i + per]:
             payloads.append(message(register_peer=pb.RegisterPeer(id=x)))
             owners.append(s)
-    # Warm-up: every ID a few times, so each gateway has looked its peers up in Redis.
-    for _ in range(3):
-        for sock, d in zip(owners, payloads, strict=True):
-            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
-                sock.send(d)
-        time.sleep(0.4)
-    out.put("warm")
-    n = len(payloads)
+    # Warm-up: each gateway looks its unknown peers up in Redis (a bounded number at once),
+    # so the rounds are paced and repeated until they have all been answered.
     burst = 64
+    while True:
+        for k in range(0, len(payloads), burst):
+            for sock, d in zip(owners[k:k + burst], payloads[k:k + burst], strict=True):
+                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                    sock.send(d)
+            time.sleep(burst / WARM_RATE)
+        time.sleep(0.3)
+        conn.send("round")
+        if conn.recv() == "go":
+            break
+    n = len(payloads)
     start = time.monotonic()
     end = start + seconds
     sent = 0
@@ -236,7 +247,7 @@ def _generator(port: int, ids: list[str], seconds: float, rate: float, out: Any)
         sent += burst
     for s in socks:
         s.close()
-    out.put(sent)
+    conn.send(sent)
 
 
 def _answered(ops_ports: list[int]) -> float:
@@ -250,25 +261,50 @@ def _answered(ops_ports: list[int]) -> float:
     return total
 
 
+def _warm_up(conn: Connection, ops: list[int], n_ids: int, rounds: int = 8) -> float:
+    """Let the generator repeat warm-up rounds until one has every heartbeat answered (or
+    ``rounds`` are done); the share of the IDs the last round had answered."""
+    before = _answered(ops)
+    share = 0.0
+    for i in range(rounds):
+        if not conn.poll(120):
+            raise LoadTestError("the heartbeat generator did not warm up")
+        conn.recv()
+        now = _answered(ops)
+        share, before = (now - before) / n_ids, now
+        last = share >= 0.999 or i == rounds - 1
+        conn.send("go" if last else "again")
+        if last:
+            break
+    return share
+
+
 def _heartbeats(gateways: int, n_ids: int, seconds: float, core: int | None) -> dict[str, Any]:
     with LocalCluster(gateways=gateways, shards=0, pin_cpu=core) as cluster:
         port = cluster.target.rendezvous_port
         ids = [str(1_000_000_000 + i) for i in range(n_ids)]
         _seed_peers(cluster.base_env["REDIS_URL"], cluster.base_env["HUBBUB_PREFIX"], ids)
         ctx = mp.get_context("fork")  # the generator inherits this process's (load) cores
-        q: Any = ctx.Queue()
+        mine, theirs = ctx.Pipe()
         ops = cluster.ops_ports("gateway")
-        gen = ctx.Process(target=_generator, args=(port, ids, seconds, OFFERED, q))
+        gen = ctx.Process(target=_generator, args=(port, ids, seconds, OFFERED, theirs))
         gen.start()
-        q.get(timeout=60)  # warmed up
-        h0, meter = _answered(ops), Meter(cluster)
-        sent = q.get(timeout=seconds + 30)
-        h1, used = _answered(ops), meter.used()
-        gen.join(5)
+        try:
+            known = _warm_up(mine, ops, n_ids)
+            h0, meter = _answered(ops), Meter(cluster)
+            if not mine.poll(seconds + 30):
+                raise LoadTestError("the heartbeat generator did not finish")
+            sent = mine.recv()
+            h1, used = _answered(ops), meter.used()
+        finally:
+            gen.join(5)
+            if gen.is_alive():
+                gen.kill()
     done = h1 - h0
     return _row(HB_1 if gateways == 1 else HB_2, round(1e6 * used.cpu / max(1.0, done), 2),
                 "µs (gateways + redis-server)", per_s=round(done / used.wall), core=used.core,
-                note=f"offered {sent / seconds:,.0f}/s; {done:,.0f} answered; redis-server "
+                note=f"{n_ids:,} peers ({known:.0%} known after warm-up); offered "
+                     f"{sent / seconds:,.0f}/s; {done:,.0f} answered; redis-server "
                      f"{1e6 * used.redis / max(1.0, done):.2f} µs of it; server core busy "
                      f"{used.busy} in all",
                 failed=done <= 0)
