@@ -28,9 +28,13 @@ _OUTER = _tag(pb.RendezvousMessage.DESCRIPTOR.fields_by_name["register_peer"].nu
 _ID = _tag(pb.RegisterPeer.DESCRIPTOR.fields_by_name["id"].number, _LEN)
 _SERIAL = _tag(pb.RegisterPeer.DESCRIPTOR.fields_by_name["serial"].number, _VARINT)
 
-_U64 = 1 << 64
+_U32 = 1 << 32
 _INT32_MAX = (1 << 31) - 1
-_NEG_MIN = _U64 - (1 << 31)  # the 64-bit two's complement of INT32_MIN
+# Varint bytes 6-10 of a negative int32: the 64-bit sign extension.
+_NEG_TAIL = b"\xff\xff\xff\xff\x01"
+# The continuation bits of a k-byte varint (all bytes but the last) and where they sit.
+_CONT_MASK = tuple(sum(0x80 << 8 * i for i in range(k)) for k in range(6))
+_CONT_SET = tuple(sum(0x80 << 8 * i for i in range(k - 1)) for k in range(6))
 
 
 def register_peer(data: bytes) -> tuple[str, int] | None:
@@ -101,22 +105,28 @@ def _general(data: bytes) -> tuple[str, int] | None:
     if data[pos] != _SERIAL:
         return None
     pos += 1
-    # A varint of at most ten bytes; non-negative int32 values take 1-5, negative ones 10.
-    value = 0
-    shift = 0
-    while True:
-        if pos >= n or shift > 63:
+    # The serial is the last field, so its varint is the rest of the data: non-negative int32
+    # values take 1-5 bytes, negative ones 10 (sign-extended to 64 bits).
+    size = n - pos
+    if 1 <= size <= 5:
+        if size > 1 and data[n - 1] == 0:  # non-minimal
             return None
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    if pos != n or (byte == 0 and shift):  # trailing fields, or a non-minimal varint
-        return None
-    if value <= _INT32_MAX:
-        return ident, value
-    if _NEG_MIN <= value < _U64:
-        return ident, value - _U64
+        raw = int.from_bytes(data[pos:n], "little")
+        if raw & _CONT_MASK[size] != _CONT_SET[size]:
+            return None
+        value = _septets(raw)
+        return (ident, value) if value <= _INT32_MAX else None
+    if size == 10 and data[n - 5:] == _NEG_TAIL and data[pos + 4] & 0xF0 == 0xF0:
+        raw = int.from_bytes(data[pos:pos + 4], "little")
+        if raw & 0x80808080 != 0x80808080:
+            return None
+        value = _septets(raw) | (data[pos + 4] & 0x0F) << 28
+        # Bit 31 set, as the sign extension above it says; else protobuf would truncate.
+        return (ident, value - _U32) if value > _INT32_MAX else None
     return None
+
+
+def _septets(raw: int) -> int:
+    """The value of up to five little-endian varint bytes read as one integer."""
+    return ((raw & 0x7F) | (raw >> 1 & 0x3F80) | (raw >> 2 & 0x1FC000)
+            | (raw >> 3 & 0xFE00000) | (raw >> 4 & 0x7F0000000))
