@@ -28,10 +28,12 @@ _OUTER = _tag(pb.RendezvousMessage.DESCRIPTOR.fields_by_name["register_peer"].nu
 _ID = _tag(pb.RegisterPeer.DESCRIPTOR.fields_by_name["id"].number, _LEN)
 _SERIAL = _tag(pb.RegisterPeer.DESCRIPTOR.fields_by_name["serial"].number, _VARINT)
 
-_U32 = 1 << 32
 _INT32_MAX = (1 << 31) - 1
 # Varint bytes 6-10 of a negative int32: the 64-bit sign extension.
 _NEG_TAIL = b"\xff\xff\xff\xff\x01"
+_NEG_CHECK = 0xF080808080  # continuation bits of bytes 1-5 and bits 32-34 in byte 5
+_BIT31 = 1 << 31
+_U35 = 1 << 35  # five septets of a negative int32 hold its 35-bit two's complement
 # The continuation bits of a k-byte varint (all bytes but the last) and where they sit.
 _CONT_MASK = tuple(sum(0x80 << 8 * i for i in range(k)) for k in range(6))
 _CONT_SET = tuple(sum(0x80 << 8 * i for i in range(k - 1)) for k in range(6))
@@ -45,19 +47,26 @@ def register_peer(data: bytes) -> tuple[str, int] | None:
     Never raises.
     """
     n = len(data)
-    # The usual heartbeat: one-byte lengths, an id, and a serial of 0 (omitted) to 127.
+    # The usual heartbeat: an id of up to 123 bytes, so every length takes one byte.
     if 4 <= n < 130 and data[0] == _OUTER and data[1] == n - 2 and data[2] == _ID:
         end = data[3] + 4
-        if end == n:
-            try:
-                return data[4:end].decode("utf-8"), 0
-            except UnicodeDecodeError:
+        if end == n:  # serial 0, omitted
+            serial = 0
+        elif end == n - 2:  # serial 1-127
+            if data[end] != _SERIAL or data[end + 1] >= 0x80:
                 return None
-        if end == n - 2 and data[end] == _SERIAL and data[end + 1] < 0x80:
-            try:
-                return data[4:end].decode("utf-8"), data[end + 1]
-            except UnicodeDecodeError:
+            serial = data[end + 1]
+        elif end < n - 2 and data[end] == _SERIAL:
+            found = _serial(data, end + 1, n)
+            if found is None:
                 return None
+            serial = found
+        else:
+            return None
+        try:
+            return data[4:end].decode("utf-8"), serial
+        except UnicodeDecodeError:
+            return None
     return _general(data)
 
 
@@ -104,25 +113,40 @@ def _general(data: bytes) -> tuple[str, int] | None:
         return ident, 0
     if data[pos] != _SERIAL:
         return None
-    pos += 1
-    # The serial is the last field, so its varint is the rest of the data: non-negative int32
-    # values take 1-5 bytes, negative ones 10 (sign-extended to 64 bits).
+    serial = _serial(data, pos + 1, n)
+    return None if serial is None else (ident, serial)
+
+
+def _serial(data: bytes, pos: int, n: int) -> int | None:
+    """The int32 in the varint that fills ``data[pos:n]``; None unless minimal and in range.
+
+    Non-negative values take 1-5 bytes, negative ones 10 (sign-extended to 64 bits).
+    """
     size = n - pos
-    if 1 <= size <= 5:
-        if size > 1 and data[n - 1] == 0:  # non-minimal
+    first = data[pos] if size > 0 else 0x80
+    if size == 1:
+        return first if first < 0x80 else None
+    if first < 0x80:
+        return None
+    if size == 2:
+        last = data[pos + 1]
+        return (first & 0x7F) | last << 7 if 0 < last < 0x80 else None
+    if 3 <= size <= 5:
+        if data[n - 1] == 0:  # non-minimal
             return None
         raw = int.from_bytes(data[pos:n], "little")
         if raw & _CONT_MASK[size] != _CONT_SET[size]:
             return None
         value = _septets(raw)
-        return (ident, value) if value <= _INT32_MAX else None
-    if size == 10 and data[n - 5:] == _NEG_TAIL and data[pos + 4] & 0xF0 == 0xF0:
-        raw = int.from_bytes(data[pos:pos + 4], "little")
-        if raw & 0x80808080 != 0x80808080:
+        return value if value <= _INT32_MAX else None
+    if size == 10 and data[n - 5:] == _NEG_TAIL:
+        raw = int.from_bytes(data[pos:n - 5], "little")
+        # Bits 32-34 (in byte 5) set as the sign extension says; bit 31 too, or else
+        # protobuf would truncate a value below INT32_MIN into a positive one.
+        if raw & _NEG_CHECK != _NEG_CHECK:
             return None
-        value = _septets(raw) | (data[pos + 4] & 0x0F) << 28
-        # Bit 31 set, as the sign extension above it says; else protobuf would truncate.
-        return (ident, value - _U32) if value > _INT32_MAX else None
+        value = _septets(raw)
+        return value - _U35 if value & _BIT31 else None
     return None
 
 
