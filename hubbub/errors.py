@@ -6,8 +6,9 @@
     ├── ConfigError                 a flag, env var or file has an invalid value (exit code 2)
     ├── ProtocolError               a wire protocol was violated
     │   ├── LocalProtocolError      we misused a protocol object (a bug on our side)
-    │   └── RemoteProtocolError     the peer sent something invalid; carries a close code
-    │       └── FrameTooLarge       a length header above the configured cap
+    │   ├── RemoteProtocolError     the peer sent something invalid; carries a close code
+    │   │   └── FrameTooLarge       a length header above the configured cap
+    │   └── ContractError           a message between hubbub processes does not fit its contract
     ├── RegistryError               the Redis control plane failed
     │   ├── RegistryUnavailable     Redis cannot be reached (after bounded retries)
     │   ├── NoListener              a process inbox has no subscriber (the process is gone)
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "ContractError",
     "FrameTooLarge",
     "HubbubError",
     "LeaseLost",
@@ -81,6 +83,13 @@ class FrameTooLarge(RemoteProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, close_code=1009)
+
+
+class ContractError(ProtocolError):
+    """A message between hubbub processes does not fit its contract (unknown version, wrong
+    field count or type); the receiver drops it, or answers a request with this error."""
+
+    code = "contract"
 
 
 class RegistryError(HubbubError):
