@@ -60,6 +60,7 @@ class DatagramEndpoint:
         self._on_datagram = on_datagram
         self._loop = loop or asyncio.get_running_loop()
         self._fd = sock.fileno()
+        self._sendto = sock.sendto
         self._closed = False
         self._logged: set[type[BaseException]] = set()
         self._loop.add_reader(self._fd, self._read)
@@ -75,7 +76,7 @@ class DatagramEndpoint:
     def send(self, data: bytes, addr: tuple[Any, ...]) -> bool:
         """Send one datagram; False when it was dropped (buffer full, error, closed)."""
         try:
-            self.sock.sendto(data, addr)
+            self._sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             _SEND_FULL.value += 1
             return False
