@@ -1,11 +1,12 @@
 """Registry: one process's link to the Redis control plane.
 
 It keeps the process's presence key alive (TTL refreshed every TTL/3, together with its load and
-state), routes messages to and from process inboxes (pub/sub, msgpack envelopes), runs
-request/reply (a reply comes back to the requester's inbox, matched by request id) with a
-timeout, and survives Redis restarts and fail-overs: the heartbeat rewrites presence and runs the
-tick hooks (lease refresh) as soon as Redis answers again, and the subscriber re-subscribes every
-channel it had (on the new primary after a fail-over).
+state), routes messages to and from process inboxes (pub/sub, msgpack envelopes whose payload is a
+contract from ``hubbub.contracts``, dispatched by its type to a typed handler, optionally in order
+per sender), runs request/reply (a reply comes back to the requester's inbox, matched by request
+id) with a timeout, and survives Redis restarts and fail-overs: the heartbeat rewrites presence
+and runs the tick hooks (lease refresh) as soon as Redis answers again, and the subscriber
+re-subscribes every channel it had (on the new primary after a fail-over).
 
 The deployment mode (single Redis, Sentinel, Cluster) is hidden in ``registry.links``; callers
 build keys with ``key`` and put keys that one script or transaction touches together under one
@@ -24,9 +25,10 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -36,7 +38,9 @@ from redis.exceptions import (
 )
 
 from hubbub import metrics
+from hubbub.contracts.base import Contract
 from hubbub.errors import (
+    ContractError,
     HubbubError,
     NoListener,
     RegistryUnavailable,
@@ -49,20 +53,44 @@ from registry.links import Build, Subscriber, open_links
 from registry.target import RedisTarget
 
 
-__all__ = ["Handler", "ProcessRecord", "Registry"]
+__all__ = ["Handler", "ProcessRecord", "Registry", "TypedHandler"]
 
 log = logging.getLogger("hubbub.registry")
 
+M = TypeVar("M", bound=Contract)
+R = TypeVar("R", bound=Contract)
+
+TypedHandler = Callable[[M, str], Contract | None | Awaitable[Contract | None]]
+"""An inbox handler: ``(message, sender_id) -> reply contract or None`` (sync or async)."""
+
 Handler = Callable[[Any, str], Any]
-"""An inbox handler: ``(payload, sender_id) -> reply`` (sync or async)."""
+"""Deprecated untyped inbox handler ``(payload, sender_id) -> reply`` (see ``Registry.on``)."""
 
 RawHandler = Callable[[bytes], Any]
 """A channel handler: receives the raw published bytes."""
 
 MAX_INFLIGHT = 2048
 """Inbox handler tasks allowed at once; beyond this, requests are refused as busy."""
+LANE_LIMIT = 1024
+"""Messages of one ordered type from one sender waiting for their handler; beyond, dropped."""
+MAX_LANED = 16384
+"""Messages waiting in all ordered lanes together; beyond, dropped."""
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How inbox messages of one contract type are handled."""
+
+    cls: type[Contract]
+    handler: Callable[[Any, str], Any]
+    ordered: bool
+    inline: bool
+    """A plain function: a fire-and-forget message runs it at once, without a task."""
+
+
+_Laned = tuple[_Route, Envelope, Contract]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +191,9 @@ class Registry:
         self.mode = self._links.mode
         self.redis: aioredis.Redis = self._links.redis
         self._handlers: dict[str, Handler] = {}
+        self._routes: dict[str, _Route] = {}
+        self._lanes: dict[tuple[str, str], deque[_Laned]] = {}
+        self._laned = 0
         self._channels: dict[str, RawHandler] = {}
         self._broadcasts: set[str] = set()
         self._ticks: list[Callable[[], Awaitable[None]]] = []
@@ -391,8 +422,28 @@ class Registry:
         metrics.REDIS_ROUNDTRIPS.labels(op).inc()
 
     # ---------------------------------------------------------------- inbox
+    def handle(self, cls: type[M], handler: TypedHandler[M], ordered: bool = False) -> None:
+        """Handle inbox messages of contract ``cls`` (routed by ``cls.TYPE``).
+
+        The payload is decoded as ``cls`` before ``handler(msg, sender_id)`` runs; a payload that
+        does not fit (another version, wrong fields) is counted in ``INBOX_DROPPED``
+        (``bad_payload``) and a request gets a ``contract`` error. A request's reply is the
+        handler's return value (a contract, or None).
+
+        ``ordered``: messages of this type from one sender are handled one after another, in
+        arrival order, even while the handler awaits (at most ``LANE_LIMIT`` wait per sender;
+        beyond, they are dropped as ``lane_full``). Otherwise each runs in its own task.
+        """
+        if not cls.TYPE:
+            raise TypeError(f"{cls.__name__} has no TYPE: it cannot be an inbox message")
+        self._handlers.pop(cls.TYPE, None)
+        self._routes[cls.TYPE] = _Route(cls, handler, ordered,
+                                        not inspect.iscoroutinefunction(handler))
+
     def on(self, msg_type: str, handler: Handler) -> None:
-        """Handle inbox messages of ``msg_type``; a request's reply is the return value."""
+        """Deprecated: untyped handler of ``msg_type`` (kept until every message is a contract;
+        use ``handle``). A request's reply is the return value."""
+        self._routes.pop(msg_type, None)
         self._handlers[msg_type] = handler
 
     async def subscribe(self, channel: str, handler: RawHandler, broadcast: bool = False) -> None:
@@ -454,25 +505,51 @@ class Registry:
         async with self.guard("topology"):
             return await self._links.topology()
 
-    async def send(self, target: str, msg_type: str, payload: Any) -> bool:
-        """Fire-and-forget to ``target``'s inbox; False when nobody listens there.
+    async def send(self, target: str, msg: Contract | str, payload: Any = None) -> bool:
+        """Fire-and-forget contract ``msg`` to ``target``'s inbox; False when nobody listens.
+
+        (Deprecated form: ``send(target, msg_type, payload)`` with an untyped payload.)
 
         Raises:
             RegistryUnavailable: Redis did not answer.
         """
-        env = Envelope(Kind.SEND, msg_type, 0, "", self.id, payload)
+        if isinstance(msg, Contract):
+            env = Envelope(Kind.SEND, msg.TYPE, 0, "", self.id, msg.to_array())
+        else:
+            env = Envelope(Kind.SEND, msg, 0, "", self.id, payload)
         return await self.publish(self.inbox(target), encode(env)) > 0
 
-    async def request(self, target: str, msg_type: str, payload: Any,
-                      timeout: float = 2.0) -> Any:
-        """Send a request to ``target`` and wait for its reply.
+    @overload
+    async def request(self, target: str, msg: Contract, *, reply: type[R],
+                      timeout: float = 2.0) -> R: ...
+
+    @overload
+    async def request(self, target: str, msg: str, payload: Any = None,
+                      timeout: float = 2.0) -> Any: ...
+
+    async def request(self, target: str, msg: Contract | str, payload: Any = None,
+                      timeout: float = 2.0, *, reply: type[Contract] | None = None) -> Any:
+        """Send request ``msg`` to ``target`` and wait for its reply, decoded as ``reply``.
+
+        (Deprecated form: ``request(target, msg_type, payload, timeout)`` returning the
+        untyped reply payload.)
 
         Raises:
             NoListener: the target's inbox has no subscriber.
             RequestTimeout: no reply within ``timeout``.
-            RemoteError: the target answered with an error.
+            RemoteError: the target answered with an error (``contract``: it could not read
+                ``msg``).
+            ContractError: the reply does not fit ``reply``.
             RegistryUnavailable: Redis did not answer.
         """
+        if isinstance(msg, Contract):
+            answer = await self._call(target, msg.TYPE, msg.to_array(), timeout)
+            if reply is None:
+                return answer
+            return reply.from_array(answer)
+        return await self._call(target, msg, payload, timeout)
+
+    async def _call(self, target: str, msg_type: str, payload: Any, timeout: float) -> Any:
         try:
             async with asyncio.timeout(timeout):
                 await self._subscribed.wait()
@@ -551,6 +628,10 @@ class Registry:
                     fut.set_exception(RemoteError(str(err.get("code", "error")),
                                                   str(err.get("message", ""))))
             return
+        route = self._routes.get(env.type)
+        if route is not None:
+            self._dispatch_typed(route, env)
+            return
         handler = self._handlers.get(env.type)
         if handler is None:
             metrics.INBOX_DROPPED.labels("unknown_type").inc()
@@ -565,6 +646,87 @@ class Registry:
                                               {"code": "busy", "message": "inbox overloaded"}))
             return
         self._tasks.spawn(self._handle(handler, env))
+
+    def _dispatch_typed(self, route: _Route, env: Envelope) -> None:
+        try:
+            msg = route.cls.from_array(env.payload)
+        except ContractError as exc:
+            metrics.INBOX_DROPPED.labels("bad_payload").inc()
+            log.debug("inbox %s from %s: %s", env.type, env.sender, exc)
+            if env.kind is Kind.REQUEST:
+                self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR, exc.to_dict()))
+            return
+        if route.ordered:
+            key = (env.type, env.sender)
+            lane = self._lanes.get(key)
+            if lane is not None:
+                if len(lane) >= LANE_LIMIT or self._laned >= MAX_LANED:
+                    self._refuse(env, "lane_full", "ordered inbox lane full")
+                    return
+                lane.append((route, env, msg))
+                self._laned += 1
+                return
+        if route.inline and env.kind is Kind.SEND:
+            # Nothing to answer and nothing to await: no task, and order kept for free.
+            self._run_inline(route, env, msg)
+            return
+        if len(self._tasks) >= MAX_INFLIGHT:
+            self._refuse(env, "busy", "inbox overloaded")
+            return
+        if route.ordered:
+            lane = self._lanes[(env.type, env.sender)] = deque()
+            self._tasks.spawn(self._drain((env.type, env.sender), lane, route, env, msg))
+        else:
+            self._tasks.spawn(self._handle_typed(route, env, msg))
+
+    def _refuse(self, env: Envelope, reason: str, message: str) -> None:
+        metrics.INBOX_DROPPED.labels(reason).inc()
+        if env.kind is Kind.REQUEST:
+            self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
+                                          {"code": reason, "message": message}))
+
+    def _run_inline(self, route: _Route, env: Envelope, msg: Contract) -> None:
+        try:
+            result = route.handler(msg, env.sender)
+        except Exception:
+            log.exception("inbox handler for %s failed", env.type)
+            return
+        if inspect.isawaitable(result):
+            self._tasks.spawn(result)
+
+    async def _drain(self, key: tuple[str, str], lane: deque[_Laned], route: _Route,
+                     env: Envelope, msg: Contract) -> None:
+        """Handle one sender's ordered messages of one type, the first given, then the lane's
+        (which fills meanwhile), until the lane is empty; then the lane goes."""
+        try:
+            await self._handle_typed(route, env, msg)
+            while lane:
+                route, env, msg = lane.popleft()
+                self._laned -= 1
+                await self._handle_typed(route, env, msg)
+        finally:
+            self._laned -= len(lane)
+            del self._lanes[key]
+
+    async def _handle_typed(self, route: _Route, env: Envelope, msg: Contract) -> None:
+        try:
+            result = route.handler(msg, env.sender)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None and not isinstance(result, Contract):
+                raise TypeError(f"handler answered a {type(result).__name__}, not a contract")
+        except HubbubError as exc:
+            if env.kind is Kind.REQUEST:
+                await self._reply(env, Kind.REPLY_ERROR, exc.to_dict())
+            return
+        except Exception as exc:
+            log.exception("inbox handler for %s failed", env.type)
+            if env.kind is Kind.REQUEST:
+                await self._reply(env, Kind.REPLY_ERROR,
+                                  {"code": "internal", "message": type(exc).__name__})
+            return
+        if env.kind is Kind.REQUEST:
+            await self._reply(env, Kind.REPLY_OK, None if result is None else result.to_array())
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> None:
         try:

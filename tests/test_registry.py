@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from support import new_prefix, redis_server
 
+from hubbub import metrics
+from hubbub.contracts import Contract, ContractError, contract
 from hubbub.errors import NoListener, RemoteError, RequestTimeout, ServiceError
-from registry import Registry, SlotLease
+from registry import Registry, SlotLease, client
 from registry.codec import Envelope, Kind, decode, encode
 
 
@@ -227,3 +229,156 @@ async def test_subscribe_right_after_start_and_later(redis_url: str, prefix: str
     finally:
         for reg in (pub, *subs):
             await reg.close()
+
+
+# ------------------------------------------------------------------ typed contracts
+@contract
+class Note(Contract):
+    TYPE: ClassVar[str] = "test.note"
+    VERSION: ClassVar[int] = 1
+    n: int
+    text: str = ""
+
+
+@contract
+class Echo(Contract):
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 2
+    n: int
+
+
+@contract
+class EchoReply(Contract):
+    TYPE: ClassVar[str] = "test.echo.reply"
+    VERSION: ClassVar[int] = 1
+    n: int
+    sender: str
+
+
+def _dropped(reason: str) -> float:
+    value: float = metrics.INBOX_DROPPED.labels(reason)._value.get()
+    return value
+
+
+async def _until(check: Any, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_typed_send_and_request(make: Any) -> None:
+    a = await make()
+    b = await make()
+    seen: list[tuple[Note, str]] = []
+    b.handle(Note, lambda msg, sender: seen.append((msg, sender)))
+
+    async def echo(msg: Echo, sender: str) -> EchoReply:
+        await asyncio.sleep(0)
+        return EchoReply(msg.n * 2, sender)
+
+    b.handle(Echo, echo)
+    assert await a.send(b.id, Note(1, "hi")) is True
+    got = await a.request(b.id, Echo(21), reply=EchoReply)
+    assert got == EchoReply(42, a.id)
+    await _until(lambda: seen)
+    assert seen == [(Note(1, "hi"), a.id)]
+    # A reply that is not what the caller expects is its error, not a crash.
+    with pytest.raises(ContractError):
+        await a.request(b.id, Echo(1), reply=Echo)
+
+
+async def test_bad_payload_is_counted_and_answered(make: Any) -> None:
+    a = await make()
+    b = await make()
+    b.handle(Echo, lambda msg, sender: EchoReply(msg.n, sender))
+    b.handle(Note, lambda msg, sender: None)
+    before = _dropped("bad_payload")
+    # Another version of the layout, and a bare dict: refused with a clear error.
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, "test.echo", [1, 5])
+    assert err.value.code == "contract" and "unknown version 1" in str(err.value)
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, "test.echo", {"n": 5})
+    assert err.value.code == "contract"
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, "test.echo", [2, "five"])
+    assert err.value.code == "contract" and "field n" in str(err.value)
+    # Fire-and-forget garbage is only counted.
+    assert await a.send(b.id, "test.note", [1, "not an int"])
+    await _until(lambda: _dropped("bad_payload") >= before + 4)
+    # The handler still serves well-formed messages.
+    assert await a.request(b.id, Echo(3), reply=EchoReply) == EchoReply(3, a.id)
+
+
+async def test_typed_handler_errors_are_answered(make: Any) -> None:
+    a = await make()
+    b = await make()
+
+    def boom(msg: Echo, sender: str) -> EchoReply:
+        raise ServiceError("no such room")
+
+    b.handle(Echo, boom)
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, Echo(1), reply=EchoReply)
+    assert err.value.code == "service" and "no such room" in str(err.value)
+    b.handle(Echo, lambda msg, sender: {"n": 1})  # a dict is no reply
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, Echo(1), reply=EchoReply)
+    assert err.value.code == "internal"
+
+
+async def test_ordered_messages_keep_order_per_sender(make: Any) -> None:
+    a = await make()
+    c = await make()
+    b = await make()
+    got: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def slow(msg: Note, sender: str) -> None:
+        if sender == a.id and msg.n == 0:
+            await gate.wait()  # a's first message holds a's lane, not c's
+        await asyncio.sleep(0.003 * ((msg.n * 7) % 5))
+        got.append((sender, msg.n))
+
+    b.handle(Note, slow, ordered=True)
+    for n in range(40):
+        assert await a.send(b.id, Note(n))
+    for n in range(5):
+        assert await c.send(b.id, Note(n))
+    await _until(lambda: len(got) == 5)
+    assert got == [(c.id, n) for n in range(5)]
+    gate.set()
+    await _until(lambda: len(got) == 45)
+    assert [n for s, n in got if s == a.id] == list(range(40))
+    # Lanes go away once drained: nothing stays behind per sender.
+    await _until(lambda: not b._lanes)
+    assert b._laned == 0
+
+
+async def test_ordered_lane_is_bounded(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "LANE_LIMIT", 3)
+    a = await make()
+    b = await make()
+    gate = asyncio.Event()
+    got: list[int] = []
+
+    async def held(msg: Echo, sender: str) -> EchoReply:
+        await gate.wait()
+        got.append(msg.n)
+        return EchoReply(msg.n, sender)
+
+    b.handle(Echo, held, ordered=True)
+    before = _dropped("lane_full")
+    for n in range(10):
+        assert await a.send(b.id, Echo(n))
+    await _until(lambda: _dropped("lane_full") >= before + 6)
+    # A request that finds the lane full is told so at once.
+    with pytest.raises(RemoteError) as err:
+        await a.request(b.id, Echo(99), reply=EchoReply)
+    assert err.value.code == "lane_full"
+    gate.set()
+    await _until(lambda: len(got) == 4)
+    assert got == [0, 1, 2, 3]
+    await _until(lambda: not b._lanes)
+    assert b._laned == 0
+    assert await a.request(b.id, Echo(5), reply=EchoReply) == EchoReply(5, a.id)
