@@ -205,7 +205,7 @@ def module_main(argv: Sequence[str] | None, prog: str, description: str,
         rows = [judge(r) for r in rows]
     print(markdown_table(rows))
     if len(runs) > 1:
-        print(f"\nmedians of {len(runs)} runs")
+        print(f"\nmedians of {len(runs)} runs (text columns such as notes from the first run)")
     return 0 if all(r.get("ok") is not False for r in rows) else 1
 
 
