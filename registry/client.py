@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, overload
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -138,8 +138,10 @@ class DurableScript:
         self._loaded = False
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
-        def build(pipe: Any) -> Awaitable[Any]:
-            return cast(Awaitable[Any], self._script(keys=keys, args=args, client=pipe))
+        def build(pipe: Any) -> None:
+            # A bare EVALSHA: a script object in a pipeline first asks SCRIPT EXISTS, one more
+            # round trip per call; a missing script fails with NOSCRIPT and is loaded below.
+            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         for attempt in range(2):
             if attempt or not self._loaded:
                 # A cluster pipeline does not load scripts itself, and a promoted replica may
