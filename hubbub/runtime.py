@@ -25,6 +25,7 @@ import uvloop
 
 from hubbub import memory, metrics
 from hubbub.config import Config
+from hubbub.contracts.system import Ping, Pong, PongHop
 from hubbub.errors import HubbubError, LeaseLost, RegistryError
 from hubbub.logs import setup_logging
 from hubbub.net import host_port
@@ -191,12 +192,13 @@ class _Runner:
             log.warning("%s again: exiting now", signame)
             os._exit(1)
 
-    async def _ping(self, payload: Any, sender: str) -> dict[str, Any]:
-        """Answer a liveness probe; ``{"via": id}`` first pings that process (route check)."""
-        reply: dict[str, Any] = {"id": self.registry.id, "role": self.cfg.role, "pid": os.getpid()}
-        if isinstance(payload, dict) and isinstance(payload.get("via"), str):
-            reply["via"] = await self.registry.request(payload["via"], "sys.ping", None, 2.0)
-        return reply
+    async def _ping(self, ping: Ping, sender: str) -> Pong:
+        """Answer a liveness probe; with ``via`` first ping that process (route check)."""
+        hop = None
+        if ping.via:
+            got = await self.registry.request(ping.via, Ping(), reply=Pong, timeout=2.0)
+            hop = PongHop(got.id, got.role, got.pid)
+        return Pong(self.registry.id, self.cfg.role, os.getpid(), hop)
 
     def _load(self) -> dict[str, Any]:
         load: dict[str, Any] = {}
@@ -214,7 +216,7 @@ class _Runner:
         self.registry.set_info(ops_port=self.ops.port, public_ip=cfg.advertised_ip,
                                name=process_name(cfg))
         self.registry.add_info_source(self._load)
-        self.registry.on("sys.ping", self._ping)
+        self.registry.handle(Ping, self._ping)
         await self.registry.start()
         ctx = Context(cfg, self.registry, self.ops, host_name(cfg),
                       proc_name=process_name(cfg))

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from hubbub.config import add_setting_flags, new_parser, parse_config
+from hubbub.contracts.system import Ping, Pong
 from hubbub.errors import HubbubError, RegistryUnavailable
 from registry import ProcessRecord, RedisTarget, Registry
 
@@ -55,7 +56,7 @@ def format_table(records: Sequence[ProcessRecord], rtts: Sequence[str] = ()) -> 
 async def _ping(reg: Registry, rec: ProcessRecord) -> str:
     start = time.perf_counter()
     try:
-        await reg.request(rec.id, "sys.ping", None, timeout=2.0)
+        await reg.request(rec.id, Ping(), reply=Pong, timeout=2.0)
     except HubbubError as exc:
         return f"{exc.code}"
     return f"{(time.perf_counter() - start) * 1000:.1f}ms"

@@ -10,6 +10,7 @@ import netns
 import pytest
 from support import Cluster, new_prefix, redis_server
 
+from hubbub.contracts.system import Ping, Pong
 from registry import Registry
 
 
@@ -46,11 +47,12 @@ def test_two_hosts_one_cluster(tmp_path: Path) -> None:
                 await reg.start()
                 try:
                     assert await reg.wait_ready(5)
-                    return await reg.request(gw_a, "sys.ping", {"via": shard_b}, timeout=5)
+                    return await reg.request(gw_a, Ping(via=shard_b), reply=Pong, timeout=5)
                 finally:
                     await reg.close()
 
             reply = asyncio.run(route())
-            assert isinstance(reply, dict) and reply["via"]["id"] == shard_b
+            assert isinstance(reply, Pong) and reply.via is not None
+            assert reply.via.id == shard_b
         finally:
             c.stop_all()

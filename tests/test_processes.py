@@ -67,6 +67,7 @@ def test_inbox_routing_between_processes(cluster: Cluster) -> None:
     """A request travels test → gateway → shard → gateway → test through Redis inboxes."""
     import asyncio
 
+    from hubbub.contracts.system import Ping, Pong
     from registry import Registry
 
     env = _ports_env()
@@ -81,13 +82,13 @@ def test_inbox_routing_between_processes(cluster: Cluster) -> None:
         await reg.start()
         try:
             assert await reg.wait_ready(5)
-            return await reg.request(str(gw), "sys.ping", {"via": shard}, timeout=5)
+            return await reg.request(str(gw), Ping(via=str(shard)), reply=Pong, timeout=5)
         finally:
             await reg.close()
 
     reply = asyncio.run(go())
-    assert isinstance(reply, dict)
-    assert reply["id"] == gw and reply["via"]["id"] == shard and reply["via"]["role"] == "shard"
+    assert isinstance(reply, Pong) and reply.via is not None
+    assert reply.id == gw and reply.via.id == shard and reply.via.role == "shard"
 
 
 def test_sigkilled_shard_frees_its_slot(cluster: Cluster) -> None:
