@@ -30,6 +30,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from hubbub.contracts.media import MediaCall
 from hubbub.runtime import loop_runner
 from loadtest.bench import median_rows
 from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters
@@ -77,7 +78,7 @@ async def _shard(conn: Connection) -> None:
             cmd, arg = conn.recv()
             if cmd == "call":
                 try:
-                    reply = router.call(arg)
+                    reply = router.call(MediaCall.from_array(arg))
                     router.take_pushes()  # no gateway here: other sockets' messages are moot
                     conn.send(("ok", reply))
                 except Exception as exc:
@@ -127,8 +128,7 @@ class Shard:
         return value
 
     async def call(self, session: str, op: str, data: Any, spaces: dict[str, int]) -> Any:
-        payload = {"session": session, "gateway": "bench", "op": op, "data": data,
-                   "spaces": spaces}
+        payload = MediaCall(session, "bench", op, data, spaces).to_array()
         return await asyncio.get_running_loop().run_in_executor(None, self.rpc, "call", payload)
 
     def stop(self) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from hubbub.errors import RemoteProtocolError
+from hubbub.contracts.media import MediaCall
+from hubbub.errors import ContractError, RemoteProtocolError
 from hubbub.net import listen_socket
 from hubbub.wire.webrtc import params
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
@@ -61,8 +62,8 @@ async def router() -> AsyncIterator[MediaRouter]:
 
 def call(r: MediaRouter, session: str, op: str, data: Any = None,
          spaces: dict[str, int] | None = None) -> list[list[Any]]:
-    return r.call({"session": session, "gateway": "gw-1", "op": op, "data": data,
-                   "spaces": spaces if spaces is not None else {"space-a": hash(session) % 200}})
+    return r.call(MediaCall(session, "gw-1", op, data,
+                            spaces if spaces is not None else {"space-a": hash(session) % 200}))
 
 
 def subjects(msgs: list[list[Any]]) -> list[str]:
@@ -218,9 +219,11 @@ async def test_bad_requests_are_refused(router: MediaRouter) -> None:
         with pytest.raises(RemoteProtocolError):
             call(router, "x", op, data)
     with pytest.raises(RemoteProtocolError):
-        router.call({"session": "x", "gateway": "g", "op": "explode"})
+        router.call(MediaCall("x", "g", "explode", None, {}))
     with pytest.raises(RemoteProtocolError):
-        router.call(["not", "a", "map"])
+        router.call(MediaCall("", "g", "close", None, {}))
+    with pytest.raises(ContractError):
+        MediaCall.from_array(["not", "a", "map"])
     call(router, "x", "create_transport", {"type": "producer"})
     rtp: dict[str, Any]
     for rtp in ({"codecs": []}, {"codecs": [{"mimeType": "video/VP8", "payloadType": 96}]},
@@ -322,10 +325,10 @@ async def test_fuzzed_calls_only_raise_protocol_errors(router: MediaRouter) -> N
         return {rng.choice(keys): junk(depth + 1) for _ in range(rng.randrange(5))}
 
     for i in range(3000):
-        payload = {"session": f"f{i % 7}", "gateway": "g", "op": rng.choice(ops),
-                   "data": junk(), "spaces": rng.choice([{}, {"s": 1}, junk()])}
+        # As off the wire: the contract refuses what is not a call at all.
+        payload = [1, f"f{i % 7}", "g", rng.choice(ops), junk(), rng.choice([{}, {"s": 1}, junk()])]
         try:
-            router.call(payload)
+            router.call(MediaCall.from_array(payload))
         except HubbubError:
             pass
     router.take_pushes()
@@ -377,8 +380,8 @@ async def test_only_the_loudest_voices_are_forwarded(router: MediaRouter) -> Non
 
 async def test_idle_sessions_without_live_transports_are_reaped(router: MediaRouter) -> None:
     send = await publisher(router, "live", {"s": 1})
-    router.call({"session": "ghost", "gateway": "g", "op": "create_transport",
-                 "data": {"type": "consumer"}, "spaces": {"s": 2}}, now=0.0)
+    router.call(MediaCall("ghost", "g", "create_transport", {"type": "consumer"}, {"s": 2}),
+                now=0.0)
     later = asyncio.get_running_loop().time() + 1000
     router.sessions["live"].last_call = 0.0
     assert [s.id for s in router.reap_idle(later)] == ["ghost"]  # "live" answers consent checks

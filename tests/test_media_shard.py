@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from support import Cluster, HubbubProcess, http_get, shard_env
 
+from hubbub.contracts.media import MediaCall, MediaCallReply, MediaLost, MediaPush
 from hubbub.errors import RemoteError
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from registry import Registry
@@ -35,17 +36,16 @@ class Gateway:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.pushes: list[dict[str, Any]] = []
-        self.lost: list[dict[str, Any]] = []
-        registry.on("media.push", lambda p, s: self.pushes.append(p))
-        registry.on("media.lost", lambda p, s: self.lost.append(p))
+        self.pushes: list[MediaPush] = []
+        self.lost: list[MediaLost] = []
+        registry.handle(MediaPush, lambda p, s: self.pushes.append(p), ordered=True)
+        registry.handle(MediaLost, lambda p, s: self.lost.append(p))
 
     async def call(self, shard: str, session: str, op: str, data: Any,
                    spaces: dict[str, int]) -> list[list[Any]]:
-        reply: list[list[Any]] = await self.registry.request(shard, "media.call", {
-            "session": session, "gateway": self.registry.id, "op": op, "data": data,
-            "spaces": spaces}, timeout=5)
-        return reply
+        req = MediaCall(session, self.registry.id, op, data, spaces)
+        reply = await self.registry.request(shard, req, reply=MediaCallReply, timeout=5)
+        return [[m.subject, m.data] for m in reply.messages]
 
 
 @pytest.fixture
@@ -106,9 +106,9 @@ async def test_shard_presence_and_full_flow(shard: tuple[HubbubProcess, Gateway,
     await gw.call(sid, "s/3", "create_transport", {"type": "producer"}, {"uri": 5})
     await gw.call(sid, "s/3", "produce", opus_rtp_parameters(43), {"uri": 5})
     assert await wait_for(lambda: len(gw.pushes) >= 1)
-    assert [p["session"] for p in gw.pushes] == ["s/2"]
-    assert gw.pushes[0]["messages"][0][0] == "create_consumer"
-    assert gw.pushes[0]["messages"][0][1]["playerId"] == 5
+    assert [p.session for p in gw.pushes] == ["s/2"]
+    assert gw.pushes[0].messages[0].subject == "create_consumer"
+    assert gw.pushes[0].messages[0].data["playerId"] == 5
     # Errors come back as RemoteError.
     with pytest.raises(RemoteError):
         await gw.call(sid, "s/9", "produce", opus_rtp_parameters(1), {})
@@ -129,7 +129,7 @@ async def test_shard_presence_and_full_flow(shard: tuple[HubbubProcess, Gateway,
     # SIGTERM: every session's gateway hears media.lost; presence drops the media entry.
     proc.proc.send_signal(signal.SIGTERM)
     assert await wait_for(lambda: len(gw.lost) >= 4, timeout=8)
-    assert {p["session"] for p in gw.lost} == {"s/1", "s/2", "s/3", "s/9"}
+    assert {p.session for p in gw.lost} == {"s/1", "s/2", "s/3", "s/9"}
     await send.close()
     await recv.close()
 

@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
+from hubbub.contracts.media import MediaCall
 from loadtest.media_peer import MediaPeer, local_router, opus_rtp_parameters, wait_for
 from shards.media.router import MediaRouter
 
@@ -28,8 +29,8 @@ async def _round(router: MediaRouter, cert: RTCCertificate, n: int) -> None:
     sessions = [f"r{n}/{i}" for i in range(PLAYERS)]
 
     def call(sid: str, op: str, data: object = None) -> list[list[object]]:
-        return router.call({"session": sid, "gateway": "gw", "op": op, "data": data,
-                            "spaces": {f"space-{n % 3}": sessions.index(sid)}})
+        return router.call(MediaCall(sid, "gw", op, data,
+                                     {f"space-{n % 3}": sessions.index(sid)}))
 
     for i, sid in enumerate(sessions):
         for kind in ("producer", "consumer"):

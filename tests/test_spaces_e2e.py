@@ -19,6 +19,7 @@ from support import Cluster, HubbubProcess, free_port, free_port_block, http_get
 from websockets.exceptions import ConnectionClosed
 from wired_client import WiredClient
 
+from hubbub.contracts.media import MediaCall, MediaCallReply, MediaLost, MediaMessage, MediaPush
 from hubbub.errors import RemoteError
 from hubbub.wire.wired.positions import decode_batch
 from registry import Registry
@@ -415,19 +416,25 @@ class FakeShard:
                             info={"media": {"udp": 1, "tcp": 0},
                                   "load": {"media_sessions": 0, "media_spaces": 0}}, ttl=1.5)
         self.calls: list[dict[str, Any]] = []
-        self.reg.on("media.call", self.on_call)
+        self.quiet = False
+        self.reg.handle(MediaCall, self.on_call)
 
-    def on_call(self, payload: dict[str, Any], sender: str) -> Any:
-        self.calls.append(payload)
-        op, data = payload["op"], payload["data"]
+    def on_call(self, req: MediaCall, sender: str) -> MediaCallReply:
+        self.calls.append({"session": req.session, "gateway": req.gateway, "op": req.op,
+                           "data": req.data, "spaces": req.spaces})
+        return MediaCallReply(tuple(MediaMessage(s, d) for s, d in self.answer(req.op, req.data)))
+
+    def answer(self, op: str, data: Any) -> list[tuple[str, Any]]:
+        if self.quiet:
+            return []
         if op == "get_router_rtp_capabilities":
-            return [["router_rtp_capabilities", {"codecs": [{"mimeType": "audio/opus"}]}]]
+            return [("router_rtp_capabilities", {"codecs": [{"mimeType": "audio/opus"}]})]
         if op == "create_transport":
-            return [["transport_created", {"type": data["type"], "options": {"id": "t1"}}]]
+            return [("transport_created", {"type": data["type"], "options": {"id": "t1"}})]
         if op == "produce":
-            return [["producer_id", "prod-1"]]
+            return [("producer_id", "prod-1")]
         if op == "produce_data":
-            return [["data_producer_id", f"data-{data['streamId']}"]]
+            return [("data_producer_id", f"data-{data['streamId']}")]
         if op == "resume_audio":
             raise RemoteError("no_consumers", "nothing to resume")
         return []
@@ -476,9 +483,9 @@ async def test_media_relay_contract(cluster: Cluster, redis_url: str, prefix: st
 
         # pushes from the shard reach the socket in order
         consumer = {"playerId": 3, "consumerId": "c", "producerId": "p", "rtpParameters": {}}
-        assert await shard.reg.send(gateway, "media.push", {
-            "session": session, "messages": [["create_consumer", consumer],
-                                             ["create_data_consumer", {"playerId": 3}]]})
+        assert await shard.reg.send(gateway, MediaPush(session, (
+            MediaMessage("create_consumer", consumer),
+            MediaMessage("create_data_consumer", {"playerId": 3}))))
         assert await a.wait_for("create_consumer") == consumer
         assert await a.wait_for("create_data_consumer") == {"playerId": 3}
 
@@ -501,8 +508,7 @@ async def test_media_relay_contract(cluster: Cluster, redis_url: str, prefix: st
         assert (shard.calls[-1]["op"], shard.calls[-1]["session"]) == ("close", b_session)
 
         # losing the shard closes the socket with 1012
-        assert await shard.reg.send(gateway, "media.lost",
-                                    {"session": session, "reason": "draining"})
+        assert await shard.reg.send(gateway, MediaLost(session, "draining"))
         assert (await a.wait_closed())[0] == 1012
         await a.close()
         await r.aclose()
@@ -517,8 +523,7 @@ async def test_resume_audio_bursts_are_coalesced(cluster: Cluster, redis_url: st
     # space. They must neither trip the rate limit nor reach the shard one by one.
     _, port = start_gateway(cluster, SPACES_RATE="5", SPACES_BURST="5")
     shard = FakeShard(redis_url, prefix)
-    shard.on_call = lambda payload, sender: shard.calls.append(payload) or []  # type: ignore
-    shard.reg.on("media.call", shard.on_call)
+    shard.quiet = True
     await shard.reg.start()
     assert await shard.reg.wait_ready(5)
     try:

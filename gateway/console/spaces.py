@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.console.scan import HOLE, scan_parts
-from gateway.spaces.service import KICK
 from gateway.spaces.store import Member, SpaceStore
-from hubbub.errors import RegistryError
+from hubbub.contracts.spaces import KickPlayer, KickReply
+from hubbub.errors import ContractError, RegistryError
 from registry import Registry
 
 
@@ -71,9 +71,9 @@ async def kick_player(registry: Registry, uri: str, player_id: int) -> tuple[boo
     if member is None:
         return False, f"no player {player_id} in {uri}"
     try:
-        done = await registry.request(member.gateway, KICK, {"socket": member.socket},
-                                      timeout=2.0)
-    except RegistryError as exc:
+        done = (await registry.request(member.gateway, KickPlayer(member.socket),
+                                       reply=KickReply, timeout=2.0)).done
+    except (RegistryError, ContractError) as exc:
         return False, f"gateway {member.gateway} did not answer: {exc}"
     return bool(done), (f"player {player_id} disconnected" if done
                         else f"player {player_id} was already gone")

@@ -1,12 +1,12 @@
 """The gateway's client of the media shards: places spaces and forwards the WebRTC subjects.
 
-Contract with the shards: ``media.call`` requests (``{session, gateway, op, data, spaces}``,
-reply = list of ``[subject, data]``), ``media.push`` messages from a shard to a session's gateway,
-``media.lost`` when a shard drains. A space's media is placed once (``space:<uri>:shard``) on the
-live, non-draining shard with the fewest media sessions; a socket's session lives on the shard of
-the first space it joined, so a socket whose spaces sit on different shards only gets media in
-its first space. When the session's shard goes away the socket is closed with 1012 and the
-Wired client reconnects onto a live shard.
+Contract with the shards (``hubbub.contracts.media``): ``MediaCall`` requests answered by a
+``MediaCallReply`` (the messages for the socket), ``MediaPush`` messages from a shard to a
+session's gateway (handled in order per shard), ``MediaLost`` when a shard drains. A space's
+media is placed once (``space:<uri>:shard``) on the live, non-draining shard with the fewest media
+sessions; a socket's session lives on the shard of the first space it joined, so a socket whose
+spaces sit on different shards only gets media in its first space. When the session's shard goes
+away the socket is closed with 1012 and the Wired client reconnects onto a live shard.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from typing import Any, Protocol
 
 from gateway.spaces import metrics
 from gateway.spaces.store import shard_key
-from hubbub.errors import NoListener, RegistryUnavailable, RemoteError, RequestTimeout
+from hubbub.contracts.media import MediaCall, MediaCallReply, MediaLost, MediaMessage, MediaPush
+from hubbub.errors import (
+    ContractError,
+    NoListener,
+    RegistryUnavailable,
+    RemoteError,
+    RequestTimeout,
+)
 from hubbub.tasks import TaskSet
 from hubbub.wire.wired import outbound
 from registry import ProcessRecord, Registry
@@ -70,8 +77,8 @@ class MediaShardClient:
         self._place = registry.redis.register_script(_PLACE)
         self._tasks = TaskSet(log, "spaces media")
         self._looked = -1e18
-        registry.on("media.push", self._on_push)
-        registry.on("media.lost", self._on_lost)
+        registry.handle(MediaPush, self._on_push, ordered=True)
+        registry.handle(MediaLost, self._on_lost, ordered=True)
 
     # ----------------------------------------------------------- shard view
     def update_shards(self, records: Iterable[ProcessRecord]) -> None:
@@ -169,13 +176,15 @@ class MediaShardClient:
             return
         try:
             reply = await self.call(client, shard, subject, data)
-        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable,
+                ContractError) as exc:
             client.send_error(*self._describe(exc), subject)
             return
-        for pair in reply:
-            if subject == "get_router_rtp_capabilities" and pair[0] == "router_rtp_capabilities":
-                self.capabilities = pair[1]
-            client.send(outbound.encode(pair[0], pair[1]))
+        for msg in reply:
+            if (subject == "get_router_rtp_capabilities"
+                    and msg.subject == "router_rtp_capabilities"):
+                self.capabilities = msg.data
+            client.send(outbound.encode(msg.subject, msg.data))
 
     async def lifecycle(self, client: MediaSocket, op: str, data: Any) -> None:
         """``join``/``leave`` for a bound session; failures are logged, not sent."""
@@ -195,17 +204,17 @@ class MediaShardClient:
         await self._quiet(client, op, data)
 
     async def call(self, client: MediaSocket, shard: str, op: str,
-                   data: Any) -> list[tuple[str, Any]]:
-        payload = {"session": client.session, "gateway": self.registry.id, "op": op,
-                   "data": data, "spaces": client.memberships()}
+                   data: Any) -> tuple[MediaMessage, ...]:
+        req = MediaCall(client.session, self.registry.id, op, data, client.memberships())
         try:
-            reply = await self.registry.request(shard, "media.call", payload,
+            reply = await self.registry.request(shard, req, reply=MediaCallReply,
                                                 timeout=CALL_TIMEOUT)
-        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable,
+                ContractError) as exc:
             metrics.MEDIA_CALLS.labels(type(exc).__name__).inc()
             raise
         metrics.MEDIA_CALLS.labels("ok").inc()
-        return _pairs(reply)
+        return reply.messages[:MAX_REPLY_MESSAGES]
 
     async def _bind(self, client: MediaSocket) -> str | None:
         spaces = client.memberships()
@@ -220,9 +229,10 @@ class MediaShardClient:
         if shard is None:
             return
         try:
-            for subject, payload in await self.call(client, shard, op, data):
-                client.send(outbound.encode(subject, payload))
-        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable) as exc:
+            for msg in await self.call(client, shard, op, data):
+                client.send(outbound.encode(msg.subject, msg.data))
+        except (NoListener, RemoteError, RequestTimeout, RegistryUnavailable,
+                ContractError) as exc:
             log.debug("media %s for %s failed: %s", op, client.session, exc)
 
     @staticmethod
@@ -244,31 +254,17 @@ class MediaShardClient:
         log.info("session %s lost its media shard (%s)", client.session, reason)
 
     # -------------------------------------------------------- shard → gateway
-    def _on_push(self, payload: Any, sender: str) -> None:
-        if not isinstance(payload, dict):
-            return
-        client = self.sessions.get(str(payload.get("session")))
+    def _on_push(self, push: MediaPush, sender: str) -> None:
+        client = self.sessions.get(push.session)
         if client is None or client.shard != sender:
             return
-        for subject, data in _pairs(payload.get("messages")):
-            client.send(outbound.encode(subject, data))
+        for msg in push.messages[:MAX_REPLY_MESSAGES]:
+            client.send(outbound.encode(msg.subject, msg.data))
 
-    def _on_lost(self, payload: Any, sender: str) -> None:
-        if not isinstance(payload, dict):
-            return
-        client = self.sessions.get(str(payload.get("session")))
+    def _on_lost(self, lost: MediaLost, sender: str) -> None:
+        client = self.sessions.get(lost.session)
         if client is not None and client.shard == sender:
-            self._lose(client, str(payload.get("reason", "")))
+            self._lose(client, lost.reason)
 
     async def close(self) -> None:
         await self._tasks.close()
-
-def _pairs(reply: Any) -> list[tuple[str, Any]]:
-    """Well-formed ``[subject, data]`` pairs of a shard reply (anything else is dropped)."""
-    if not isinstance(reply, list | tuple):
-        return []
-    out = []
-    for item in reply[:MAX_REPLY_MESSAGES]:
-        if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str):
-            out.append((item[0], item[1]))
-    return out

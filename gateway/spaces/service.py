@@ -29,6 +29,7 @@ from gateway.spaces.hub import Hub
 from gateway.spaces.media import MediaShardClient
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
+from hubbub.contracts.spaces import KickPlayer, KickReply
 from hubbub.errors import RegistryUnavailable
 from hubbub.limits import SourceCounter
 from hubbub.net import ProxyList, host_port, listen_socket, server_tls
@@ -48,12 +49,10 @@ from hubbub.wire.wired.positions import stamp
 from hubbub.ws_server import HeadFirstConnection
 
 
-__all__ = ["KICK", "SpacesService"]
+__all__ = ["SpacesService"]
 
 log = logging.getLogger("hubbub.spaces")
 
-KICK = "spaces.kick"
-"""Inbox request ``{socket}``: close that player's socket (operator console)."""
 WATCH_PERIOD = 0.5
 """Seconds between checks of gateway and shard liveness (dead gateways' players leave)."""
 MAX_UNFINISHED = 100_000
@@ -121,7 +120,7 @@ class SpacesService:
         ports["spaces"] = self.port
         self.registry.set_info(ports=ports)
         self.ctx.ops.route("/spaces", self._admin_spaces, admin=True)
-        self.registry.on(KICK, self._kick)
+        self.registry.handle(KickPlayer, self._kick)
         self._serving = True
         log.info("spaces host on %s (%s)", host_port(cfg.bind_host, self.port),
                  "wss" if tls else "ws")
@@ -156,13 +155,13 @@ class SpacesService:
         return {"spaces_sockets": len(self.clients), "spaces_players": self.hub.players,
                 "spaces_spaces": len(self.hub.local)}
 
-    def _kick(self, payload: Any, _sender: str) -> bool:
+    def _kick(self, kick: KickPlayer, _sender: str) -> KickReply:
         """An operator disconnects a player: close the socket holding it (1008)."""
-        client = self.clients.get(str(payload.get("socket"))) if isinstance(payload, dict) else None
+        client = self.clients.get(kick.socket)
         if client is None:
-            return False
+            return KickReply(False)
         client.abort(1008, "disconnected by an operator")
-        return True
+        return KickReply(True)
 
     async def _admin_spaces(self, request: OpsRequest) -> OpsResponse:
         """Admin view (ops port): this gateway's spaces, players and media sessions."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubbub.contracts.media import MediaCall
 from hubbub.errors import RemoteProtocolError
 from hubbub.wire.webrtc.ice import IceState
 from hubbub.wire.webrtc.params import (
@@ -110,22 +111,19 @@ class MediaRouter:
         self._rng = random.Random()
 
     # -------------------------------------------------------------- entry
-    def call(self, payload: Any, now: float | None = None) -> list[Message]:
+    def call(self, req: MediaCall, now: float | None = None) -> list[Message]:
         """Run one ``media.call``; returns the messages for the calling socket.
 
         Raises:
-            MediaError: malformed payload or unknown op.
+            MediaError: unusable session or gateway id, or unknown op.
             ParamsError: the client's parameters are unusable.
         """
-        if not isinstance(payload, dict):
-            raise MediaError("payload must be a map")
-        sid, gw, op = payload.get("session"), payload.get("gateway"), payload.get("op")
-        if not isinstance(sid, str) or not isinstance(gw, str) or not 0 < len(sid) <= MAX_ID \
-                or len(gw) > 256:
-            raise MediaError("session and gateway must be strings")
+        sid, gw, op = req.session, req.gateway, req.op
+        if not 0 < len(sid) <= MAX_ID or len(gw) > 256:
+            raise MediaError("session id of 1 to 128 characters, gateway id up to 256")
         if op not in OPS:
             raise MediaError(f"unknown op {op!r}")
-        data = payload.get("data")
+        data = req.data
         if op == "get_router_rtp_capabilities":
             return [["router_rtp_capabilities", router_rtp_capabilities()]]
         if op == "close":
@@ -141,7 +139,7 @@ class MediaRouter:
         session.last_call = time.monotonic() if now is None else now
         self._caller, self._reply = session, []
         try:
-            self._sync_spaces(session, payload.get("spaces"), op, data)
+            self._sync_spaces(session, req.spaces, op, data)
             handler = getattr(self, "_op_" + str(op))
             handler(session, data)
             return self._reply

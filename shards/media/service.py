@@ -1,10 +1,10 @@
 """The shard's media service: UDP socket, ``media.call`` inbox handler, timers, pushes.
 
-Contract with the spaces gateway (see the README, "Media plane"): the gateway calls
-``media.call`` with ``{session, gateway, op, data, spaces}`` and forwards the reply messages to
-the socket; messages for other sockets travel as ``media.push`` to their gateway, in order, from
-one pusher task. On drain every session's gateway gets ``media.lost`` so it can close the socket
-with 1012 and the client reconnects onto a live shard.
+Contract with the spaces gateway (``hubbub.contracts.media``, see the README, "Media plane"):
+the gateway requests a ``MediaCall`` and forwards the reply's messages to the socket; messages for
+other sockets travel as ``MediaPush`` to their gateway, in order, from one pusher task. On drain
+every session's gateway gets ``MediaLost`` so it can close the socket with 1012 and the client
+reconnects onto a live shard.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from hubbub.contracts.media import MediaCall, MediaCallReply, MediaLost, MediaMessage, MediaPush
 from hubbub.errors import HubbubError, RegistryError, ServiceError
 from hubbub.net import listen_socket
 from hubbub.ops import Request as OpsRequest, Response as OpsResponse
@@ -71,7 +72,7 @@ class MediaService:
         certificate = new_certificate()  # one per shard, ~5 ms
         self.router = MediaRouter(self.mux, certificate, self.counts, cfg.rtc_announced_ip,
                                   tcp_port, cfg.media_max_speakers)
-        self.ctx.registry.on("media.call", self._on_call)
+        self.ctx.registry.handle(MediaCall, self._on_call)
         self.ctx.ops.route("/media", self._admin, admin=True)
         ports = dict(self.ctx.registry.presence_info().get("ports") or {})
         ports.update(webrtc_udp=self.mux.port, webrtc_tcp=tcp_port)
@@ -144,20 +145,19 @@ class MediaService:
         return OpsResponse(200, body, "application/json")
 
     # ----------------------------------------------------------------- calls
-    def _on_call(self, payload: Any, sender: str) -> list[Any]:
-        op = payload.get("op") if isinstance(payload, dict) else None
-        label = op if op in OPS else "unknown"
+    def _on_call(self, req: MediaCall, sender: str) -> MediaCallReply:
+        label = req.op if req.op in OPS else "unknown"
         if self._draining or self.router is None:
             metrics.CALLS.labels(label, "error").inc()
             raise MediaError("media shard is draining")
         try:
-            reply = self.router.call(payload)
+            reply = self.router.call(req)
         except HubbubError:
             metrics.CALLS.labels(label, "error").inc()
             raise
         metrics.CALLS.labels(label, "ok").inc()
         self._queue_pushes()
-        return reply
+        return MediaCallReply(_messages(reply))
 
     def _queue_pushes(self) -> None:
         assert self.router is not None
@@ -171,8 +171,7 @@ class MediaService:
         while True:
             gateway, session, messages = await self._pushes.get()
             try:
-                await self.ctx.registry.send(gateway, "media.push",
-                                             {"session": session, "messages": messages})
+                await self.ctx.registry.send(gateway, MediaPush(session, _messages(messages)))
             except RegistryError as exc:
                 log.warning("media: push to %s failed: %s", gateway, exc)
 
@@ -183,8 +182,7 @@ class MediaService:
         lost = [(s.gateway, s.id) for s in router.sessions.values()]
         for gateway, sid in lost:
             with contextlib.suppress(RegistryError):
-                await self.ctx.registry.send(gateway, "media.lost",
-                                             {"session": sid, "reason": reason})
+                await self.ctx.registry.send(gateway, MediaLost(sid, reason))
             router.close_session(sid)
 
     # ---------------------------------------------------------------- timers
@@ -239,3 +237,8 @@ class MediaService:
             if self._missing.get(s.gateway, 0) >= 2:
                 router.close_session(sid)
         self._missing = {g: n for g, n in self._missing.items() if n < 2}
+
+
+def _messages(messages: list[list[Any]]) -> tuple[MediaMessage, ...]:
+    """The router's ``[subject, data]`` pairs as contracts."""
+    return tuple(MediaMessage(subject, data) for subject, data in messages)
