@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from support import ROOT, io_imports
 
-from hubbub.errors import FrameTooLarge, RemoteProtocolError
+from hubbub.errors import ContractError, FrameTooLarge, RemoteProtocolError
 from hubbub.wire.relay.bandwidth import BYTES_PER_MBIT, PairStats, mbps_to_bytes, relay_bucket
 from hubbub.wire.relay.first_message import (
     FIRST_MESSAGE_CAP,
@@ -24,7 +24,7 @@ from hubbub.wire.rustdesk.framing import encode_frame
 from hubbub.wire.rustdesk.messages import pb, serialize
 from hubbub.wire.websocket import OP_BINARY, HandshakeError, WsDecoder, frame_header
 from loadtest.bench_relay import WsClient, request_relay, request_relay_frame
-from shards.relay.handoff import Transfer, decode_transfer, encode_transfer, handoff_address
+from shards.relay.handoff import Transfer, handoff_address
 from shards.relay.lists import IpLists, format_list, parse_list
 
 
@@ -248,9 +248,10 @@ def test_list_files() -> None:
 # ------------------------------------------------------------------ handoff header
 def test_transfer_roundtrip_and_garbage() -> None:
     t = Transfer("u", "ws", "::1", 5, b"\x00rest", 1.5)
-    assert decode_transfer(encode_transfer(t)) == t
-    assert decode_transfer(b"\xc1garbage") is None
-    assert decode_transfer(b"\x93\x02\x01\x02") is None
+    assert Transfer.decode(t.encode()) == t
+    for garbage in (b"\xc1garbage", b"\x93\x02\x01\x02"):
+        with pytest.raises(ContractError):
+            Transfer.decode(garbage)
     assert handoff_address("p:", "shard:h:1:ab").startswith("\0hubbub-relay:")
     assert len(handoff_address("p" * 200, "x").encode()) < 108
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 from hubbub.config import add_setting_flags, new_parser, parse_config
+from hubbub.contracts.relay import UsageReply, UsageRequest
 from hubbub.errors import HubbubError, RegistryUnavailable
 from hubbub.ipaddr import normalise_ip
 from registry import RedisTarget, Registry
@@ -75,10 +77,10 @@ async def gather_usage(reg: Registry) -> tuple[list[dict[str, Any]], list[str]]:
 
     async def one(rec_id: str) -> dict[str, Any] | str:
         try:
-            reply = await reg.request(rec_id, "relay.usage", None, timeout=2.0)
+            reply = await reg.request(rec_id, UsageRequest(), reply=UsageReply, timeout=2.0)
         except HubbubError as exc:
             return f"{rec_id}: {exc}"
-        return reply if isinstance(reply, dict) else f"{rec_id}: bad reply"
+        return dataclasses.asdict(reply)
 
     results = await asyncio.gather(*(one(rec.id) for rec in shards))
     return ([r for r in results if isinstance(r, dict)],

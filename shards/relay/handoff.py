@@ -1,8 +1,9 @@
 """Moving an accepted relay half to the shard that owns its uuid.
 
 The socket travels as an fd over an ``AF_UNIX SOCK_SEQPACKET`` socket in the abstract namespace
-(``SCM_RIGHTS``), together with a small msgpack header: the uuid, the transport, the peer address,
-the bytes already read behind the first message and how long the half has waited. One connection
+(``SCM_RIGHTS``), together with a small header (the ``Transfer`` contract): the uuid, the
+transport, the peer address, the bytes already read behind the first message and how long the half
+has waited. One connection
 carries one half; the owner answers one byte (``1`` taken) so the sender knows whether to keep the
 half itself. The fd was read only with plain ``recv`` calls, never owned by a transport, so the
 receiver can wrap it in whatever pump it needs.
@@ -18,17 +19,15 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import msgpack
+from hubbub.contracts.relay import Transfer
+from hubbub.errors import ContractError
 
 
-__all__ = ["HandoffServer", "Transfer", "decode_transfer", "encode_transfer", "hand_over",
-           "handoff_address"]
+__all__ = ["HandoffServer", "Transfer", "hand_over", "handoff_address"]
 
 log = logging.getLogger("hubbub.relay.handoff")
 
-VERSION = 1
 MAX_MESSAGE = 256 * 1024
 ACK = b"\x01"
 NACK = b"\x00"
@@ -42,35 +41,6 @@ def handoff_address(prefix: str, process_id: str) -> str:
     return "\0" + name
 
 
-@dataclass(frozen=True)
-class Transfer:
-    """A relay half in transit (without its fd)."""
-
-    uuid: str
-    transport: str
-    peer_ip: str
-    peer_port: int
-    leftover: bytes
-    waited: float
-
-
-def encode_transfer(t: Transfer) -> bytes:
-    data: bytes = msgpack.packb([VERSION, t.uuid, t.transport, t.peer_ip, t.peer_port,
-                                 t.leftover, t.waited])
-    return data
-
-
-def decode_transfer(data: bytes) -> Transfer | None:
-    """None when ``data`` is not a transfer this version understands."""
-    try:
-        v = msgpack.unpackb(data)
-        if not isinstance(v, list) or len(v) < 7 or v[0] != VERSION:
-            return None
-        return Transfer(str(v[1]), str(v[2]), str(v[3]), int(v[4]), bytes(v[5]), float(v[6]))
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-
-
 async def hand_over(address: str, transfer: Transfer, fd: int, timeout: float = 2.0) -> str:
     """Send ``fd`` and ``transfer`` to the shard at ``address``.
 
@@ -79,7 +49,7 @@ async def hand_over(address: str, transfer: Transfer, fd: int, timeout: float = 
     the last two cases the caller still owns its socket (a receiver closes fds it does not take).
     """
     loop = asyncio.get_running_loop()
-    data = encode_transfer(transfer)
+    data = transfer.encode()
     if len(data) > MAX_MESSAGE:
         return "failed"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -182,7 +152,7 @@ class HandoffServer:
             return
         taken = False
         try:
-            transfer = decode_transfer(data) if data else None
+            transfer = _decode(data)
             if transfer is not None and len(fds) == 1:
                 sock = socket.socket(fileno=fds[0])
                 fds = []
@@ -203,3 +173,14 @@ class HandoffServer:
             with contextlib.suppress(OSError):
                 conn.send(ACK if taken else NACK)
             self._drop(conn)
+
+
+def _decode(data: bytes) -> Transfer | None:
+    """None when ``data`` is not a transfer this version understands (the fd is closed)."""
+    if not data:
+        return None
+    try:
+        return Transfer.decode(data)
+    except ContractError as exc:
+        log.debug("handoff header refused: %s", exc)
+        return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import resource
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 
 from hubbub.config import Config
+from hubbub.contracts.relay import ListsChanged, PairUsage, UsageReply, UsageRequest
 from hubbub.errors import ConfigError, RegistryUnavailable, RemoteProtocolError
 from hubbub.ipaddr import normalise_ip
 from hubbub.keys import relay_licence
@@ -156,9 +158,9 @@ class RelayService:
         self.handoff.start()
         self.claims.start()
         self.lists = store.read_files(cfg.data_path)
-        self.registry.on("relay.usage", self._usage)
+        self.registry.handle(UsageRequest, self._usage)
         self.ctx.ops.route("/relay/usage", self._ops_usage, admin=True)
-        self.registry.on(store.NOTICE, self._on_notice)
+        self.registry.handle(ListsChanged, self._on_notice)
         self.registry.add_tick(self._tick)
         self._tasks.spawn(self._initial_lists())
         ports = dict(self.registry.presence_info().get("ports") or {})
@@ -472,7 +474,7 @@ class RelayService:
             await store.merge_files(self.registry, self.lists)
         await self._reload_lists()
 
-    async def _on_notice(self, _payload: Any, _sender: str) -> None:
+    async def _on_notice(self, _msg: ListsChanged, _sender: str) -> None:
         await self._reload_lists()
 
     async def _reload_lists(self) -> None:
@@ -505,25 +507,26 @@ class RelayService:
                 pair.set_rate(rate, False, now)
 
     # ---------------------------------------------------------------- admin
-    def usage(self) -> list[dict[str, Any]]:
+    def usage(self) -> list[PairUsage]:
         assert self._loop is not None
         now = self._loop.time()
         rows = []
         for pair in self.pairs:
             elapsed = now - pair.stats.started
-            rows.append({
-                "a": pair.addrs[0], "b": pair.addrs[1], "elapsed": round(elapsed, 1),
-                "total_mb": round(pair.moved / 1024 / 1024, 3),
-                "peak_kbps": round(pair.stats.peak_bps / 1000, 1),
-                "avg_kbps": round(pair.stats.average_bps(now) / 1000, 1),
-                "current_kbps": round(pair.stats.current_bps / 1000, 1),
-                "mode": pair.mode, "limited": pair.limited,
-            })
+            rows.append(PairUsage(
+                a=pair.addrs[0], b=pair.addrs[1], elapsed=round(elapsed, 1),
+                total_mb=round(pair.moved / 1024 / 1024, 3),
+                peak_kbps=round(pair.stats.peak_bps / 1000, 1),
+                avg_kbps=round(pair.stats.average_bps(now) / 1000, 1),
+                current_kbps=round(pair.stats.current_bps / 1000, 1),
+                mode=pair.mode, limited=pair.limited,
+            ))
         return rows
 
-    def _usage(self, _payload: Any, _sender: str) -> dict[str, Any]:
-        return {"shard": self.registry.id, "pairs": self.usage(), "waiting": len(self.table)}
+    def _usage(self, _msg: UsageRequest, _sender: str) -> UsageReply:
+        return UsageReply(self.registry.id, tuple(self.usage()), len(self.table))
 
     async def _ops_usage(self, _req: Request) -> Response:
-        body = orjson.dumps(self._usage(None, ""), option=orjson.OPT_INDENT_2)
+        body = orjson.dumps(dataclasses.asdict(self._usage(UsageRequest(), "")),
+                            option=orjson.OPT_INDENT_2)
         return Response(200, body + b"\n", "application/json")

@@ -1,7 +1,7 @@
 """The relay lists in Redis (one set per list, cluster-wide) mirrored into data-dir files.
 
 Redis holds the truth while the cluster runs; after a change every live shard gets a
-``relay.lists`` inbox message, reloads both sets, applies them to its running pairs and rewrites
+``ListsChanged`` inbox message, reloads both sets, applies them to its running pairs and rewrites
 ``blacklist.txt`` / ``blocklist.txt`` in its data dir (atomically, only when the text differs).
 Shards also reload every few seconds, so a shard that missed the message catches up.
 At start a shard merges the entries of its files into Redis, so lists written by hand for hbbr
@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hubbub.contracts.relay import ListsChanged
 from registry import Registry
 from shards.relay.lists import LIST_NAMES, MAX_ENTRIES, IpLists, format_list, parse_list
 
 
-__all__ = ["NOTICE", "fetch", "list_key", "merge_files", "modify", "notify_shards", "read_files",
+__all__ = ["fetch", "list_key", "merge_files", "modify", "notify_shards", "read_files",
            "write_files"]
 
 log = logging.getLogger("hubbub.relay.lists")
@@ -29,10 +30,6 @@ log = logging.getLogger("hubbub.relay.lists")
 
 def list_key(registry: Registry, name: str) -> str:
     return registry.key("relay", "list", name)
-
-
-NOTICE = "relay.lists"
-"""Inbox message type that makes a shard reload the lists."""
 
 
 def _decode(members: Iterable[bytes | str]) -> frozenset[str]:
@@ -90,7 +87,7 @@ async def notify_shards(registry: Registry, name: str) -> int:
     """
     told = 0
     for rec in await registry.processes("shard"):
-        if await registry.send(rec.id, NOTICE, name):
+        if await registry.send(rec.id, ListsChanged(name)):
             told += 1
     return told
 
