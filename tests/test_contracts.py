@@ -20,7 +20,15 @@ from hubbub.contracts.rendezvous import (
     RendezvousDeliver,
     RendezvousPush,
 )
-from hubbub.contracts.spaces import KickPlayer, KickReply
+from hubbub.contracts.spaces import (
+    KickPlayer,
+    KickReply,
+    SpaceFrame,
+    SpaceJoined,
+    SpaceLeft,
+    SpacePositions,
+    SpaceProbe,
+)
 from hubbub.contracts.system import Ping, Pong, PongHop
 from hubbub.errors import HubbubError, ProtocolError
 
@@ -40,6 +48,11 @@ SAMPLES: list[Contract] = [
     MediaLost("gw/3", "draining"),
     KickPlayer("sock-1"),
     KickReply(True),
+    SpaceFrame(b'{"subject":"player_chat"}', "gw/1"),
+    SpaceJoined(7, "gw/2", b"{}"),
+    SpaceLeft(7, b"{}"),
+    SpacePositions("gw:h:1:aa", bytes(42)),
+    SpaceProbe("gw:h:1:aa", b"\x00" * 8),
     UsageRequest(),
     UsageReply("shard:h:1:bb", (PAIR,), 2),
     ListsChanged("blocklist"),
@@ -171,3 +184,15 @@ def test_unsupported_field_types_fail_at_import() -> None:
         class Either(Contract):
             VERSION: ClassVar[int] = 1
             body: int | str
+
+
+def test_a_family_tells_its_contracts_apart() -> None:
+    from hubbub.contracts import Family
+
+    family = Family(KickPlayer, KickReply)
+    for msg in (KickPlayer("s"), KickReply(False)):
+        assert family.decode(family.encode(msg)) == msg
+    with pytest.raises(ContractError, match="unknown type"):
+        family.decode(family.encode(Ping()))
+    with pytest.raises(TypeError):
+        Family(PairUsage)

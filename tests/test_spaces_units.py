@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.spaces import channel
-from gateway.spaces.channel import ChannelMessage
 from gateway.spaces.client import MAX_QUEUED_BYTES, Client
 from gateway.spaces.hub import Membership
 from gateway.spaces.store import shard_key
+from hubbub.contracts.spaces import SpaceFrame, SpaceJoined, SpaceLeft
 from hubbub.wire.wired.inbound import Limits
 
 
@@ -45,24 +44,24 @@ def member(session: str = "g/1") -> tuple[Membership, RecordingClient]:
 
 def test_membership_buffers_until_synced_and_filters() -> None:
     m, c = member()
-    m.deliver(ChannelMessage(channel.JOINED, 4, "g/9", b"joined4"))   # in the snapshot too
-    m.deliver(ChannelMessage(channel.JOINED, 7, "g/8", b"joined7"))   # after the snapshot
-    m.deliver(ChannelMessage(channel.JOINED, 9, "g/1", b"me"))        # my own notice
-    m.deliver(ChannelMessage(channel.LEFT, 5, frame=b"left5"))        # never seen
-    m.deliver(ChannelMessage(channel.FRAME, frame=b"chat"))
+    m.deliver(SpaceJoined(4, "g/9", b"joined4"))   # in the snapshot too
+    m.deliver(SpaceJoined(7, "g/8", b"joined7"))   # after the snapshot
+    m.deliver(SpaceJoined(9, "g/1", b"me"))        # my own notice
+    m.deliver(SpaceLeft(5, b"left5"))              # never seen
+    m.deliver(SpaceFrame(b"chat"))
     assert c.frames == []
     m.synced({9, 4})
     assert c.frames == [b"joined7", b"chat"]
-    m.deliver(ChannelMessage(channel.LEFT, 7, frame=b"left7"))
-    m.deliver(ChannelMessage(channel.LEFT, 7, frame=b"left7"))
-    m.deliver(ChannelMessage(channel.FRAME, exclude="g/1", frame=b"not-for-me"))
+    m.deliver(SpaceLeft(7, b"left7"))
+    m.deliver(SpaceLeft(7, b"left7"))
+    m.deliver(SpaceFrame(b"not-for-me", exclude="g/1"))
     assert c.frames == [b"joined7", b"chat", b"left7"]
 
 
 def test_membership_buffer_is_bounded() -> None:
     m, c = member()
     for _ in range(5000):
-        m.deliver(ChannelMessage(channel.FRAME, frame=b"x"))
+        m.deliver(SpaceFrame(b"x"))
     assert len(m.buffer) == 1024
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import msgpack
 import orjson
 import pytest
 from support import ROOT, io_imports
 
-from gateway.spaces import channel
-from gateway.spaces.channel import ChannelMessage
+from hubbub.contracts import Contract, ContractError
+from hubbub.contracts.spaces import (
+    SPACE_CHANNEL,
+    KickPlayer,
+    SpaceFrame,
+    SpaceJoined,
+    SpaceLeft,
+    SpacePositions,
+    SpaceProbe,
+)
 from hubbub.wire.wired import outbound, positions
 from hubbub.wire.wired.admission import Admission
 from hubbub.wire.wired.events import CloseConnection, LocationRecord, ResumeAudio
@@ -189,21 +198,25 @@ def test_strikes() -> None:
 
 
 @pytest.mark.parametrize("msg", [
-    ChannelMessage(channel.FRAME, exclude="g/1", frame=b'{"a":1}'),
-    ChannelMessage(channel.FRAME, frame=b"x"),
-    ChannelMessage(channel.JOINED, 5, "g/2", b"j"),
-    ChannelMessage(channel.LEFT, 5, frame=b"l"),
-    ChannelMessage(channel.POSITIONS, gateway="g", frame=bytes(42)),
-    ChannelMessage(channel.PROBE, gateway="g", frame=b"nonce"),
+    SpaceFrame(b'{"a":1}', exclude="g/1"),
+    SpaceFrame(b"x"),
+    SpaceJoined(5, "g/2", b"j"),
+    SpaceLeft(5, b"l"),
+    SpacePositions("g", bytes(42)),
+    SpaceProbe("g", b"nonce"),
 ])
-def test_channel_roundtrip(msg: ChannelMessage) -> None:
-    assert channel.decode(channel.encode(msg)) == msg
+def test_channel_roundtrip(msg: Contract) -> None:
+    assert SPACE_CHANNEL.decode(SPACE_CHANNEL.encode(msg)) == msg
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x91\x09", b"\x92\x00", b"\x93\x01\x01\x01",
-                                  b"\x80", b"\xff" * 10])
-def test_channel_garbage_is_dropped(data: bytes) -> None:
-    assert channel.decode(data) is None
+@pytest.mark.parametrize("data", [
+    b"", b"\xc1", b"\x91\x09", b"\x92\x00", b"\x93\x01\x01\x01", b"\x80", b"\xff" * 10,
+    SPACE_CHANNEL.encode(KickPlayer("s")),  # not a channel message
+    msgpack.packb(["spaces.frame", [2, b"x", ""]]),  # a version this process does not read
+])
+def test_channel_garbage_is_refused(data: bytes) -> None:
+    with pytest.raises(ContractError):
+        SPACE_CHANNEL.decode(data)
 
 
 def test_wire_package_is_sans_io() -> None:

@@ -24,10 +24,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.spaces import channel, metrics
-from gateway.spaces.channel import ChannelMessage
+from gateway.spaces import metrics
 from gateway.spaces.client import Client
-from hubbub.errors import RegistryUnavailable
+from hubbub.contracts.spaces import (
+    SPACE_CHANNEL,
+    Broadcast,
+    SpaceFrame,
+    SpaceJoined,
+    SpaceLeft,
+    SpacePositions,
+    SpaceProbe,
+)
+from hubbub.errors import ContractError, RegistryUnavailable
 from hubbub.wire.wired.positions import RECORD_SIZE, encode_batch
 from registry import Registry
 
@@ -51,9 +59,9 @@ class Membership:
     player_id: int = -1
     known: set[int] | None = None
     """Player ids this socket has been told about; None while the join is in progress."""
-    buffer: list[ChannelMessage] = field(default_factory=list)
+    buffer: list[Broadcast] = field(default_factory=list)
 
-    def deliver(self, msg: ChannelMessage) -> None:
+    def deliver(self, msg: Broadcast) -> None:
         known = self.known
         if known is None:
             if len(self.buffer) < MAX_BUFFER:
@@ -61,11 +69,11 @@ class Membership:
             return
         if msg.exclude and msg.exclude == self.client.session:
             return
-        if msg.kind == channel.JOINED:
+        if type(msg) is SpaceJoined:
             if msg.player_id in known:
                 return
             known.add(msg.player_id)
-        elif msg.kind == channel.LEFT:
+        elif type(msg) is SpaceLeft:
             if msg.player_id not in known:
                 return
             known.discard(msg.player_id)
@@ -149,8 +157,7 @@ class Hub:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._probes[nonce] = fut
         try:
-            await self.publish(uri, ChannelMessage(channel.PROBE, gateway=self.registry.id,
-                                                   frame=nonce))
+            await self.publish(uri, SpaceProbe(self.registry.id, nonce))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROBE_TIMEOUT):
                     await fut
@@ -163,24 +170,29 @@ class Hub:
         return on_message
 
     def dispatch(self, uri: str, data: bytes) -> None:
-        msg = channel.decode(data)
-        if msg is None:
+        try:
+            msg = SPACE_CHANNEL.decode(data)
+        except ContractError as exc:
+            metrics.CHANNEL_DROPPED.inc()
+            log.debug("space %s: %s", uri, exc)
             return
-        if msg.kind == channel.PROBE:
-            fut = self._probes.get(msg.frame)
+        if type(msg) is SpaceProbe:
+            fut = self._probes.get(msg.nonce)
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return
         members = self.local.get(uri)
         if not members:
             return
-        if msg.kind == channel.POSITIONS:
+        if type(msg) is SpacePositions:
             merged = self.incoming.setdefault(uri, {})
-            frame = msg.frame
+            frame = msg.records
             for off in range(0, len(frame) - RECORD_SIZE + 1, RECORD_SIZE):
                 merged[frame[off]] = frame[off:off + RECORD_SIZE]
             return
-        if msg.kind == channel.LEFT:
+        if not isinstance(msg, SpaceFrame | SpaceJoined | SpaceLeft):
+            return
+        if type(msg) is SpaceLeft:
             # A record of a departed player must not reach a batch after its player_left
             # (its playerId may be reused at once).
             pending = self.incoming.get(uri)
@@ -189,10 +201,10 @@ class Hub:
         for m in list(members.values()):
             m.deliver(msg)
 
-    async def publish(self, uri: str, msg: ChannelMessage) -> None:
+    async def publish(self, uri: str, msg: Broadcast | SpaceProbe) -> None:
         """Broadcast to the space on every gateway (raises RegistryUnavailable)."""
         async with self.gate:
-            await self.registry.publish(self.channel(uri), channel.encode(msg))
+            await self.registry.publish(self.channel(uri), SPACE_CHANNEL.encode(msg))
 
     # ---------------------------------------------------------- positions
     def record(self, uri: str, player_id: int, record: bytes) -> None:
@@ -231,9 +243,8 @@ class Hub:
         async with self.gate, self.registry.guard("spaces_positions"):
             async with self.registry.redis.pipeline(transaction=False) as p:
                 for uri, records in out.items():
-                    self.registry.queue_publish(p, self.channel(uri), channel.encode(
-                        ChannelMessage(channel.POSITIONS, gateway=gw,
-                                       frame=b"".join(records.values()))))
+                    self.registry.queue_publish(p, self.channel(uri), SPACE_CHANNEL.encode(
+                        SpacePositions(gw, b"".join(records.values()))))
                 await p.execute()
 
     def _deliver_tick(self, boundary: float) -> None:

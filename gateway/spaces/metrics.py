@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 
-__all__ = ["CLOSED", "ERRORS", "MEDIA_CALLS", "MESSAGES_IN", "MESSAGES_OUT", "PLAYERS",
-           "POSITION_RECORDS", "POSITION_TICKS", "REAPED", "SOCKETS", "SPACES", "TICK_LAG"]
+__all__ = ["CHANNEL_DROPPED", "CLOSED", "ERRORS", "MEDIA_CALLS", "MESSAGES_IN", "MESSAGES_OUT",
+           "PLAYERS", "POSITION_RECORDS", "POSITION_TICKS", "REAPED", "SOCKETS", "SPACES",
+           "TICK_LAG"]
 
 SOCKETS = Gauge("hubbub_spaces_sockets", "spaces WebSocket connections on this gateway")
 SPACES = Gauge("hubbub_spaces_spaces", "spaces with at least one member on this gateway")
@@ -18,6 +19,8 @@ CLOSED = Counter("hubbub_spaces_closed", "connections closed by the server", ["r
 POSITION_TICKS = Counter("hubbub_spaces_position_ticks", "position ticks that delivered a batch")
 POSITION_RECORDS = Counter("hubbub_spaces_position_records", "location records received")
 MEDIA_CALLS = Counter("hubbub_spaces_media_calls", "media.call requests to shards", ["outcome"])
+CHANNEL_DROPPED = Counter("hubbub_spaces_channel_dropped",
+                          "space channel messages that do not fit their contract (dropped)")
 REAPED = Counter("hubbub_spaces_reaped_players", "players removed after their gateway died")
 TICK_LAG = Histogram("hubbub_spaces_tick_lag_seconds",
                      "delay from a position tick's boundary to its delivery",

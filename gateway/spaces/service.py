@@ -21,15 +21,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.spaces import channel, deflate, metrics
-from gateway.spaces.channel import ChannelMessage
+from gateway.spaces import deflate, metrics
 from gateway.spaces.client import Client
 from gateway.spaces.http import HttpRoutes
 from gateway.spaces.hub import Hub
 from gateway.spaces.media import MediaShardClient
 from gateway.spaces.store import MAX_PLAYERS, REDIS_CONCURRENCY, SpaceStore
 from hubbub.config import Config
-from hubbub.contracts.spaces import KickPlayer, KickReply
+from hubbub.contracts.spaces import KickPlayer, KickReply, SpaceFrame, SpaceJoined, SpaceLeft
 from hubbub.errors import RegistryUnavailable
 from hubbub.limits import SourceCounter
 from hubbub.net import ProxyList, host_port, listen_socket, server_tls
@@ -295,8 +294,7 @@ class SpacesService:
         elif subject == "chat":
             ts = int(time.time() * 1000)
             for uri, pid in list(client.spaces.items()):
-                await self.hub.publish(uri, ChannelMessage(
-                    channel.FRAME, frame=outbound.player_chat(pid, data, ts)))
+                await self.hub.publish(uri, SpaceFrame(outbound.player_chat(pid, data, ts)))
         elif subject in _PROFILE:
             field, builder = _PROFILE[subject]
             setattr(client, field, data)
@@ -312,7 +310,7 @@ class SpacesService:
         memberships = list(client.spaces.items())
         await self.store.update(memberships, client.session, field, value)
         for uri, pid in memberships:
-            await self.hub.publish(uri, ChannelMessage(channel.FRAME, frame=builder(pid, value)))
+            await self.hub.publish(uri, SpaceFrame(builder(pid, value)))
 
     async def _join(self, client: Client, uri: str, now: float) -> None:
         if uri in client.spaces:
@@ -340,8 +338,8 @@ class SpacesService:
         membership.player_id = pid
         client.spaces[uri] = pid
         try:
-            await self.hub.publish(uri, ChannelMessage(
-                channel.JOINED, pid, client.session,
+            await self.hub.publish(uri, SpaceJoined(
+                pid, client.session,
                 outbound.player_joined(pid, client.name, client.avatar, client.address)))
         except RegistryUnavailable:
             await self._leave(client, uri, notify_media=False)
@@ -373,8 +371,7 @@ class SpacesService:
 
     async def _remove(self, uri: str, pid: int, session: str) -> None:
         if await self.store.leave(uri, pid, session):
-            await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
-                                                       frame=outbound.player_left(pid)))
+            await self.hub.publish(uri, SpaceLeft(pid, outbound.player_left(pid)))
 
     async def _finish_leaves(self) -> None:
         while self._unfinished:
@@ -441,8 +438,7 @@ class SpacesService:
         for uri in spaces:
             for pid in await self.store.reap_space(gateway, uri):
                 metrics.REAPED.inc()
-                await self.hub.publish(uri, ChannelMessage(channel.LEFT, pid,
-                                                           frame=outbound.player_left(pid)))
+                await self.hub.publish(uri, SpaceLeft(pid, outbound.player_left(pid)))
         await self.store.forget_gateway(gateway)
         if spaces:
             log.info("removed the players of dead gateway %s from %d spaces", gateway,

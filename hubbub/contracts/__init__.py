@@ -1,7 +1,7 @@
 """Typed, versioned messages between hubbub processes: one module per message family, all built
 on ``hubbub.contracts.base``."""
 
-from hubbub.contracts.base import Contract, ContractError, Json, contract
+from hubbub.contracts.base import Contract, ContractError, Family, Json, contract
 
 
-__all__ = ["Contract", "ContractError", "Json", "contract"]
+__all__ = ["Contract", "ContractError", "Family", "Json", "contract"]

@@ -37,7 +37,7 @@ import msgpack
 from hubbub.errors import ContractError
 
 
-__all__ = ["Contract", "ContractError", "Json", "contract"]
+__all__ = ["Contract", "ContractError", "Family", "Json", "contract"]
 
 
 class _JsonMarker:
@@ -126,6 +126,42 @@ class Contract:
     @classmethod
     def _name(cls) -> str:
         return cls.TYPE or cls.__name__
+
+
+class Family:
+    """The contracts one pub/sub channel carries, told apart by their type.
+
+    A message is ``[TYPE, [VERSION, field, ...]]`` in msgpack (the contract's own array behind
+    its type), so one channel can carry several contracts, each versioned on its own.
+    """
+
+    __slots__ = ("_by_type",)
+
+    def __init__(self, *classes: type[Contract]) -> None:
+        if any(not c.TYPE for c in classes):
+            raise TypeError("every contract of a family needs a TYPE")
+        self._by_type = {c.TYPE: c for c in classes}
+
+    def encode(self, msg: Contract) -> bytes:
+        data: bytes = msgpack.packb([msg.TYPE, msg.to_array()], use_bin_type=True)
+        return data
+
+    def decode(self, data: bytes) -> Contract:
+        """The message (one of the family's contracts).
+
+        Raises:
+            ContractError: not msgpack, a type outside the family, or see ``from_array``.
+        """
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException) as exc:
+            raise ContractError(f"channel message: not msgpack ({exc})") from None
+        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str:
+            raise ContractError("channel message: expected [type, body]")
+        cls = self._by_type.get(obj[0])
+        if cls is None:
+            raise ContractError(f"channel message: unknown type {obj[0][:64]!r}")
+        return cls.from_array(obj[1])
 
 
 @dataclass_transform(frozen_default=True)
