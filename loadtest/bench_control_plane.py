@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from gateway.rendezvous.store import MODE_UDP, Live, Store
+from gateway.rendezvous.records import MODE_UDP, Live
+from gateway.rendezvous.store import Store
 from hubbub.embedded_redis import (
     LocalRedis,
     RedisCluster,

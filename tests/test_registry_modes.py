@@ -15,7 +15,8 @@ import pytest
 import redis
 from support import Cluster, free_port, free_port_block, http_get, new_prefix
 
-from gateway.rendezvous.store import MODE_UDP, REG_OK_CHANGED, REG_OK_SAME, Live, Store
+from gateway.rendezvous.records import MODE_UDP, Live
+from gateway.rendezvous.store import REG_OK_CHANGED, REG_OK_SAME, Store
 from gateway.spaces.store import SpaceStore
 from hubbub.config import load_config, new_parser
 from hubbub.embedded_redis import RedisCluster, SentinelSet, free_cluster_ports

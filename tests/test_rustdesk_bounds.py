@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from test_rustdesk_service import FakeUdp, settle
 
-from gateway.rendezvous import conns as conns_mod, service as service_mod
+from gateway.rendezvous import conns as conns_mod, core as core_mod
 from gateway.rendezvous.conns import Acceptor, Closed, Conn, TcpConn
 from gateway.rendezvous.service import RendezvousService
 from hubbub.config import Config
@@ -47,7 +47,7 @@ async def svc(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Rend
 async def test_udp_punch_hole_sent_is_bounded(svc: RendezvousService) -> None:
     """A flood of PunchHoleSent while Redis is slow: at most MAX_HOLES_SENT are held (tasks
     and the look-ups they queue), the rest are refused and counted; all of it comes back."""
-    limit = service_mod.MAX_HOLES_SENT
+    limit = core_mod.MAX_HOLES_SENT
     flood = limit * 4
     before = _dropped("punch_sent_busy")
     gate = svc.store.gate
@@ -61,17 +61,17 @@ async def test_udp_punch_hole_sent_is_bounded(svc: RendezvousService) -> None:
             version="1.4.9"))
         svc.on_datagram(sent.SerializeToString(), ("203.0.113.1", 2000 + i))
     await asyncio.sleep(0.05)
-    assert len(svc._tasks) == limit and svc._holes_sent == limit
+    assert len(svc._tasks) == limit and svc.core.holes_sent == limit
     assert _dropped("punch_sent_busy") - before == flood - limit
     for _ in range(held):
         gate.release()
     await settle(svc)
-    assert len(svc._tasks) == 0 and svc._holes_sent == 0
+    assert len(svc._tasks) == 0 and svc.core.holes_sent == 0
     # Capacity is back: the next one is handled, not refused.
     svc.on_datagram(Msg(punch_hole_sent=pb.PunchHoleSent(
         socket_addr=addrmangle.encode("198.51.100.1", 999, 0), id="x")).SerializeToString(),
         ("203.0.113.1", 999))
-    assert svc._holes_sent == 1 and _dropped("punch_sent_busy") - before == flood - limit
+    assert svc.core.holes_sent == 1 and _dropped("punch_sent_busy") - before == flood - limit
     await settle(svc)
 
 

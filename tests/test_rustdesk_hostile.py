@@ -24,7 +24,8 @@ from support import (
     redis_server,
 )
 
-from gateway.rendezvous.store import Live, Store
+from gateway.rendezvous.records import Live
+from gateway.rendezvous.store import Store
 from hubbub.wire.rustdesk.messages import pb
 from loadtest.cluster import rss_bytes
 from registry import Registry

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.rendezvous.conns import Conn
+from gateway.rendezvous.records import MODE_UDP, Live
 from gateway.rendezvous.service import RendezvousService
-from gateway.rendezvous.store import MODE_UDP, Live
 from hubbub.config import Config
 from hubbub.runtime import Context
 from hubbub.wire.rustdesk import addr as addrmangle
@@ -29,8 +29,9 @@ class FakeUdp:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[Any, ...]]] = []
 
-    def sendto(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def send(self, data: bytes, addr: tuple[Any, ...]) -> bool:
         self.sent.append((data, addr))
+        return True
 
     def take(self) -> list[tuple[Msg, tuple[Any, ...]]]:
         out = [(parse(d), a) for d, a in self.sent]
@@ -112,7 +113,7 @@ async def test_registration_rules(svc: RendezvousService) -> None:
     # An IP change on a heartbeat asks for the key again and is logged for admins.
     svc.on_datagram(hb, ("198.51.100.1", 5))
     assert udp(svc).take()[0][0].register_peer_response.request_pk
-    assert "123456789" in svc.ip_changes
+    assert "123456789" in svc.core.peers.ip_changes
     # Empty uuid or pk: dropped without an answer.
     svc.on_datagram(Msg(register_pk=pb.RegisterPk(id="x1")).SerializeToString(), src)
     await settle(svc)
@@ -247,7 +248,7 @@ async def test_dual_stack_addresses(svc: RendezvousService) -> None:
 async def test_push_for_a_vanished_owner_uses_the_shared_port(svc: RendezvousService) -> None:
     b_src = ("203.0.113.60", 41000)
     assert await register(svc, "121212121", b_src) == R.OK
-    svc.peers.clear()  # as if another gateway, now dead, had heard B last
+    svc.core.peers.entries.clear()  # as if another gateway, now dead, had heard B last
     live = Live("", 41000, time.time(), "dead00", svc.udp_port, MODE_UDP)
     await svc.store.flush_live([("121212121", live)], time.time())
     a = FakeConn(("198.51.100.61", 5))

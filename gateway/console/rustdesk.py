@@ -15,7 +15,8 @@ from typing import Any
 from gateway.console.keys import console_key, json_object
 from gateway.console.scan import HOLE, scan_parts
 from gateway.rendezvous.admin import change_id
-from gateway.rendezvous.store import Live, PeerRecord, Store
+from gateway.rendezvous.records import Live, PeerRecord
+from gateway.rendezvous.store import Store
 from hubbub.ipaddr import normalise_ip
 from registry import Registry
 from shards.relay import store as relay_store

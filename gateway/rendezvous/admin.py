@@ -13,22 +13,24 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
+from gateway.rendezvous.limits import IpLimiter
 from gateway.rendezvous.logic import valid_custom_id
-from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_OK, Live, Store
-from hubbub.config import add_setting_flags, new_parser, parse_config
+from gateway.rendezvous.records import Live
+from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_OK, Store
+from hubbub.config import Config, add_setting_flags, new_parser, parse_config
+from hubbub.contracts.rendezvous import AdminCommand, AdminReply
 from hubbub.errors import HubbubError, RegistryError
 from hubbub.ops import Request, Response
 from hubbub.runtime import tool_registry
 from registry import Registry
 
 
-if TYPE_CHECKING:
-    from gateway.rendezvous.service import RendezvousService
-
-__all__ = ["HELP", "change_id", "local_command", "main", "ops_handler", "run_command"]
+__all__ = ["HELP", "AdminView", "change_id", "local_command", "main", "ops_handler",
+           "run_command"]
 
 HELP = """commands:
   relay-servers, rs [host[:port],...|-]   show or set the relay list ('-': back to config)
@@ -48,47 +50,60 @@ _ALIASES = {"rs": "relay-servers", "aur": "always-use-relay", "ib": "ip-blocker"
             "h": "help"}
 
 
-def local_command(svc: RendezvousService, cmd: str, args: list[str]) -> dict[str, Any]:
-    """Per-process part of a command, run inside a gateway (inbox ``rd.admin``)."""
+class AdminView(Protocol):
+    """The per-process state admin commands read or clear (the rendezvous core has it)."""
+
+    ip_limiter: IpLimiter
+
+    @property
+    def punch_log(self) -> deque[str]: ...
+
+    def ip_changes(self) -> Iterable[tuple[str, dict[str, int]]]: ...
+
+    def forget(self, peer_id: str) -> None: ...
+
+
+def local_command(svc: AdminView, cmd: str, args: list[str]) -> AdminReply:
+    """Per-process part of a command, run inside a gateway (inbox ``AdminCommand``)."""
     now = time.time()
     if cmd == "ip-blocker":
         if not args:
-            return {"ok": True, "count": len(svc.ip_limiter.map)}
+            return AdminReply(True, count=len(svc.ip_limiter.map))
         ip = args[0]
         if len(args) > 1 and args[1] == "-":
             svc.ip_limiter.map.pop(ip)
-            return {"ok": True, "lines": [f"{ip} cleared"]}
+            return AdminReply(True, lines=(f"{ip} cleared",))
         text = svc.ip_limiter.describe(ip, now)
-        return {"ok": True, "lines": [f"{ip} {text}"] if text else []}
+        return AdminReply(True, lines=(f"{ip} {text}",) if text else ())
     if cmd == "ip-changes":
         lines = []
-        for peer_id, seen in svc.ip_changes.items():
+        for peer_id, seen in svc.ip_changes():
             if len(seen) > 1 and (not args or args[0] == peer_id):
                 ips = ", ".join(f"{ip}: {n}" for ip, n in seen.items())
                 lines.append(f"{peer_id}: {{{ips}}}")
-        return {"ok": True, "lines": lines}
+        return AdminReply(True, lines=tuple(lines))
     if cmd == "punch-requests":
         if args and args[0] == "-":
             svc.punch_log.clear()
-            return {"ok": True, "lines": []}
-        return {"ok": True, "lines": list(svc.punch_log)}
+            return AdminReply(True)
+        return AdminReply(True, lines=tuple(svc.punch_log))
     if cmd == "forget-peer" and args:
-        svc.peers.pop(args[0])
-        svc.dirty.pop(args[0], None)
-        return {"ok": True, "lines": []}
-    return {"ok": False, "text": f"unknown command {cmd!r}"}
+        svc.forget(args[0])
+        return AdminReply(True)
+    return AdminReply(False, text=f"unknown command {cmd!r}")
 
 
-async def _gather(registry: Registry, cmd: str, args: list[str]) -> list[dict[str, Any]]:
+async def _gather(registry: Registry, cmd: str, args: list[str]) -> list[tuple[str, AdminReply]]:
+    """Every gateway's reply to ``cmd``, with its process id."""
     gateways = await registry.processes("gateway")
 
-    async def one(pid: str) -> dict[str, Any]:
+    async def one(pid: str) -> tuple[str, AdminReply]:
         try:
-            reply = await registry.request(pid, "rd.admin", {"cmd": cmd, "args": args},
-                                           timeout=2.0)
+            reply = await registry.request(pid, AdminCommand(cmd, tuple(args)),
+                                           reply=AdminReply, timeout=2.0)
         except HubbubError as exc:
-            return {"ok": False, "text": str(exc), "id": pid}
-        return dict(reply) | {"id": pid} if isinstance(reply, dict) else {"ok": False, "id": pid}
+            return pid, AdminReply(False, text=str(exc))
+        return pid, reply
 
     return list(await asyncio.gather(*(one(g.id) for g in gateways)))
 
@@ -124,15 +139,14 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
         settings = await store.admin_settings()
         return settings.get("always_use_relay") or ("Y" if cfg_aur else "N")
     if cmd == "ip-blocker":
-        replies = await _gather(registry, cmd, args)
         lines = []
-        for r in replies:
-            if not r.get("ok"):
-                lines.append(f"{r['id']}: error {r.get('text', '')}")
-            elif "count" in r:
-                lines.append(f"{r['id']}: {r['count']} tracked IPs")
+        for pid, r in await _gather(registry, cmd, args):
+            if not r.ok:
+                lines.append(f"{pid}: error {r.text}")
+            elif r.count is not None:
+                lines.append(f"{pid}: {r.count} tracked IPs")
             else:
-                lines += [f"{r['id']}: {line}" for line in r.get("lines", [])]
+                lines += [f"{pid}: {line}" for line in r.lines]
         return "\n".join(lines) or "(no gateways)"
     if cmd == "punch-requests":
         count = 20
@@ -140,13 +154,13 @@ async def run_command(registry: Registry, store: Store, argv: Sequence[str],
             with contextlib.suppress(ValueError):
                 count = max(1, int(args[0]))
         replies = await _gather(registry, cmd, args[:1] if args == ["-"] else [])
-        merged = sorted(line for r in replies for line in r.get("lines", []))
+        merged = sorted(line for _, r in replies for line in r.lines)
         if args == ["-"]:
             return "cleared"
         return "\n".join(merged[-count:]) or "(none)"
     if cmd == "ip-changes":
         replies = await _gather(registry, cmd, args[:1])
-        merged = sorted({line for r in replies for line in r.get("lines", [])})
+        merged = sorted({line for _, r in replies for line in r.lines})
         return "\n".join(merged) or "(none)"
     if cmd == "id-changes":
         count = 20
@@ -223,7 +237,7 @@ def _describe(peer_id: str, uuid: bytes, pk: bytes, ip: str, live: Live | None) 
     return "\n".join(lines)
 
 
-def ops_handler(svc: RendezvousService) -> Any:
+def ops_handler(registry: Registry, store: Store, cfg: Config) -> Any:
     """The ``/rendezvous/admin`` ops route: body is a JSON list of words (or plain text)."""
 
     async def handle(req: Request) -> Response:
@@ -235,8 +249,8 @@ def ops_handler(svc: RendezvousService) -> Any:
         except ValueError:
             return Response(400, b"body must be a JSON list of words or plain words\n")
         try:
-            text = await run_command(svc.registry, svc.store, argv, svc.cfg.relay_servers,
-                                     svc.cfg.always_use_relay)
+            text = await run_command(registry, store, argv, cfg.relay_servers,
+                                     cfg.always_use_relay)
         except RegistryError as exc:
             return Response(503, f"{exc}\n".encode())
         return Response(200, (text + "\n").encode())

@@ -1,8 +1,8 @@
-"""Who is where: the gateway directory (owner tokens -> processes) and the relay hint.
+"""Who is where: the gateway directory (owner tokens -> processes) and the relay choice's inputs.
 
-A mixin of ``RendezvousService``. The directory and the least-loaded relay host come from the
-registry's presence records, refreshed every two seconds (never per request); configured relays
-(``-r`` or ``hubbub admin rs``) are served round robin, skipping ones that refuse TCP.
+The directory and the least-loaded relay host come from the registry's presence records,
+refreshed every two seconds (never per request); the run-time relay settings are reloaded on
+their change news and every six seconds; configured relays that refuse TCP are skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import time
 
-from gateway.rendezvous.logic import choose_relay_host, split_host_port
+from gateway.rendezvous.logic import RelayChoice, choose_relay_host, split_host_port
+from gateway.rendezvous.store import Store
 from hubbub.errors import RegistryError
 from registry import ProcessRecord, Registry
 
@@ -23,42 +24,44 @@ DEFAULT_RELAY_PORT = 21117
 
 
 class Directory:
-    """Gateway directory and relay choice; attributes are provided by ``RendezvousService``."""
+    """Gateway records by owner token, and the refresh loops behind ``RelayChoice``."""
 
-    registry: Registry
-    gateways: dict[str, ProcessRecord]
-    _gateways_at: float
-    relay_servers: tuple[str, ...]
-    relays_down: set[str]
-    auto_relay: str
-    _rr: int
-
-    async def _load_admin(self) -> None:
-        raise NotImplementedError
+    def __init__(self, registry: Registry, store: Store, relays: RelayChoice) -> None:
+        self.registry = registry
+        self.store = store
+        self.relays = relays
+        self.gateways: dict[str, ProcessRecord] = {}
+        self._gateways_at = 0.0
 
     async def resolve(self, token: str) -> ProcessRecord | None:
         """The live gateway whose id ends in ``token`` (directory refreshed on a miss)."""
         rec = self.gateways.get(token)
         if rec is None and time.monotonic() - self._gateways_at > 0.2:
             with contextlib.suppress(RegistryError):
-                self._refresh_gateways(await self.registry.processes())
+                self._refresh(await self.registry.processes())
             rec = self.gateways.get(token)
         return rec
 
-    def _refresh_gateways(self, procs: list[ProcessRecord]) -> None:
+    def _refresh(self, procs: list[ProcessRecord]) -> None:
         self.gateways = {p.id.rsplit(":", 1)[-1]: p for p in procs if p.role == "gateway"}
         self._gateways_at = time.monotonic()
 
-    async def _directory_loop(self) -> None:
+    async def load_settings(self) -> None:
+        """Raises:
+            RegistryError: Redis did not answer.
+        """
+        self.relays.apply(await self.store.admin_settings())
+
+    async def directory_loop(self) -> None:
         """Every two seconds the gateway directory and the least-loaded relay host; every six
         the admin settings."""
         ticks = 0
         while True:
             try:
                 procs = await self.registry.processes()
-                self._refresh_gateways(procs)
+                self._refresh(procs)
                 shards = [p for p in procs if p.role == "shard"]
-                self.auto_relay = choose_relay_host(
+                self.relays.auto = choose_relay_host(
                     [rec.info | {"public_ip": rec.public_ip, "host": rec.host,
                                  "state": rec.state} for rec in shards],
                     DEFAULT_RELAY_PORT)
@@ -68,27 +71,18 @@ class Directory:
             ticks += 1
             if ticks % 3 == 0:
                 with contextlib.suppress(RegistryError):
-                    await self._load_admin()
+                    await self.load_settings()
 
-    def relay_server(self) -> str:
-        """Round robin over the reachable configured relays, else the least-loaded relay host."""
-        servers = [s for s in self.relay_servers if s not in self.relays_down] or list(
-            self.relay_servers)
-        if servers:
-            self._rr = (self._rr + 1) % len(servers)
-            return servers[self._rr]
-        return self.auto_relay
-
-    async def _probe_loop(self) -> None:
+    async def probe_loop(self) -> None:
         """With several configured relays, skip those that refuse TCP (checked every 3 s)."""
         while True:
             await asyncio.sleep(3.0)
-            servers = self.relay_servers
+            servers = self.relays.servers
             if len(servers) < 2:
-                self.relays_down = set()
+                self.relays.down = set()
                 continue
             results = await asyncio.gather(*(self._reachable(s) for s in servers))
-            self.relays_down = {s for s, ok in zip(servers, results, strict=True) if not ok}
+            self.relays.down = {s for s, ok in zip(servers, results, strict=True) if not ok}
 
     @staticmethod
     async def _reachable(server: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "PunchPlan",
+    "RelayChoice",
     "choose_relay_host",
     "online_bitmap",
     "parse_mask",
@@ -138,3 +139,40 @@ def choose_relay_host(shards: Iterable[dict[str, Any]], default_port: int = 2111
         return ""
     best = min(hosts, key=lambda h: (hosts[h][0], hosts[h][1], h))
     return addr[best]
+
+
+class RelayChoice:
+    """Which relay a punch names, and whether relaying is forced (hbbs ``-r`` and
+    ``ALWAYS_USE_RELAY``, overridable at run time by ``hubbub admin``).
+
+    Configured relays are served round robin, skipping those found unreachable; without any,
+    the least-loaded relay host of the cluster (``auto``).
+    """
+
+    def __init__(self, servers: Sequence[str] = (), always_relay: bool = False) -> None:
+        self.config_servers = tuple(servers)
+        self.config_always = always_relay
+        self.servers = self.config_servers
+        self.always_relay = always_relay
+        self.down: set[str] = set()
+        self.auto = ""
+        self._rr = 0
+
+    def pick(self) -> str:
+        servers = [s for s in self.servers if s not in self.down] or list(self.servers)
+        if servers:
+            self._rr = (self._rr + 1) % len(servers)
+            return servers[self._rr]
+        return self.auto
+
+    def apply(self, settings: dict[str, str]) -> None:
+        """The run-time settings ``hubbub admin`` stored; a missing one means the config's."""
+        if "relay_servers" in settings:
+            self.servers = tuple(s.strip() for s in settings["relay_servers"].split(",")
+                                 if s.strip())
+        else:
+            self.servers = self.config_servers
+        if "always_use_relay" in settings:
+            self.always_relay = settings["always_use_relay"] == "Y"
+        else:
+            self.always_relay = self.config_always

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from hubbub.metrics import FastCounter, FastCounterFamily
+
 
 __all__ = [
     "CONNECTIONS",
@@ -19,11 +21,12 @@ __all__ = [
     "STREAM_MESSAGES",
 ]
 
-DATAGRAMS = Counter("hubbub_rendezvous_datagrams", "UDP datagrams received by message type",
-                    ["type"])
+# The two counted per heartbeat are lock-free (a plain add); they export as any counter.
+DATAGRAMS = FastCounterFamily("hubbub_rendezvous_datagrams",
+                              "UDP datagrams received by message type", ["type"])
 STREAM_MESSAGES = Counter("hubbub_rendezvous_stream_messages",
                           "TCP/WebSocket messages received by type", ["transport", "type"])
-HEARTBEATS = Counter("hubbub_rendezvous_heartbeats", "RegisterPeer heartbeats accepted")
+HEARTBEATS = FastCounter("hubbub_rendezvous_heartbeats", "RegisterPeer heartbeats accepted")
 REGISTRATIONS = Counter("hubbub_rendezvous_registrations", "RegisterPk answers by result",
                         ["transport", "result"])
 PUNCH_REQUESTS = Counter("hubbub_rendezvous_punch_requests", "punch and relay requests by outcome",

@@ -1,29 +1,23 @@
 """Change ID, and how a gateway's local state follows every change of a binding.
 
-A mixin of ``RendezvousService`` (kept apart to keep modules small). The rule it implements is
-stated once, in ``gateway.rendezvous.bindings``.
+The rule it implements is stated once, in ``gateway.rendezvous.bindings``; the rules deciding
+whether a change may happen are the core's (``RendezvousCore.change_id_check``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from gateway.rendezvous import metrics
 from gateway.rendezvous.bindings import KIND_MOVED, KIND_REMOVED, BindingChanged
 from gateway.rendezvous.conns import Conn
-from gateway.rendezvous.limits import IpLimiter
-from gateway.rendezvous.logic import valid_custom_id
+from gateway.rendezvous.core import RendezvousCore
 from gateway.rendezvous.store import CHANGE_EXISTS, CHANGE_NOT_OWNER, Store
-from hubbub.errors import RegistryUnavailable
-from hubbub.limits import BoundedMap, WindowLimit
+from hubbub.errors import ContractError, RegistryUnavailable
 from hubbub.tasks import TaskSet
 from hubbub.wire.rustdesk.messages import pb
 
-
-if TYPE_CHECKING:
-    from gateway.rendezvous.service import LocalPeer
 
 __all__ = ["Rebinding"]
 
@@ -33,51 +27,46 @@ Result = pb.RegisterPkResponse
 
 
 class Rebinding:
-    """Change ID and binding news; the attributes below are provided by ``RendezvousService``."""
+    """Change ID and binding news, over the core's peer table and the registration streams."""
 
-    store: Store
-    peers: BoundedMap[str, LocalPeer]
-    dirty: dict[str, LocalPeer]
-    streams: dict[str, Conn]
-    rechecks: set[str]
-    change_limiter: WindowLimit[str]
-    ip_limiter: IpLimiter
-    _tasks: TaskSet
+    def __init__(self, store: Store, core: RendezvousCore, streams: dict[str, Conn],
+                 tasks: TaskSet) -> None:
+        self.store = store
+        self.core = core
+        self.peers = core.peers
+        self.streams = streams
+        self.rechecks: set[str] = set()
+        self._tasks = tasks
 
     async def change_id(self, rpk: pb.RegisterPk, ip: str) -> int:
-        now = time.time()
-        if not valid_custom_id(rpk.id):
-            result = Result.INVALID_ID_FORMAT
-        elif not rpk.uuid:
-            result = Result.UUID_MISMATCH
-        elif (not self.change_limiter.allow(rpk.uuid.hex(), now)
-              or not self.ip_limiter.allow(ip, rpk.id, now)):
-            result = Result.TOO_FREQUENT
+        refused = self.core.change_id_check(rpk, ip, time.time())
+        if refused is not None:
+            return refused
+        try:
+            res, gen = await self.store.move_id(rpk.old_id, rpk.id, bytes(rpk.uuid))
+        except RegistryUnavailable:
+            result = Result.SERVER_ERROR
         else:
-            try:
-                res, gen = await self.store.move_id(rpk.old_id, rpk.id, bytes(rpk.uuid))
-            except RegistryUnavailable:
-                result = Result.SERVER_ERROR
+            if res == CHANGE_NOT_OWNER:
+                result = Result.UUID_MISMATCH
+            elif res == CHANGE_EXISTS:
+                result = Result.ID_EXISTS
             else:
-                if res == CHANGE_NOT_OWNER:
-                    result = Result.UUID_MISMATCH
-                elif res == CHANGE_EXISTS:
-                    result = Result.ID_EXISTS
-                else:
-                    result = Result.OK
-                    if rpk.old_id != rpk.id:
-                        # The news reaches every gateway (this one too) through Redis; applying
-                        # it here as well makes this process current before the device knows.
-                        self.binding_changed(BindingChanged(KIND_MOVED, rpk.old_id, rpk.id, gen))
-                        log.info("id changed: %s -> %s", rpk.old_id, rpk.id)
+                result = Result.OK
+                if rpk.old_id != rpk.id:
+                    # The news reaches every gateway (this one too) through Redis; applying
+                    # it here as well makes this process current before the device knows.
+                    self.binding_changed(BindingChanged(KIND_MOVED, rpk.old_id, rpk.id, gen))
+                    log.info("id changed: %s -> %s", rpk.old_id, rpk.id)
         metrics.REGISTRATIONS.labels("change_id", pb.RegisterPkResponse.Result.Name(result)).inc()
         return int(result)
 
-    def _on_binding_changed(self, data: bytes) -> None:
+    def on_news(self, data: bytes) -> None:
         # Synchronous on purpose: the registry runs it in channel order, before any inbox
         # message (a push for the new ID) published after it.
-        ev = BindingChanged.unpack(data)
-        if ev is None:
+        try:
+            ev = BindingChanged.decode(data)
+        except ContractError:
             metrics.DROPPED.labels("bad_binding_news").inc()
             return
         self.binding_changed(ev)
@@ -107,10 +96,7 @@ class Rebinding:
     def drop_local(self, peer_id: str, keep: bytes | None = None) -> None:
         """Forget what this process heard about ``peer_id`` unless it is of generation ``keep``;
         a registration stream for it not of ``keep`` is checked against Redis."""
-        peer = self.peers.get(peer_id, time.time())
-        if peer is not None and peer.gen != keep:
-            self.peers.pop(peer_id)
-            self.dirty.pop(peer_id, None)
+        self.peers.drop(peer_id, keep)
         conn = self.streams.get(peer_id)
         if conn is not None and conn.registered_gen != keep and peer_id not in self.rechecks:
             self.rechecks.add(peer_id)

@@ -1,16 +1,16 @@
-"""The ID server service: UDP registration, TCP/WS connection set-up, cross-gateway routing.
+"""The ID server's asyncio adapter: sockets, Redis and timers around the sans-I/O core.
 
-Any gateway may receive any datagram or connection. What a peer needs from another process
-goes through the registry:
+Layers (each one only calls down):
 
-* pushes to B (PunchHole, FetchLocalAddr, RequestRelay) must leave from the socket B's
-  heartbeats reach, so they go to the process recorded in B's liveness record (or a sibling on
-  the same host bound to the same port) as ``rd.push``;
-* B's answers are built where they arrive and handed to the process holding A's connection
-  (``rd:sink:<addr>`` in Redis) as ``rd.deliver``.
+* ``core.RendezvousCore`` — hbbs's rules; messages in, answers and effects out;
+* ``peers.PeerTable``, ``limits``, ``logic.RelayChoice`` — the core's parts;
+* ``routing.Router`` (pushes and answers between gateways), ``directory.Directory`` (who is
+  where), ``rebinding.Rebinding`` (change ID, binding news), ``store.Store`` (Redis keys);
+* this module: listeners and connections, running the effects, the flush timer.
 
-Heartbeats never wait on Redis: liveness is kept in a bounded local map and flushed in one
-pipeline per second, only for peers whose address or owner changed or whose TTL needs extending.
+Heartbeats never wait on Redis: liveness is kept in the core's bounded peer table and flushed
+in one pipeline per second, only for peers whose address or owner changed or whose TTL needs
+extending.
 """
 
 from __future__ import annotations
@@ -20,176 +20,100 @@ import contextlib
 import logging
 import socket
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.rendezvous import metrics
+from gateway.rendezvous.admin import local_command, ops_handler
 from gateway.rendezvous.conns import Acceptor, Closed, Conn, TcpConn, WsConn
+from gateway.rendezvous.core import (
+    KEEP_ALIVE,
+    RESP_KNOWN,
+    RESP_REQUEST_PK,
+    HoleSent,
+    LookupHeartbeat,
+    Register,
+    RendezvousCore,
+    Rules,
+    a_key,
+    punch_failure,
+    reg_response,
+)
 from gateway.rendezvous.directory import Directory
-from gateway.rendezvous.limits import IpLimiter
-from gateway.rendezvous.logic import (
-    online_bitmap,
-    parse_mask,
-    valid_register_id,
-)
-from gateway.rendezvous.punch import PunchFlows
+from gateway.rendezvous.logic import RelayChoice, parse_mask
+from gateway.rendezvous.peers import LocalPeer
 from gateway.rendezvous.rebinding import Rebinding
-from gateway.rendezvous.store import (
-    MODE_STREAM,
-    MODE_UDP,
-    ONLINE_WINDOW,
-    REG_UUID_MISMATCH,
-    Live,
-    Store,
-)
+from gateway.rendezvous.records import MODE_STREAM, Live
+from gateway.rendezvous.routing import Router
+from gateway.rendezvous.store import REG_UUID_MISMATCH, Store
+from hubbub.contracts.rendezvous import AdminCommand, AdminReply
 from hubbub.errors import RegistryError, RegistryUnavailable
 from hubbub.keys import ServerKey, server_key
-from hubbub.limits import BoundedMap, SourceCounter, WindowLimit
+from hubbub.limits import BoundedMap, SourceCounter
 from hubbub.net import ProxyList, listen_socket
 from hubbub.runtime import Context
 from hubbub.tasks import TaskSet
+from hubbub.udp import DatagramEndpoint
 from hubbub.wire.rustdesk import addr as addrmangle
-from hubbub.wire.rustdesk.crypto import ServerKeyExchange
+from hubbub.wire.rustdesk.crypto import ServerKeyExchange, sign_id_pk
 from hubbub.wire.rustdesk.framing import DEFAULT_MAX_FRAME
 from hubbub.wire.rustdesk.messages import message, parse, pb
 from hubbub.wire.rustdesk.stream import RendezvousStream
 from hubbub.ws_server import HeadFirstConnection
-from registry import ProcessRecord
 
 
-__all__ = ["RendezvousService"]
+__all__ = ["LocalPeer", "RendezvousService"]
 
 log = logging.getLogger("hubbub.rendezvous")
 
 Result = pb.RegisterPkResponse
 
-MAX_PEERS = 500_000
-"""Peers remembered per process (LRU); beyond this the oldest must re-register their key."""
-PEER_TTL = 90.0
-LIVE_REFRESH = 10.0
-"""Rewrite a live record this long after the last write even if nothing changed (TTL 30 s)."""
-FLUSH_EVERY = 1.0
-FLUSH_COALESCE = 0.005
-MAX_LOOKUPS = 256
-"""Concurrent Redis look-ups for heartbeats of peers this process does not know yet."""
-MAX_REGISTRATIONS = 512
-MAX_HOLES_SENT = 256
-"""UDP PunchHoleSent being handled at once (each may wait for Redis); more are refused."""
 MAX_CONNECTIONS = 20_000
 MAX_CONNS_PER_IP = 256
 IDLE_TIMEOUT = 30.0
 NAT_TIMEOUT = 10.0
-KEEP_ALIVE = 60
-"""Seconds announced to TCP/WS-registered clients; they give up after 1.5x without traffic."""
-MAX_ONLINE_QUERY = 4096
-NAT_PROBE_WINDOW = 10.0
-IP_CHANGE_WINDOW = 360.0
-NAT_PROBES_PER_WINDOW = 40
-"""UDP NAT probes answered per source IP per window (a client bursts ~10 at start-up)."""
-PUNCH_LOG = 1000
-RESP_KNOWN = pb.RendezvousMessage(
-    register_peer_response=pb.RegisterPeerResponse(request_pk=False)).SerializeToString()
-RESP_REQUEST_PK = pb.RendezvousMessage(
-    register_peer_response=pb.RegisterPeerResponse(request_pk=True)).SerializeToString()
-UDP_PUNCH_TYPES = ("register_peer", "register_pk", "test_nat_request", "punch_hole_sent")
 
 
-_DATAGRAM_COUNTERS = {kind: metrics.DATAGRAMS.labels(kind) for kind in UDP_PUNCH_TYPES}
-
-
-def _reg_response(result: int, keep_alive: int = 0) -> bytes:
-    return message(register_pk_response=pb.RegisterPkResponse(
-        result=result, keep_alive=keep_alive))  # type: ignore[arg-type]
-
-
-def _loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip == "::1"
-
-
-@dataclass(slots=True)
-class LocalPeer:
-    """A peer heard by this process."""
-
-    ip: str
-    port: int
-    seen: float
-    flushed: float
-    mode: int
-    reg_ip: str  # the IP of the durable binding; liveness records omit it when equal
-    gen: bytes  # the binding generation it was verified under (see bindings.py)
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, svc: RendezvousService) -> None:
-        self.svc = svc
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.svc.on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        metrics.DROPPED.labels("udp_error").inc()
-
-
-class RendezvousService(Directory, Rebinding, PunchFlows):
+class RendezvousService:
     """hbbs on every gateway: ports ``-p`` (UDP+TCP), ``-p - 1`` (TCP), ``-p + 2`` (WS)."""
 
     name = "rendezvous"
 
     def __init__(self, ctx: Context, key: ServerKey | None = None) -> None:
         self.ctx = ctx
-        self.cfg = ctx.cfg
+        self.cfg = cfg = ctx.cfg
         self.registry = ctx.registry
         self.store = Store(ctx.registry)
         self.key = key if key is not None else server_key(
-            "-" if ctx.cfg.key is None else ctx.cfg.key, Path(ctx.cfg.data_dir))
-        self.network = parse_mask(self.cfg.mask)
-        self.proxies = ProxyList(self.cfg.trusted_proxies)
-        # Local entries follow the invalidation rule of gateway/rendezvous/bindings.py: each
-        # carries the binding generation it was verified under, and is dropped on a
-        # BindingChanged, on any read showing another generation, or at its TTL.
-        self.peers: BoundedMap[str, LocalPeer] = BoundedMap(MAX_PEERS, PEER_TTL)
-        self.dirty: dict[str, LocalPeer] = {}
+            "-" if cfg.key is None else cfg.key, Path(cfg.data_dir))
+        self.token = ctx.registry.id.rsplit(":", 1)[-1]
+        self.udp_port = cfg.rendezvous_port
+        self.core = RendezvousCore(
+            Rules(serial=cfg.serial, rendezvous_servers=tuple(cfg.rendezvous_servers),
+                  network=parse_mask(cfg.mask), local_ip=cfg.local_ip,
+                  licence=self.key.licence, token=self.token, udp_port=self.udp_port),
+            RelayChoice(cfg.relay_servers, cfg.always_use_relay))
+        self.proxies = ProxyList(cfg.trusted_proxies)
         self.streams: dict[str, Conn] = {}
-        self.sinks: dict[str, Conn] = {}
         self.conns: set[Conn] = set()
         self.conns_per_ip: SourceCounter[str] = SourceCounter(MAX_CONNS_PER_IP)
-        self.ip_limiter = IpLimiter()
-        # hbbs: at most 3 RegisterPk per ID within 6 s.
-        self.id_limiter: WindowLimit[str] = WindowLimit(3, 6.0, max_keys=200_000)
-        self.change_limiter: WindowLimit[str] = WindowLimit(3, 600.0, max_keys=50_000)
         self.signed: BoundedMap[str, bytes] = BoundedMap(50_000, 30.0)
-        self.punch_log: deque[str] = deque(maxlen=PUNCH_LOG)
-        self.punch_seen: BoundedMap[str, bool] = BoundedMap(50_000, 60.0)
-        self.sink_hints: BoundedMap[str, str] = BoundedMap(50_000, 35.0)
-        self.token = ctx.registry.id.rsplit(":", 1)[-1]
-        self.gateways: dict[str, ProcessRecord] = {}
-        self._gateways_at = 0.0
-        self.lookups: set[str] = set()
-        self.relay_servers: tuple[str, ...] = tuple(self.cfg.relay_servers)
-        self.always_relay = self.cfg.always_use_relay
-        self.auto_relay = ""
-        self.relays_down: set[str] = set()
-        self._rr = 0
-        self.udp: asyncio.DatagramTransport | None = None
-        self.udp_port = self.cfg.rendezvous_port
+        self._tasks = TaskSet(log, "rendezvous")
+        self.directory = Directory(ctx.registry, self.store, self.core.relays)
+        self.router = Router(ctx.registry, self.store, self.directory, self.token,
+                             self.udp_port, self._send_udp_to, self.streams.get)
+        self.rebinding = Rebinding(self.store, self.core, self.streams, self._tasks)
+        self.udp: DatagramEndpoint | None = None
+        self._udp_v6 = False
         self._servers: list[asyncio.Server] = []
         self._ws: Server | None = None
-        self._tasks = TaskSet(log, "rendezvous")
-        self.rechecks: set[str] = set()
         self._bg: list[asyncio.Task[None]] = []
         self._draining = False
         self._up = False
-        self._flush_soon = asyncio.Event()
-        self._udp_v6 = False
-        self._registering = 0
-        self._holes_sent = 0
-        self.nat_probes: WindowLimit[str] = WindowLimit(NAT_PROBES_PER_WINDOW, NAT_PROBE_WINDOW,
-                                                        max_keys=100_000)
-        self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(10_000, IP_CHANGE_WINDOW)
+        self._wake = asyncio.Event()
+        ctx.registry.handle(AdminCommand, self._on_admin)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -204,11 +128,11 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
             host = "0.0.0.0"  # no IPv6 on this host: IPv4 only, as hbbs falls back
             usock = listen_socket(host, cfg.rendezvous_port, socket.SOCK_DGRAM, cfg.rmem)
         self._udp_v6 = usock.family == socket.AF_INET6
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=usock)
-        main = await loop.create_server(lambda: self._tcp_protocol(True),
+        self.udp = DatagramEndpoint(usock, self.on_datagram)
+        main = await loop.create_server(lambda: Acceptor(self, True),
                                         sock=listen_socket(host, cfg.rendezvous_port,
                                                            socket.SOCK_STREAM))
-        nat = await loop.create_server(lambda: self._tcp_protocol(False),
+        nat = await loop.create_server(lambda: Acceptor(self, False),
                                        sock=listen_socket(host, cfg.nat_port, socket.SOCK_STREAM))
         self._servers = [main, nat]
         self._ws = await serve(self._ws_handler, sock=listen_socket(host, cfg.ws_port,
@@ -217,28 +141,21 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
                                process_request=self._ws_admit,
                                create_connection=HeadFirstConnection)
         reg = self.registry
-        reg.on("rd.push", self._on_push)
-        reg.on("rd.deliver", self._on_deliver)
-        reg.on("rd.admin", self._on_admin)
-        from gateway.rendezvous.admin import ops_handler
-
-        self.ctx.ops.route("/rendezvous/admin", ops_handler(self), admin=True)
+        self.ctx.ops.route("/rendezvous/admin", ops_handler(reg, self.store, cfg), admin=True)
         # Subscribe once the inbox is up (a channel added mid-subscribe could be missed); the
-        # relay loop also reloads the settings every few seconds as a safety net.
+        # directory loop also reloads the settings every few seconds as a safety net.
         await reg.wait_ready(2.0)
-        await reg.subscribe(self.store.admin_channel, self._on_admin_changed, broadcast=True)
-        await reg.subscribe(self.store.bindings_channel, self._on_binding_changed,
-                            broadcast=True)
+        await reg.subscribe(self.store.admin_channel, self._on_settings_changed, broadcast=True)
+        await reg.subscribe(self.store.bindings_channel, self.rebinding.on_news, broadcast=True)
         ports = dict(reg.presence_info().get("ports") or {})
         ports.update(rendezvous=cfg.rendezvous_port, rendezvous_udp=cfg.rendezvous_port,
                      rendezvous_nat=cfg.nat_port, rendezvous_ws=cfg.ws_port)
         reg.set_info(ports=ports)
         with contextlib.suppress(RegistryError):
-            await self._load_admin()
-        self._bg = [asyncio.create_task(self._flush_loop(), name="rd-flush"),
-                    asyncio.create_task(self._directory_loop(), name="rd-directory"),
-                    asyncio.create_task(self._sweep_loop(), name="rd-sweep"),
-                    asyncio.create_task(self._probe_loop(), name="rd-probe")]
+            await self.directory.load_settings()
+        self._bg = [asyncio.create_task(self._timer_loop(), name="rd-timer"),
+                    asyncio.create_task(self.directory.directory_loop(), name="rd-directory"),
+                    asyncio.create_task(self.directory.probe_loop(), name="rd-probe")]
         self._up = True
         log.info("rendezvous on udp/tcp %d, tcp %d, ws %d; licence key %s", cfg.rendezvous_port,
                  cfg.nat_port, cfg.ws_port, "required" if self.key.licence else "not required")
@@ -250,7 +167,7 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         if self._ws is not None:
             self._ws.close(close_connections=False)
         with contextlib.suppress(RegistryError):
-            await self._flush()
+            await self.flush_now()
         while any(c.sink for c in self.conns):
             await asyncio.sleep(0.1)
 
@@ -272,262 +189,129 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         return self._up
 
     def load(self) -> dict[str, Any]:
-        return {"rd_peers": len(self.peers), "rd_conns": len(self.conns),
+        return {"rd_peers": len(self.core.peers), "rd_conns": len(self.conns),
                 "rd_streams": len(self.streams)}
 
     # ------------------------------------------------------------------ UDP
     def on_datagram(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
-        msg = parse(data)
-        if msg is None:
-            metrics.DROPPED.labels("bad_datagram").inc()
-            return
-        kind = msg.WhichOneof("union")
-        if kind not in UDP_PUNCH_TYPES:
-            metrics.DROPPED.labels("udp_type").inc()
-            return
-        _DATAGRAM_COUNTERS[kind].inc()
-        ip, port = addrmangle.normalize(raw_addr)
         now = time.time()
-        if kind == "register_peer":
-            self._register_peer(msg.register_peer, ip, port, raw_addr, now)
-        elif kind == "register_pk":
-            if self._registering >= MAX_REGISTRATIONS:
-                metrics.DROPPED.labels("busy").inc()
-                return
-            self._registering += 1
-            self._tasks.spawn(self._udp_register_pk(msg.register_pk, ip, port, raw_addr))
-        elif kind == "test_nat_request":
-            # Answered to the datagram's own source; rate-limited per IP so spoofed sources
-            # cannot turn the server into a steady reflector.
-            if not self.nat_probes.allow(ip, now):
-                metrics.DROPPED.labels("nat_probe_rate").inc()
-                return
-            self._send_udp(message(test_nat_response=pb.TestNatResponse(port=port)), raw_addr)
-        else:
-            # UDP hole punching: B's observed UDP endpoint goes to A's TCP connection only.
-            # Anyone can send these (B repeats each one 3 times), and each may wait for Redis:
-            # past the bound they are refused rather than queued.
-            if self._holes_sent >= MAX_HOLES_SENT:
-                metrics.DROPPED.labels("punch_sent_busy").inc()
-                return
-            self._holes_sent += 1
-            self._tasks.spawn(self._udp_hole_sent(msg.punch_hole_sent, (ip, port)))
+        answer = self.core.heartbeat_fast(data, raw_addr, now)
+        if answer is not None:
+            self._send_udp(answer, raw_addr)
+            return
+        ip, port = addrmangle.normalize(raw_addr)
+        for effect in self.core.datagram(data, ip, port, now, raw_addr):
+            if type(effect) is bytes:
+                self._send_udp(effect, raw_addr)
+            else:
+                self._run(effect, raw_addr)
+        if self.core.peers.urgent and not self._wake.is_set():
+            self._wake.set()
 
-    async def _udp_hole_sent(self, ps: pb.PunchHoleSent, b_addr: tuple[str, int]) -> None:
-        try:
-            await self._hole_sent(ps, b_addr, True)
-        finally:
-            self._holes_sent -= 1
+    def _run(self, effect: object, raw_addr: tuple[Any, ...]) -> None:
+        if isinstance(effect, LookupHeartbeat):
+            self._tasks.spawn(self._lookup_heartbeat(effect, raw_addr))
+        elif isinstance(effect, Register):
+            self._tasks.spawn(self._udp_register(effect, raw_addr))
+        elif isinstance(effect, HoleSent):
+            self._tasks.spawn(self._udp_hole_sent(effect))
 
     def _send_udp(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
         if self.udp is not None:
-            self.udp.sendto(data, raw_addr)
+            self.udp.send(data, raw_addr)
 
-    def _udp_target(self, ip: str, port: int) -> tuple[Any, ...]:
-        """A sendto address for our socket's family (IPv4 peers are mapped on ``::``)."""
+    def _send_udp_to(self, data: bytes, ip: str, port: int) -> None:
+        """To ``ip:port`` from our socket (IPv4 peers are mapped on a ``::`` socket)."""
         if self._udp_v6 and ":" not in ip:
-            return (f"::ffff:{ip}", port, 0, 0)
-        return (ip, port)
-
-    def _register_peer(self, rp: pb.RegisterPeer, ip: str, port: int,
-                       raw_addr: tuple[Any, ...], now: float) -> None:
-        peer_id = rp.id
-        if not peer_id or len(peer_id) > 64:
-            return
-        # hbbs follows every answer with the legacy ConfigUpdate when its serial is newer.
-        update = self.cfg.serial > rp.serial
-        peer = self.peers.get(peer_id, now)
-        if peer is None:
-            if peer_id in self.lookups:
-                return
-            if len(self.lookups) >= MAX_LOOKUPS:
-                self._send_udp(RESP_REQUEST_PK, raw_addr)
-            else:
-                self.lookups.add(peer_id)
-                self._tasks.spawn(self._lookup_heartbeat(peer_id, ip, port, raw_addr, update))
-                return
-        elif peer.ip != ip and not _loopback(ip):
-            self._note_ip_change(peer_id, peer.ip, ip, now)
-            self._send_udp(RESP_REQUEST_PK, raw_addr)
+            self._send_udp(data, (f"::ffff:{ip}", port, 0, 0))
         else:
-            self.peers.touch(peer_id, now)
-            self._heard(peer_id, peer, ip, port, MODE_UDP, now)
-            metrics.HEARTBEATS.inc()
-            self._send_udp(RESP_KNOWN, raw_addr)
-        if update:
-            self._send_udp(message(configure_update=self._config_update()), raw_addr)
+            self._send_udp(data, (ip, port))
 
-    def _note_ip_change(self, peer_id: str, old_ip: str, new_ip: str, now: float) -> None:
-        """Remember IDs seen from several IPs recently (``hubbub admin ic``; no enforcement)."""
-        seen = self.ip_changes.get(peer_id, now)
-        if seen is None:
-            seen = {old_ip: 1}
-        if new_ip in seen or len(seen) < 16:
-            seen[new_ip] = seen.get(new_ip, 0) + 1
-        self.ip_changes.put(peer_id, seen, now)
-
-    def _heard(self, peer_id: str, peer: LocalPeer, ip: str, port: int, mode: int,
-               now: float) -> None:
-        changed = peer.port != port or peer.mode != mode or peer.ip != ip
-        peer.ip, peer.port, peer.mode = ip, port, mode
-        peer.seen = now
-        if changed:
-            self.dirty[peer_id] = peer
-            self._flush_soon.set()
-        elif now - peer.flushed >= LIVE_REFRESH:
-            self.dirty[peer_id] = peer
-
-    async def _lookup_heartbeat(self, peer_id: str, ip: str, port: int,
-                                raw_addr: tuple[Any, ...], update: bool) -> None:
+    async def _lookup_heartbeat(self, effect: LookupHeartbeat, raw_addr: tuple[Any, ...]) -> None:
         """A heartbeat for a peer this process has not heard: trust Redis's key binding."""
         try:
-            rec = await self.store.peer(peer_id)
+            rec = await self.store.peer(effect.peer_id)
         except RegistryUnavailable:
             rec = None
-        finally:
-            self.lookups.discard(peer_id)
-        if rec is None or not rec.pk or (rec.ip != ip and not _loopback(ip)):
-            self._send_udp(RESP_REQUEST_PK, raw_addr)
-        else:
-            now = time.time()
-            peer = LocalPeer(ip, port, now, 0.0, MODE_UDP, rec.ip, rec.gen)
-            self.peers.put(peer_id, peer, now)
-            self.dirty[peer_id] = peer
-            self._flush_soon.set()
-            metrics.HEARTBEATS.inc()
-            self._send_udp(RESP_KNOWN, raw_addr)
-        if update:
-            self._send_udp(message(configure_update=self._config_update()), raw_addr)
+        for data in self.core.heartbeat_looked_up(effect, rec, time.time()):
+            self._send_udp(data, raw_addr)
+        self._wake.set()
 
-    def _config_update(self) -> pb.ConfigUpdate:
-        """The legacy ConfigUpdate hbbs sends to clients with an older ``serial``."""
-        return pb.ConfigUpdate(serial=self.cfg.serial,
-                               rendezvous_servers=list(self.cfg.rendezvous_servers))
-
-    async def _udp_register_pk(self, rpk: pb.RegisterPk, ip: str, port: int,
-                               raw_addr: tuple[Any, ...]) -> None:
+    async def _udp_register(self, reg: Register, raw_addr: tuple[Any, ...]) -> None:
         try:
-            got = await self.register_pk(rpk, ip, port, MODE_UDP, "udp")
+            result, _gen = await self._register(reg)
         finally:
-            self._registering -= 1
-        if got is not None:
-            self._send_udp(_reg_response(got[0]), raw_addr)
+            self.core.registering -= 1
+        self._send_udp(reg_response(result), raw_addr)
 
-    async def register_pk(self, rpk: pb.RegisterPk, ip: str, port: int, mode: int,
-                          transport: str) -> tuple[int, bytes] | None:
-        """hbbs's RegisterPk rules: (result, binding generation); None means drop silently."""
-        if not rpk.uuid or not rpk.pk:
-            return None
-        peer_id = rpk.id
-        now = time.time()
-        result: int
-        gen = b""
-        if not valid_register_id(peer_id):
-            result = Result.INVALID_ID_FORMAT
-        elif not self.ip_limiter.allow(ip, peer_id, now):
-            result = Result.TOO_FREQUENT
-        elif self.id_limiter.blocked(peer_id, now):
-            # hbbs checks the uuid binding before the per-ID limit, and requests from another
-            # machine do not count: a device squatting on an ID cannot lock its owner out.
-            result = await self._limited_result(rpk, ip)
-        else:
+    async def _register(self, reg: Register) -> tuple[int, bytes]:
+        """Run a ``Register`` effect against Redis: (result, binding generation)."""
+        if reg.limited:
             try:
-                live = Live("", port, now, self.token, self.udp_port, mode)
-                res, gen = await self.store.register(peer_id, bytes(rpk.uuid), bytes(rpk.pk),
-                                                     ip, live)
+                rec = await self.store.peer(reg.peer_id)
             except RegistryUnavailable:
-                result = Result.SERVER_ERROR
-            else:
-                if res == REG_UUID_MISMATCH:
-                    result = Result.UUID_MISMATCH
-                else:
-                    self.id_limiter.allow(peer_id, now)
-                    result = Result.OK
-                    now = time.time()
-                    peer = self.peers.get(peer_id, now)
-                    if peer is None:
-                        peer = LocalPeer(ip, port, now, now, mode, ip, gen)
-                        self.peers.put(peer_id, peer, now)
-                    else:
-                        peer.ip, peer.port, peer.mode, peer.seen = ip, port, mode, now
-                        peer.reg_ip, peer.gen = ip, gen
-                        peer.flushed = now
-                        self.dirty.pop(peer_id, None)
-        metrics.REGISTRATIONS.labels(transport, pb.RegisterPkResponse.Result.Name(result)).inc()
-        return int(result), gen
-
-    async def _limited_result(self, rpk: pb.RegisterPk, ip: str) -> int:
-        """The answer for an ID over its RegisterPk rate: UUID_MISMATCH wins, as in hbbs."""
+                return self.core.limited_result(reg, None, False), b""
+            return self.core.limited_result(reg, rec, True), b""
+        live = Live("", reg.port, time.time(), self.token, self.udp_port, reg.mode)
         try:
-            rec = await self.store.peer(rpk.id)
+            res, gen = await self.store.register(reg.peer_id, reg.uuid, reg.pk, reg.ip, live)
         except RegistryUnavailable:
-            return Result.SERVER_ERROR
-        if rec is not None and (rec.uuid != bytes(rpk.uuid)
-                                or (rec.ip != ip and rec.pk != bytes(rpk.pk))):
-            return Result.UUID_MISMATCH
-        return Result.TOO_FREQUENT
+            return self.core.registered(reg, None, b"", time.time()), b""
+        return self.core.registered(reg, res == REG_UUID_MISMATCH, gen, time.time()), gen
+
+    async def _udp_hole_sent(self, effect: HoleSent) -> None:
+        try:
+            await self._hole_sent(effect.msg, effect.b_addr, True)
+        finally:
+            self.core.holes_sent -= 1
 
     # -------------------------------------------------------------- liveness
-    async def _flush_loop(self) -> None:
+    async def _timer_loop(self) -> None:
         while True:
-            # New or moved peers are published within a few ms (other gateways may be asked
-            # for them at once); TTL extensions wait for the next one-second batch.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_EVERY):
-                    await self._flush_soon.wait()
-            await asyncio.sleep(FLUSH_COALESCE)
-            self._flush_soon.clear()
-            try:
-                await self._flush()
-            except RegistryError as exc:
-                log.warning("liveness flush failed: %s", exc)
+            now = time.time()
+            delay = self.core.get_timer() - now
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                continue
+            batch = self.core.handle_timer(now)
+            if batch:
+                try:
+                    await self._flush(batch, now)
+                except RegistryError as exc:
+                    log.warning("liveness flush failed: %s", exc)
 
-    async def _flush(self) -> None:
-        if not self.dirty:
+    async def flush_now(self) -> None:
+        """Write every pending liveness record at once (drain, tests).
+
+        Raises:
+            RegistryError: Redis did not answer.
+        """
+        await self._flush(self.core.peers.take_dirty(), time.time())
+
+    async def _flush(self, batch: dict[str, LocalPeer], now: float) -> None:
+        """Write ``batch``'s liveness records; on failure they wait for the next flush.
+
+        Raises:
+            RegistryError: Redis did not answer.
+        """
+        if not batch:
             return
-        batch, self.dirty = self.dirty, {}
-        now = time.time()
-        owner = self.token
-        items = [(pid, Live("" if p.ip == p.reg_ip else p.ip, p.port, p.seen, owner,
-                          self.udp_port, p.mode), p.gen)
+        items = [(pid, Live("" if p.ip == p.reg_ip else p.ip, p.port, p.seen, self.token,
+                            self.udp_port, p.mode), p.gen)
                  for pid, p in batch.items()]
         try:
             n, refused = await self.store.flush_bound(items, now)
         except RegistryError:
-            # Put them back (newer updates win) so the next flush retries.
-            for pid, p in batch.items():
-                self.dirty.setdefault(pid, p)
+            self.core.peers.restore(batch)
             raise
-        for p in batch.values():
-            p.flushed = now
-        for pid in refused:
-            # Heard under a binding that is gone or changed (a missed BindingChanged); an entry
-            # re-registered meanwhile carries its new generation and stays.
-            cur = self.peers.get(pid, now)
-            if cur is None or cur.gen == batch[pid].gen:
-                self.drop_local(pid)
+        for pid in self.core.peers.flushed(batch, refused, now):
+            self.rebinding.drop_local(pid)  # its registration stream, if any, is checked too
         metrics.LIVE_FLUSHED.inc(n)
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            now = time.time()
-            self.peers.sweep(now)
-            self.signed.sweep(now)
-            self.sink_hints.sweep(now)
-            self.nat_probes.sweep(now)
-            self.ip_changes.sweep(now)
-            self.punch_seen.sweep(now)
-            self.ip_limiter.map.sweep(now)
-            self.id_limiter.sweep(now)
-            self.change_limiter.sweep(now)
-            metrics.ONLINE_PEERS.set(sum(1 for _, p in self.peers.items()
-                                         if now - p.seen < ONLINE_WINDOW))
-
     # ----------------------------------------------------------- TCP and WS
-    def _tcp_protocol(self, main: bool) -> asyncio.Protocol:
-        return Acceptor(self, main)
-
     def accepted(self, conn: TcpConn, main: bool) -> None:
         self.conns.add(conn)
         metrics.CONNECTIONS.labels(conn.transport_name).inc()
@@ -623,28 +407,24 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         if peer_id is None or self.streams.get(peer_id) is not conn:
             return
         now = time.time()
-        peer = self.peers.get(peer_id, now)
+        peers = self.core.peers
+        ip, port = conn.addr
+        peer = peers.get(peer_id, now)
         if peer is None:
-            peer = LocalPeer(conn.addr[0], conn.addr[1], now, 0.0, MODE_STREAM, conn.addr[0],
-                             conn.registered_gen)
-            self.peers.put(peer_id, peer, now)
+            peers.verified(peer_id, ip, port, MODE_STREAM, ip, conn.registered_gen, now)
         else:
-            self.peers.touch(peer_id, now)
-        self._heard(peer_id, peer, conn.addr[0], conn.addr[1], MODE_STREAM, now)
+            peers.heard(peer_id, peer, ip, port, MODE_STREAM, now)
+        if peers.urgent:
+            self._wake.set()
 
     def _forget(self, conn: Conn) -> None:
-        if conn.sink and self.sinks.get(conn.addr_key) is conn:
-            del self.sinks[conn.addr_key]
-        conn.sink = False
-        if conn.registered_id is not None:
-            peer_id = conn.registered_id
-            if self.streams.get(peer_id) is conn:
-                del self.streams[peer_id]
-                peer = self.peers.get(peer_id, time.time())
-                if peer is not None and peer.mode == MODE_STREAM:
-                    self.peers.pop(peer_id)
-                    self.dirty.pop(peer_id, None)
-                    self._tasks.spawn(self._drop_live(peer_id))
+        self.router.release(conn)
+        peer_id = conn.registered_id
+        if peer_id is not None and self.streams.get(peer_id) is conn:
+            del self.streams[peer_id]
+            if self.core.peers.stream_peer(peer_id):
+                self.core.peers.forget(peer_id)
+                self._tasks.spawn(self._drop_live(peer_id))
 
     async def _drop_live(self, peer_id: str) -> None:
         with contextlib.suppress(RegistryError):
@@ -661,20 +441,20 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         if kind == "test_nat_request":
             cu = None
             if main and self.cfg.serial > msg.test_nat_request.serial:
-                cu = self._config_update()
+                cu = self.core.config_update()
             await conn.send_message(message(test_nat_response=pb.TestNatResponse(
                 port=conn.addr[1], cu=cu)))
             return False
         if kind == "online_request":
-            await conn.send_message(await self.online_response(msg.online_request))
+            await conn.send_message(await self._online(msg.online_request))
             return False
         if not main:
             return False
         if kind == "punch_hole_request":
-            await self.punch_request(conn, msg.punch_hole_request)
+            await self._punch_request(conn, msg.punch_hole_request)
             return True
         if kind == "request_relay":
-            await self.request_relay(conn, msg)
+            await self._request_relay(conn, msg)
             return True
         if kind == "punch_hole_sent":
             await self._hole_sent(msg.punch_hole_sent, conn.addr, False)
@@ -703,34 +483,135 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         # A registration stream outlives messages this server does not know (newer clients).
         return conn.registered_id is not None
 
-    # ----------------------------------------------------------- online etc.
-    async def online_response(self, req: pb.OnlineRequest) -> bytes:
-        ids = list(req.peers)
-        asked = [i if valid_register_id(i) else "" for i in ids[:MAX_ONLINE_QUERY]]
+    # ----------------------------------------------------------------- flows
+    async def _find(self, peer_id: str, sink: str | None) -> tuple[bool, Live | None] | None:
+        """(exists, freshest liveness) of B, recording A's sink in the same round trip; None
+        when Redis did not answer."""
+        try:
+            rec, live = await self.store.lookup(
+                peer_id, None if sink is None else (sink, self.registry.id))
+        except RegistryUnavailable:
+            return None
+        self.rebinding.drop_local(peer_id, None if rec is None else rec.gen)  # no-op if current
+        return self.core.target(peer_id, rec, live, time.time())
+
+    async def _punch_request(self, conn: Conn, req: pb.PunchHoleRequest) -> None:
+        first = self.router.hold(conn)
+        step = self.core.punch_request(req)
+        if isinstance(step, bytes):
+            await conn.send_message(step)
+            return
+        found = await self._find(step.peer_id, conn.addr_key if first else None)
+        now = time.time()
+        if found is None:
+            # Degraded mode: with the control plane away no binding can change, so a peer
+            # heard here is still worth a punch.
+            local = self.core.local_live(step.peer_id, now)
+            if local is None:
+                metrics.PUNCH_REQUESTS.labels("server_error").inc()
+                await conn.send_message(punch_failure(pb.PunchHoleResponse.OFFLINE,
+                                                      "ID server storage unavailable"))
+                return
+            found = (True, local)
+        out = self.core.punch_target(req, conn.addr, conn.websocket, found[0], found[1], now)
+        if isinstance(out, bytes):
+            await conn.send_message(out)
+        elif await self.router.push(out.peer_id, out.live, out.data, conn.addr_key):
+            metrics.PUNCH_REQUESTS.labels(out.outcome).inc()
+        else:
+            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
+            await conn.send_message(punch_failure(pb.PunchHoleResponse.OFFLINE))
+
+    async def _request_relay(self, conn: Conn, msg: pb.RendezvousMessage) -> None:
+        first = self.router.hold(conn)
+        rr = msg.request_relay
+        live = None
+        if self.core.relay_request_valid(rr):
+            found = await self._find(rr.id, conn.addr_key if first else None)
+            live = None if found is None else found[1]
+        out = self.core.relay_target(msg, conn.addr, live, time.time())
+        if isinstance(out, bytes):
+            await conn.send_message(out)
+        elif await self.router.push(out.peer_id, out.live, out.data, conn.addr_key):
+            metrics.PUNCH_REQUESTS.labels(out.outcome).inc()
+        else:
+            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
+
+    async def signed_pk(self, peer_id: str) -> bytes:
+        """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
+        if self.key.signing is None:
+            return b""
+        # The binding is read every time (answers are rare next to heartbeats): a key that was
+        # just replaced through another gateway must not be vouched for from a local cache.
+        try:
+            rec = await self.store.peer(peer_id)
+        except RegistryUnavailable:
+            return b""
+        if rec is None or not rec.pk:
+            return b""
+        now = time.time()
+        cache_key = f"{peer_id}\0{rec.pk.hex()}"
+        cached = self.signed.get(cache_key, now)
+        if cached is not None:
+            return cached
+        signed = sign_id_pk(self.key.signing, peer_id, rec.pk)
+        self.signed.put(cache_key, signed, now)
+        return signed
+
+    async def _hole_sent(self, ps: pb.PunchHoleSent, b_addr: tuple[str, int],
+                         udp: bool) -> None:
+        a = a_key(ps.socket_addr)
+        if a is None:
+            return
+        # A UDP answer only ever reaches A's TCP/WS connection (never a datagram to an
+        # address taken from a message body), and only while A is waiting.
+        pk = await self.signed_pk(ps.id) if ps.version else b""
+        await self.router.deliver(a, self.core.hole_sent_answer(ps, b_addr, pk, udp,
+                                                                 time.time()))
+
+    async def _local_addr(self, la: pb.LocalAddr) -> None:
+        a = a_key(la.socket_addr)
+        if a is None:
+            return
+        pk = await self.signed_pk(la.id) if la.version else b""
+        await self.router.deliver(a, self.core.local_addr_answer(la, pk))
+
+    async def _relay_response(self, msg: pb.RendezvousMessage) -> None:
+        rr = msg.relay_response
+        a = a_key(rr.socket_addr)
+        if a is None:
+            return
+        pk = b""
+        if rr.WhichOneof("union") == "id" and rr.version:
+            pk = await self.signed_pk(rr.id)
+        await self.router.deliver(a, self.core.relay_answer(msg, a.rsplit(":", 1)[0], pk))
+
+    async def _online(self, req: pb.OnlineRequest) -> bytes:
+        asked, total = self.core.online_ids(req)
         now = time.time()
         try:
             lives = await self.store.lives(asked)
         except RegistryUnavailable:
             # Only then are local entries, unconfirmed by any read, the best answer there is.
-            lives = [None if (p := self.peers.get(i, now)) is None
-                     else Live(p.ip, p.port, p.seen, self.token, self.udp_port, p.mode)
-                     for i in asked]
-        flags = [live is not None and live.online(now) for live in lives]
-        flags += [False] * (len(ids) - len(asked))
-        return message(online_response=pb.OnlineResponse(states=online_bitmap(flags)))
+            lives = [self.core.local_live(i, now) for i in asked]
+        return self.core.online_answer(lives, total, now)
 
     async def _stream_register_pk(self, conn: Conn, rpk: pb.RegisterPk) -> bool:
         if rpk.old_id:
-            result = await self.change_id(rpk, conn.addr[0])
-            await conn.send_message(_reg_response(result))
+            result = await self.rebinding.change_id(rpk, conn.addr[0])
+            await conn.send_message(reg_response(result))
             return False
         ip, port = conn.addr
-        got = await self.register_pk(rpk, ip, port, MODE_STREAM, conn.transport_name)
-        if got is None:
+        step = self.core.register_pk(rpk, ip, port, MODE_STREAM, conn.transport_name,
+                                     time.time())
+        if step is None:
             return False
-        result, gen = got
+        if isinstance(step, int):
+            await conn.send_message(reg_response(step))
+            return True
+        result, gen = await self._register(step)
         if result != Result.OK:
-            await conn.send_message(_reg_response(result))
+            await conn.send_message(reg_response(result))
             return True
         old = self.streams.get(rpk.id)
         if old is not None and old is not conn:
@@ -739,30 +620,16 @@ class RendezvousService(Directory, Rebinding, PunchFlows):
         conn.registered_id = rpk.id
         conn.registered_uuid, conn.registered_gen = bytes(rpk.uuid), gen
         conn.keep_alive = float(KEEP_ALIVE)
-        await conn.send_message(_reg_response(result, KEEP_ALIVE))
+        await conn.send_message(reg_response(result, KEEP_ALIVE))
         return True
 
     # ----------------------------------------------------------------- admin
-    async def _load_admin(self) -> None:
-        settings = await self.store.admin_settings()
-        if "relay_servers" in settings:
-            self.relay_servers = tuple(s.strip() for s in settings["relay_servers"].split(",")
-                                       if s.strip())
-        else:
-            self.relay_servers = tuple(self.cfg.relay_servers)
-        if "always_use_relay" in settings:
-            self.always_relay = settings["always_use_relay"] == "Y"
-        else:
-            self.always_relay = self.cfg.always_use_relay
+    def _on_settings_changed(self, data: bytes) -> None:
+        self._tasks.spawn(self._reload_settings())
 
-    async def _on_admin_changed(self, data: bytes) -> None:
+    async def _reload_settings(self) -> None:
         with contextlib.suppress(RegistryError):
-            await self._load_admin()
+            await self.directory.load_settings()
 
-    async def _on_admin(self, payload: Any, sender: str) -> Any:
-        from gateway.rendezvous.admin import local_command
-
-        if not isinstance(payload, dict):
-            return {"ok": False, "text": "bad request"}
-        return local_command(self, str(payload.get("cmd", "")),
-                             [str(a) for a in payload.get("args") or []])
+    def _on_admin(self, msg: AdminCommand, sender: str) -> AdminReply:
+        return local_command(self.core, msg.cmd, list(msg.args))

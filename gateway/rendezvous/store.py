@@ -30,26 +30,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from gateway.rendezvous.bindings import KIND_KEY, KIND_MOVED, KIND_REMOVED, BindingChanged
+from gateway.rendezvous.records import (
+    ONLINE_WINDOW,
+    Live,
+    PeerRecord,
+    binding_gen,
+)
+from hubbub.contracts.rendezvous import AdminSettingsChanged
 from hubbub.errors import RegistryUnavailable
 from registry import Registry
 
 
-__all__ = ["Live", "PeerRecord", "Store", "MODE_STREAM", "MODE_UDP", "ONLINE_WINDOW"]
+__all__ = ["CHANGE_EXISTS", "CHANGE_NOT_OWNER", "CHANGE_OK", "REG_OK_CHANGED", "REG_OK_SAME",
+           "REG_UUID_MISMATCH", "Store"]
 
-ONLINE_WINDOW = 30.0
-"""A peer is online while its last accepted registration is younger than this (hbbs)."""
-
-MODE_UDP = 0
-MODE_STREAM = 1
 SINK_TTL = 35
 REDIS_CONCURRENCY = 32
 """Redis commands in flight per process for the ID server."""
@@ -58,6 +57,7 @@ IDHIST_MAX = 10_000
 REG_OK_SAME = 0
 REG_OK_CHANGED = 1
 REG_UUID_MISMATCH = 2
+_REG_OK_NEW = 3
 
 _NO_CLAIM, _COMMITTED, _ABORTED, _PENDING = range(4)
 
@@ -81,7 +81,7 @@ local res = 0
 if cur[4] then return -1 end
 if not cur[1] then
   redis.call('HSET', KEYS[1], 'u', ARGV[1], 'k', ARGV[2], 'ip', ARGV[3])
-  res = 1
+  res = 3
 else
   if cur[1] ~= ARGV[1] then return 2 end
   if cur[3] ~= ARGV[3] and cur[2] ~= ARGV[2] then return 2 end
@@ -209,60 +209,6 @@ return 0
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
-    """Where and through whom a peer can be reached."""
-
-    ip: str
-    port: int
-    seen: float
-    owner: str  # token (last part of the process id) of the gateway that last heard the peer
-    local_port: int  # the gateway's UDP port the peer talks to
-    mode: int  # MODE_UDP or MODE_STREAM
-
-    def pack(self) -> bytes:
-        data: bytes = msgpack.packb(
-            [self.ip, self.port, int(self.seen), self.owner, self.local_port, self.mode])
-        return data
-
-    @classmethod
-    def unpack(cls, blob: bytes | None) -> Live | None:
-        if not blob:
-            return None
-        try:
-            ip, port, seen, owner, local_port, mode = msgpack.unpackb(blob)
-            return cls(str(ip), int(port), float(seen), str(owner), int(local_port), int(mode))
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return None
-
-    def online(self, now: float) -> bool:
-        return now - self.seen < ONLINE_WINDOW
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    uuid: bytes
-    pk: bytes
-    ip: str
-    gen: bytes = b""  # binding_gen of the three above
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> PeerRecord | None:
-        """The record in an ``HMGET u k ip`` reply; None when the ID is not bound."""
-        u, k, ip = row
-        if u is None:
-            return None
-        u, k, ip = bytes(u), bytes(k or b""), bytes(ip or b"")
-        return cls(u, k, ip.decode(errors="replace"), binding_gen(u, k, ip))
-
-
-def binding_gen(uuid: bytes, pk: bytes, ip: bytes) -> bytes:
-    """A binding's generation: a hash of its content, so any change of it (new device, key or
-    IP) gives another one. The scripts compute the same (``_GEN_LUA``)."""
-    return hashlib.sha1(uuid + b"\0" + pk + b"\0" + ip, usedforsecurity=False
-                        ).hexdigest()[:16].encode()
-
-
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -322,7 +268,7 @@ class Store:
         misses it still never serves the old binding (see ``gateway.rendezvous.bindings``)."""
         with contextlib.suppress(RegistryUnavailable):
             async with self.gate:
-                await self.registry.publish(self.bindings_channel, news.pack(), broadcast=True)
+                await self.registry.publish(self.bindings_channel, news.encode(), broadcast=True)
 
     @property
     def idhist_key(self) -> str:
@@ -348,6 +294,10 @@ class Store:
                 # A change of ID to this ID is still deciding: not bound to anyone yet.
                 return REG_UUID_MISMATCH, b""
         gen = binding_gen(uuid, pk, ip.encode())
+        if res == _REG_OK_NEW:
+            # A first binding needs no news: a gateway keeps nothing about an ID that had
+            # none (what it knew of an earlier one went with that one's removal or move).
+            return REG_OK_CHANGED, gen
         if res == REG_OK_CHANGED:
             await self._announce(BindingChanged(KIND_KEY, peer_id, "", gen))
         return res, gen
@@ -615,7 +565,8 @@ class Store:
         async with self.gate:
             await self.registry.durable(self.admin_key, change)
             # Every gateway listens (a broadcast channel in every deployment mode).
-            await self.registry.publish(self.admin_channel, name.encode(), broadcast=True)
+            await self.registry.publish(self.admin_channel, AdminSettingsChanged(name).encode(),
+                                        broadcast=True)
 
     async def id_history(self, count: int = 100) -> list[str]:
         async with self.gate, self.registry.guard("rd_admin"):

@@ -160,11 +160,18 @@ class ServerKeyExchange:
     """
 
     def __init__(self, signing: SigningKey, eph_sk: bytes | None = None) -> None:
-        self._eph = PrivateKey(eph_sk) if eph_sk is not None else PrivateKey.generate()
+        # The ephemeral pair is made only when the handshake is offered: most connections
+        # speak first and never use it, and making one costs more than the rest of a punch.
+        self._eph = PrivateKey(eph_sk) if eph_sk is not None else None
         self._signing = signing
 
+    def _pair(self) -> PrivateKey:
+        if self._eph is None:
+            self._eph = PrivateKey.generate()
+        return self._eph
+
     def hello(self) -> bytes:
-        signed: bytes = self._signing.sign(bytes(self._eph.public_key))
+        signed: bytes = self._signing.sign(bytes(self._pair().public_key))
         msg = pb.RendezvousMessage(key_exchange=pb.KeyExchange(keys=[signed]))
         data: bytes = msg.SerializeToString()
         return data
@@ -176,7 +183,7 @@ class ServerKeyExchange:
         if len(kx.keys) != 2 or len(kx.keys[0]) != 32:
             raise RemoteProtocolError("secure tcp: malformed KeyExchange")
         try:
-            box = Box(self._eph, PublicKey(bytes(kx.keys[0])))
+            box = Box(self._pair(), PublicKey(bytes(kx.keys[0])))
             key: bytes = box.decrypt(bytes(kx.keys[1]), ZERO_NONCE)
         except (CryptoError, ValueError, TypeError):
             raise RemoteProtocolError("secure tcp: sealed key does not open") from None
