@@ -21,8 +21,11 @@ is dropped as soon as
 Nothing is answered from a local entry whose generation was not confirmed by a read made for
 that answer (except while Redis is unreachable, when no binding can change either), so a
 missed message costs at most a stale heartbeat answer until the next flush (about 10 s), never
-a wrong answer to a controller. Signed ``IdPk`` s are cached by (id, key), which is a pure
-function of their inputs, so they need no invalidation.
+a wrong answer to a controller. The key a punch's look-up read signs B's answer to that punch
+(``peers.BindingCache``: on the gateway that read it and, carried in the push, on the one that
+pushed to B; dropped with the ID's local entry, gone after 5 s): that read was made for that
+answer. Signed ``IdPk`` s are cached by (id, key), which is a pure function of their inputs,
+so they need no invalidation.
 """
 
 from __future__ import annotations

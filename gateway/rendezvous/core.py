@@ -384,6 +384,7 @@ class RendezvousCore:
         self.peers.drop(peer_id, None if rec is None else rec.gen)  # no-op when current
         if rec is None:
             return False, None
+        self.peers.bindings.put(peer_id, rec.gen, rec.pk, now)
         local = self.peers.get(peer_id, now)
         if local is not None and (live is None or local.seen >= live.seen):
             live = local.live(self.rules.token, self.rules.udp_port)

@@ -15,11 +15,14 @@ from gateway.rendezvous.records import MODE_STREAM, ONLINE_WINDOW, Live
 from hubbub.limits import BoundedMap
 
 
-__all__ = ["LIVE_REFRESH", "LocalPeer", "PeerTable"]
+__all__ = ["BINDING_TTL", "LIVE_REFRESH", "BindingCache", "LocalPeer", "PeerTable"]
 
 LIVE_REFRESH = 10.0
 """Rewrite a live record this long after the last write even if nothing changed (TTL 30 s)."""
 MAX_IPS_PER_ID = 16
+BINDING_TTL = 5.0
+"""How long a binding read for a punch vouches for B's key in B's answer (answers come within
+a second or two)."""
 
 
 @dataclass(slots=True)
@@ -39,6 +42,35 @@ class LocalPeer:
 
     def live(self, owner: str, local_port: int) -> Live:
         return Live(self.ip, self.port, self.seen, owner, local_port, self.mode)
+
+
+class BindingCache:
+    """Keys of bindings read for punches in flight: ``peer_id -> (generation, key)``.
+
+    B's answer to a punch is signed with the key the punch's own look-up read (here, or on the
+    gateway that pushed to B), instead of reading it again. Entries follow the invalidation
+    rule of ``gateway.rendezvous.bindings`` (dropped with the peer's local entry) and live
+    ``BINDING_TTL`` seconds.
+    """
+
+    def __init__(self, max_size: int = 50_000, ttl: float = BINDING_TTL) -> None:
+        self._map: BoundedMap[str, tuple[bytes, bytes]] = BoundedMap(max_size, ttl)
+
+    def put(self, peer_id: str, gen: bytes, pk: bytes, now: float) -> None:
+        if gen and pk:
+            self._map.put(peer_id, (gen, pk), now)
+
+    def get(self, peer_id: str, now: float) -> tuple[bytes, bytes] | None:
+        """``(generation, key)`` read lately for ``peer_id``, if any."""
+        return self._map.get(peer_id, now)
+
+    def drop(self, peer_id: str, keep: bytes | None = None) -> None:
+        got = self._map.get(peer_id, 0.0)
+        if got is not None and got[0] != keep:
+            self._map.pop(peer_id)
+
+    def sweep(self, now: float) -> None:
+        self._map.sweep(now)
 
 
 class PeerTable:
@@ -61,6 +93,7 @@ class PeerTable:
         """Something in ``dirty`` is new or moved (flush within milliseconds, not the second)."""
         self.ip_changes: BoundedMap[str, dict[str, int]] = BoundedMap(max_ip_changes,
                                                                       ip_change_window)
+        self.bindings = BindingCache()
         self._sweep_todo: list[str] = []
         self._online = 0
         self.online = 0
@@ -121,7 +154,9 @@ class PeerTable:
         entries[peer_id] = peer
 
     def drop(self, peer_id: str, keep: bytes | None = None) -> bool:
-        """Forget ``peer_id`` unless it was verified under generation ``keep``."""
+        """Forget ``peer_id`` (its entry and its binding read lately) unless it was verified
+        under generation ``keep``."""
+        self.bindings.drop(peer_id, keep)
         peer = self.entries.get(peer_id)
         if peer is None or peer.gen == keep:
             return False
@@ -129,6 +164,7 @@ class PeerTable:
         return True
 
     def forget(self, peer_id: str) -> LocalPeer | None:
+        self.bindings.drop(peer_id)
         self.dirty.pop(peer_id, None)
         return self.entries.pop(peer_id, None)
 
@@ -169,6 +205,7 @@ class PeerTable:
         """Forget up to ``budget`` entries' worth of expired peers (a full pass takes
         ``len / budget`` calls); ``online`` is updated at the end of each pass."""
         self.ip_changes.sweep(now)
+        self.bindings.sweep(now)
         if not self._sweep_todo:
             self.online, self._online = self._online, 0
             self._sweep_todo = list(self.entries)

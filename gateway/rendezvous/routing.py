@@ -17,6 +17,7 @@ from typing import Protocol
 
 from gateway.rendezvous import metrics
 from gateway.rendezvous.directory import Directory
+from gateway.rendezvous.peers import BindingCache
 from gateway.rendezvous.records import MODE_UDP, Live
 from gateway.rendezvous.store import Store
 from hubbub.contracts.rendezvous import RendezvousDeliver, RendezvousPush
@@ -40,10 +41,12 @@ class Sink(Protocol):
 class Router:
     """Held connections (sinks) of this process and message routing to other gateways."""
 
-    def __init__(self, registry: Registry, store: Store, directory: Directory, token: str,
-                 udp_port: int, send_udp: Callable[[bytes, str, int], None],
+    def __init__(self, registry: Registry, store: Store, directory: Directory,
+                 bindings: BindingCache, token: str, udp_port: int,
+                 send_udp: Callable[[bytes, str, int], None],
                  stream_of: Callable[[str], Sink | None]) -> None:
         self.registry = registry
+        self.bindings = bindings
         self.store = store
         self.directory = directory
         self.token = token
@@ -91,8 +94,11 @@ class Router:
                 and live.local_port == self.udp_port):
             # Same host, same port: our socket has the very source address B knows.
             return await self._push_local(peer_id, live.mode, live.ip, live.port, data)
+        # B's binding as this punch read it goes along: B's answer, if it reaches that
+        # gateway, is signed without reading the binding again.
+        gen, pk = self.bindings.get(peer_id, time.time()) or (b"", b"")
         msg = RendezvousPush(peer_id, live.ip, live.port, live.local_port, live.mode, data,
-                             sink, self.registry.id)
+                             sink, self.registry.id, gen, pk)
         try:
             async with self.store.gate:
                 ok = await self.registry.send(rec.id, msg)
@@ -115,8 +121,10 @@ class Router:
     async def _on_push(self, msg: RendezvousPush, sender: str) -> None:
         if msg.mode == MODE_UDP and msg.local_port != self.udp_port:
             return
+        now = time.time()
         if msg.a_key and msg.holder:
-            self.hints.put(msg.a_key, msg.holder, time.time())
+            self.hints.put(msg.a_key, msg.holder, now)
+        self.bindings.put(msg.peer_id, msg.gen, msg.pk, now)
         await self._push_local(msg.peer_id, msg.mode, msg.ip, msg.port, msg.data)
 
     # -------------------------------------------------------------- deliver

@@ -102,8 +102,8 @@ class RendezvousService:
         self.signed: BoundedMap[str, bytes] = BoundedMap(50_000, 30.0)
         self._tasks = TaskSet(log, "rendezvous")
         self.directory = Directory(ctx.registry, self.store, self.core.relays)
-        self.router = Router(ctx.registry, self.store, self.directory, self.token,
-                             self.udp_port, self._send_udp_to, self.streams.get)
+        self.router = Router(ctx.registry, self.store, self.directory, self.core.peers.bindings,
+                             self.token, self.udp_port, self._send_udp_to, self.streams.get)
         self.rebinding = Rebinding(self.store, self.core, self.streams, self._tasks)
         self.udp: DatagramEndpoint | None = None
         self._udp_v6 = False
@@ -541,20 +541,25 @@ class RendezvousService:
         """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
         if self.key.signing is None:
             return b""
-        # The binding is read every time (answers are rare next to heartbeats): a key that was
-        # just replaced through another gateway must not be vouched for from a local cache.
-        try:
-            rec = await self.store.peer(peer_id)
-        except RegistryUnavailable:
-            return b""
-        if rec is None or not rec.pk:
-            return b""
+        # The key the punch's own look-up read (here, or on the gateway that pushed to B);
+        # failing that, the binding is read now. Never an older copy: see bindings.py.
         now = time.time()
-        cache_key = f"{peer_id}\0{rec.pk.hex()}"
+        got = self.core.peers.bindings.get(peer_id, now)
+        if got is not None:
+            pk = got[1]
+        else:
+            try:
+                rec = await self.store.peer(peer_id)
+            except RegistryUnavailable:
+                return b""
+            if rec is None or not rec.pk:
+                return b""
+            pk = rec.pk
+        cache_key = f"{peer_id}\0{pk.hex()}"
         cached = self.signed.get(cache_key, now)
         if cached is not None:
             return cached
-        signed = sign_id_pk(self.key.signing, peer_id, rec.pk)
+        signed = sign_id_pk(self.key.signing, peer_id, pk)
         self.signed.put(cache_key, signed, now)
         return signed
 

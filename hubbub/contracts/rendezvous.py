@@ -41,6 +41,10 @@ class RendezvousPush(Contract):
     """A's address key: where B's answer must go (empty when no answer is expected)."""
     holder: str = ""
     """Id of the process holding A's connection (hint for the answer's route)."""
+    gen: bytes = b""
+    pk: bytes = b""
+    """B's binding (generation and key) as the sender read it for this punch: B's answer,
+    arriving at the receiver, is signed with it instead of reading it again."""
 
 
 @contract
