@@ -130,18 +130,53 @@ def new_process_id(role: str, host: str) -> str:
 
 
 class DurableScript:
-    """A registered script run through ``Registry.durable`` (``await script(keys=, args=)``)."""
+    """A registered script run through ``Registry.durable`` (``await script(keys=, args=)``).
 
-    def __init__(self, registry: Registry, script: Any) -> None:
+    With ``batch``, calls made while a round trip is under way are sent together, as one
+    pipeline with one ``WAIT`` (outside Cluster mode, where one node holds every key): under
+    load a registration then costs a share of a round trip instead of a whole one.
+    """
+
+    MAX_BATCH = 128
+
+    def __init__(self, registry: Registry, script: Any, batch: bool = False) -> None:
         self._registry = registry
         self._script = script
         self._loaded = False
+        self._batch = batch and registry.tag("k") == "k"
+        self._queue: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        if not self._batch:
+            return (await self._run([(keys, args)]))[0]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[:self.MAX_BATCH]
+            del self._queue[:self.MAX_BATCH]
+            try:
+                results = await self._run([(k, a) for k, a, _ in batch])
+            except Exception as exc:  # every caller gets the failure
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, _, fut), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+
+    async def _run(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
         def build(pipe: Any) -> None:
             # A bare EVALSHA: a script object in a pipeline first asks SCRIPT EXISTS, one more
             # round trip per call; a missing script fails with NOSCRIPT and is loaded below.
-            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         for attempt in range(2):
             if attempt or not self._loaded:
                 # A cluster pipeline does not load scripts itself, and a promoted replica may
@@ -150,7 +185,7 @@ class DurableScript:
                     await self._registry.redis.script_load(self._script.script)
                 self._loaded = True
             try:
-                return (await self._registry.durable(str(keys[0]), build))[0]
+                return await self._registry.durable(str(calls[0][0][0]), build)
             except RegistryUnavailable as exc:
                 if attempt or "NOSCRIPT" not in str(exc) and "No matching script" not in str(exc):
                     raise
@@ -493,10 +528,11 @@ class Registry:
         async with self.guard("durable"):
             return await self._links.durable(key, build)
 
-    def durable_script(self, lua: str) -> DurableScript:
+    def durable_script(self, lua: str, batch: bool = False) -> DurableScript:
         """A Lua script whose every call is acknowledged only once the required replicas hold
-        its writes (see ``durable``); its keys must share one ``tag``."""
-        return DurableScript(self, self.redis.register_script(lua))
+        its writes (see ``durable``); its keys must share one ``tag``. ``batch``: concurrent
+        calls share round trips (see ``DurableScript``)."""
+        return DurableScript(self, self.redis.register_script(lua), batch)
 
     async def topology(self) -> dict[str, Any]:
         """The deployment mode and the primary/nodes in use.

@@ -223,7 +223,7 @@ class Store:
         # bursts wait here instead of failing with "too many connections".
         self.gate = asyncio.Semaphore(REDIS_CONCURRENCY)
         # Binding writes are answered only once the replicas hold them (REDIS_MIN_REPLICAS).
-        self._register = registry.durable_script(_REGISTER_LUA)
+        self._register = registry.durable_script(_REGISTER_LUA, batch=True)
         self._change = registry.durable_script(_CHANGE_LUA)
         self._import = registry.durable_script(_IMPORT_LUA)
         self._remove = registry.durable_script(_REMOVE_LUA)
