@@ -29,7 +29,6 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Annotated, Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
@@ -69,11 +68,11 @@ class Contract:
     VERSION: ClassVar[int]
     _checks: ClassVar[tuple[Check, ...]]
     _names: ClassVar[tuple[str, ...]]
-    _to_fields: ClassVar[Callable[[Any], list[Any]]]
 
     def to_array(self) -> list[Any]:
-        """``[VERSION, field, ...]``, ready for msgpack (nested contracts as arrays too)."""
-        return [self.VERSION, *type(self)._to_fields(self)]
+        """``[VERSION, field, ...]``, ready for msgpack (nested contracts as arrays too);
+        generated for each class by ``@contract``."""
+        raise NotImplementedError
 
     def encode(self) -> bytes:
         """The msgpack bytes of ``to_array()``."""
@@ -84,9 +83,16 @@ class Contract:
     def from_array(cls: type[C], obj: Any) -> C:
         """The contract from a decoded msgpack value (``to_array``'s output).
 
+        ``@contract`` replaces this with code generated for the class (the same checks, inline);
+        this generic version reports what is wrong.
+
         Raises:
             ContractError: not an array of this version with fields of the declared types.
         """
+        return cls._checked(obj)
+
+    @classmethod
+    def _checked(cls: type[C], obj: Any) -> C:
         if type(obj) is not list:
             raise ContractError(f"{cls._name()}: expected an array, got {type(obj).__name__}")
         checks = cls._checks
@@ -184,24 +190,97 @@ def contract(cls: type[C]) -> type[C]:
         converts.append(convert)
     out._checks = tuple(checks)
     out._names = tuple(f.name for f in fields)
-    out._to_fields = _encoder([f.name for f in fields], converts)
+    out.to_array = _encoder(out, converts)  # type: ignore[method-assign, assignment]
+    out.from_array = classmethod(_decoder(out, checks))  # type: ignore[method-assign, assignment]
+    out.__init__ = _initialiser(out, fields)  # type: ignore[method-assign]
     return out
 
 
-def _encoder(names: list[str], converts: list[Convert | None]) -> Callable[[Any], list[Any]]:
-    if not names:
-        return lambda _self: []
-    if not any(converts):
-        if len(names) == 1:
-            one = attrgetter(names[0])
-            return lambda self: [one(self)]
-        many = attrgetter(*names)
-        return lambda self: list(many(self))
-    pairs = [(attrgetter(n), c) for n, c in zip(names, converts, strict=True)]
+def _initialiser(cls: type[Contract], fields: tuple[Any, ...]) -> Callable[..., None]:
+    """``__init__`` setting the slots directly: the frozen dataclass one goes through
+    ``object.__setattr__`` per field, which costs about twice as much on the send path."""
+    ns: dict[str, Any] = {}
+    params, sets = ["self"], []
+    for i, f in enumerate(fields):
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: contracts take plain defaults only")
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            ns[f"d{i}"] = f.default
+            params.append(f"{f.name}=d{i}")
+        ns[f"s{i}"] = cls.__dict__[f.name].__set__
+        sets.append(f"s{i}(self, {f.name})")
+    if hasattr(cls, "__post_init__"):
+        ns["_post"] = cls.__post_init__
+        sets.append("_post(self)")
+    body = "".join(f"\n    {x}" for x in sets) or "\n    pass"
+    exec(f"def __init__({', '.join(params)}) -> None:{body}", ns)
+    init: Callable[..., None] = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
-    def fields(self: Any) -> list[Any]:
-        return [get(self) if conv is None else conv(get(self)) for get, conv in pairs]
-    return fields
+
+def _decoder(cls: type[Contract], checks: list[Check]) -> Callable[..., Any]:
+    """``from_array`` for ``cls`` as straight-line code: one type test per simple field, a call
+    per other field, the slots set directly. Anything wrong goes to the generic ``_checked``,
+    which names the fault (a bad value behind a call is named at once). Generated once per
+    class, like the dataclass methods themselves."""
+    exact = {c: k for k, c in _CHECK_OF.items()}
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_Bad": _Bad,
+                          "_slow": cls._checked, "ContractError": ContractError}
+    names = [f"v{i}" for i in range(len(checks))]
+    tests, calls, sets = [], [], []
+    for i, check in enumerate(checks):
+        if check in exact:
+            ns[f"t{i}"] = exact[check]
+            tests.append(f"type(v{i}) is not t{i}")
+        elif check is not _identity:
+            # A bad nested value is reported here, never checked twice (deep nesting stays
+            # linear).
+            ns[f"c{i}"] = check
+            ns[f"e{i}"] = f"{cls._name()} v{cls.VERSION} field {cls._names[i]}: "
+            calls += ["try:", f"    v{i} = c{i}(v{i})", "except _Bad as exc:",
+                      f"    raise ContractError(e{i} + str(exc)) from None"]
+        ns[f"s{i}"] = cls.__dict__[cls._names[i]].__set__
+        sets.append(f"s{i}(o, v{i})")
+    if hasattr(cls, "__post_init__"):
+        ns["_post"] = cls.__post_init__
+        sets.append("_post(o)")
+    lines = [
+        "def from_array(cls, obj):",
+        "    try:",
+        f"        if type(obj) is not list or len(obj) != {len(checks) + 1} "
+        f"or obj[0] != {cls.VERSION} or type(obj[0]) is not int:",
+        "            return _slow(obj)",
+        f"        ({', '.join(['_', *names])},) = obj",
+    ]
+    if tests:
+        lines += [f"        if {' or '.join(tests)}:", "            return _slow(obj)"]
+    lines += [f"        {c}" for c in calls]
+    lines += ["        o = _new(_cls)"] + [f"        {x}" for x in sets] + ["        return o"]
+    lines += [
+        "    except (TypeError, ValueError, RecursionError) as exc:",
+        "        raise ContractError(f'{cls._name()}: {str(exc)[:200]}') from None",
+    ]
+    exec("\n".join(lines), ns)
+    fn: Callable[..., Any] = ns["from_array"]
+    return fn
+
+
+def _encoder(cls: type[Contract], converts: list[Convert | None]) -> Callable[[Any], list[Any]]:
+    """``to_array`` for ``cls`` as one list display (generated once per class)."""
+    ns: dict[str, Any] = {}
+    items = [str(cls.VERSION)]
+    for i, (name, conv) in enumerate(zip(cls._names, converts, strict=True)):
+        if conv is None:
+            items.append(f"self.{name}")
+        else:
+            ns[f"c{i}"] = conv
+            items.append(f"c{i}(self.{name})")
+    exec(f"def to_array(self):\n    return [{', '.join(items)}]", ns)
+    fn: Callable[[Any], list[Any]] = ns["to_array"]
+    return fn
 
 
 _SIMPLE: dict[Any, type] = {str: str, int: int, bool: bool, bytes: bytes}
