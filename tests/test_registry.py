@@ -248,6 +248,24 @@ class Echo(Contract):
 
 
 @contract
+class EchoOld(Contract):
+    """``Echo`` as a process of an older release would send it."""
+
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 1
+    n: int
+
+
+@contract
+class EchoText(Contract):
+    """``Echo``'s layout with a field of the wrong type."""
+
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 2
+    n: str
+
+
+@contract
 class EchoReply(Contract):
     TYPE: ClassVar[str] = "test.echo.reply"
     VERSION: ClassVar[int] = 1
@@ -293,19 +311,17 @@ async def test_bad_payload_is_counted_and_answered(make: Any) -> None:
     b.handle(Echo, lambda msg, sender: EchoReply(msg.n, sender))
     b.handle(Note, lambda msg, sender: None)
     before = _dropped("bad_payload")
-    # Another version of the layout, and a bare dict: refused with a clear error.
+    # Another version of the layout, or a field of another type: refused with a clear error.
     with pytest.raises(RemoteError) as err:
-        await a.request(b.id, "test.echo", [1, 5])
+        await a.request(b.id, EchoOld(5), reply=EchoReply)
     assert err.value.code == "contract" and "unknown version 1" in str(err.value)
     with pytest.raises(RemoteError) as err:
-        await a.request(b.id, "test.echo", {"n": 5})
-    assert err.value.code == "contract"
-    with pytest.raises(RemoteError) as err:
-        await a.request(b.id, "test.echo", [2, "five"])
+        await a.request(b.id, EchoText("five"), reply=EchoReply)
     assert err.value.code == "contract" and "field n" in str(err.value)
-    # Fire-and-forget garbage is only counted.
-    assert await a.send(b.id, "test.note", [1, "not an int"])
-    await _until(lambda: _dropped("bad_payload") >= before + 4)
+    # Fire-and-forget garbage (here a bare map) is only counted.
+    env = Envelope(Kind.SEND, Note.TYPE, 0, "", a.id, {"n": 1})
+    assert await a.publish(a.inbox(b.id), encode(env)) == 1
+    await _until(lambda: _dropped("bad_payload") >= before + 3)
     # The handler still serves well-formed messages.
     assert await a.request(b.id, Echo(3), reply=EchoReply) == EchoReply(3, a.id)
 
