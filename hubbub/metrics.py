@@ -13,12 +13,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, metri
 from prometheus_client.core import CounterMetricFamily
 
 
-__all__ = ["INBOX_DROPPED", "PROCESS_INFO", "REDIS_ERRORS", "REDIS_ROUNDTRIPS", "UP",
-           "FastCounter", "FastCounterFamily"]
+__all__ = ["INBOX_DIRECT", "INBOX_DROPPED", "PROCESS_INFO", "REDIS_ERRORS", "REDIS_ROUNDTRIPS",
+           "UP", "FastCounter", "FastCounterFamily"]
 
 REDIS_ROUNDTRIPS = Counter("hubbub_redis_roundtrips", "Redis round trips", ["op"])
 REDIS_ERRORS = Counter("hubbub_redis_errors", "Redis round trips that failed", ["op"])
 INBOX_DROPPED = Counter("hubbub_inbox_dropped", "inbox messages dropped", ["reason"])
+INBOX_DIRECT = Counter("hubbub_inbox_direct", "inbox messages sent to a process on this host "
+                       "directly (not through Redis)")
 UP = Gauge("hubbub_up", "1 while the process is healthy (Redis link and listeners up)")
 PROCESS_INFO = Gauge("hubbub_process_info", "constant 1 labelled with role and slot",
                      ["role", "slot"])

@@ -49,6 +49,7 @@ from hubbub.errors import (
 )
 from hubbub.tasks import TaskSet
 from registry.codec import Envelope, Kind, decode, encode, pack, unpack
+from registry.hostlink import HostLink
 from registry.links import Build, Subscriber, open_links
 from registry.target import RedisTarget
 
@@ -248,6 +249,7 @@ class Registry:
         self._closing = False
         self.on_fatal: Callable[[Exception], None] | None = None
         self._wake = asyncio.Event()
+        self._link: HostLink | None = None
 
     # ----------------------------------------------------------------- names
     def key(self, *parts: str | int) -> str:
@@ -276,6 +278,10 @@ class Registry:
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Start the heartbeat and subscriber tasks; returns at once (Redis may be down)."""
+        if self._presence:
+            link = HostLink(self.prefix, self.id, self._on_link)
+            if link.open():
+                self._link = link
         self._bg = [
             asyncio.create_task(self._heartbeat_loop(), name="registry-heartbeat"),
             asyncio.create_task(self._subscriber_loop(), name="registry-subscriber"),
@@ -314,6 +320,9 @@ class Registry:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RegistryUnavailable("registry closed"))
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         if self._presence:
             with contextlib.suppress(*_REDIS_ERRORS, RedisError):
                 async with asyncio.timeout(1.0):
@@ -555,7 +564,16 @@ class Registry:
             env = Envelope(Kind.SEND, msg.TYPE, 0, "", self.id, msg.to_array())
         else:
             env = Envelope(Kind.SEND, msg, 0, "", self.id, payload)
-        return await self.publish(self.inbox(target), encode(env)) > 0
+        data = encode(env)
+        if self._link is not None and self._same_host(target) and self._link.send(target, data):
+            metrics.INBOX_DIRECT.inc()
+            return True
+        return await self.publish(self.inbox(target), data) > 0
+
+    def _same_host(self, process_id: str) -> bool:
+        """Whether ``process_id`` (``role:host:pid:token``) runs on this host."""
+        parts = process_id.split(":")
+        return len(parts) == 4 and parts[1] == self.host
 
     @overload
     async def request(self, target: str, msg: Contract, *, reply: type[R],
@@ -652,6 +670,10 @@ class Registry:
         if raw is not None:
             self._run(raw, data)
             return
+        self._on_link(data)
+
+    def _on_link(self, data: bytes) -> None:
+        """An inbox message, from Redis or straight from a process on this host."""
         env = decode(data)
         if env is None:
             metrics.INBOX_DROPPED.labels("malformed").inc()
