@@ -14,18 +14,20 @@ from aiortc.rtcdatachannel import RTCDataChannel, RTCDataChannelParameters
 from aiortc.rtcsctptransport import RTCSctpCapabilities, RTCSctpTransport, parse_packet
 
 from loadtest.media_peer import wait_for
+from shards.media.sctp import SACK_DELAY, SCTP_PACKET_LIMIT, SctpAssociation
 from shards.media.stack import (
-    SCTP_PACKET_LIMIT,
     DtlsEndpoint,
     IceLink,
-    SctpAssociation,
     certificate_fingerprints,
+    drive,
     new_certificate,
 )
 
 
 CERT = new_certificate()
 DATA, SACK, FORWARD_TSN = 0, 3, 192
+DTLS_ENDPOINTS: list[DtlsEndpoint] = []
+"""The endpoints of the pair under test (for the tests of the DTLS record path)."""
 
 
 @dataclass
@@ -65,18 +67,24 @@ async def association_pair() -> AsyncIterator[Pair]:
     shard_link: IceLink
     client_link: IceLink
     state: list[Pair] = []
+    loop = asyncio.get_running_loop()
 
+    # Like a network, the wire delivers later, never inside the sender's call.
     def shard_send(data: bytes) -> None:
         if state and state[0].drop > 0:
             state[0].drop -= 1
             state[0].dropped += 1
             return
-        client_link.feed(data)
+        loop.call_soon(client_link.feed, data)
+
+    def client_send(data: bytes) -> None:
+        loop.call_soon(shard_link.feed, data)
 
     shard_link = IceLink(shard_send, limit=4096)
-    client_link = IceLink(shard_link.feed, role="controlling", limit=4096)
+    client_link = IceLink(client_send, role="controlling", limit=4096)
     shard_dtls = DtlsEndpoint(shard_link, CERT, "server")
     client_dtls = DtlsEndpoint(client_link, CERT, "client")
+    DTLS_ENDPOINTS[:] = [shard_dtls, client_dtls]
     prints = certificate_fingerprints(CERT)
     ok = await asyncio.gather(shard_dtls.start(prints, "client"), client_dtls.start(prints))
     assert list(ok) == [True, True]
@@ -239,4 +247,69 @@ async def test_closing_with_pending_sends_is_quiet(closing: str) -> None:
         else:
             await pair.client.stop()
         await asyncio.sleep(0.05)
-        assert pair.shard._flush_handle is None
+        assert not pair.shard._flush_queued
+
+
+async def test_the_shard_delays_a_lone_sack_and_acknowledges_every_second_packet() -> None:
+    async with association_pair() as pair:
+        ch, _ = pair.channel(8, ordered=True)
+        await asyncio.sleep(0.05)
+        start = len(pair.packets)
+        ch.send(b"one")
+        assert await wait_for(lambda: len(pair.received) == 1)
+        await asyncio.sleep(0.05)
+        assert len(pair.packets) == start  # no SACK yet: it may wait for a second packet
+        assert await wait_for(lambda: len(pair.packets) == start + 1, timeout=SACK_DELAY * 3)
+        assert [kind for kind, _ in pair.packets[-1]] == [SACK]
+        ch.send(b"two")
+        await asyncio.sleep(0.01)
+        ch.send(b"three")
+        assert await wait_for(lambda: len(pair.received) == 3)
+        await asyncio.sleep(0.05)  # well within the delay: the second packet is acknowledged
+        assert len(pair.packets) == start + 2
+        assert not pair.client._sent_queue
+
+
+async def test_acknowledged_relays_keep_the_association_bookkeeping() -> None:
+    async with association_pair() as pair:
+        _, got = pair.channel(9, ordered=False, max_retransmits=0)
+        shard = pair.shard
+        cwnd = shard._cwnd
+        for burst in range(20):
+            await send_burst(shard, 9, [bytes([burst, i]) * 10 for i in range(5)],
+                             ordered=False, max_retransmits=0)
+            await asyncio.sleep(0.005)
+        assert await wait_for(lambda: len(got) == 100)
+        assert await wait_for(settled(pair))
+        # The SACKs took the short path yet did what aiortc's would: RTT measured, T3
+        # stopped, the window still as large, the ack point at the last TSN sent.
+        assert shard._srtt is not None and shard._cwnd >= cwnd
+        assert shard._t3_handle is None
+        assert shard._last_sacked_tsn == shard._advanced_peer_ack_tsn \
+            == (shard._local_tsn - 1) % (1 << 32)
+
+
+async def test_records_are_read_directly_once_connected_and_close_notify_ends_them() -> None:
+    async with association_pair() as pair:
+        shard_dtls = pair.shard.transport
+        endpoint = next(e for e in DTLS_ENDPOINTS if e.dtls is shard_dtls)
+        assert endpoint.link.direct is not None
+        client_endpoint = next(e for e in DTLS_ENDPOINTS if e.dtls is pair.client.transport)
+        await client_endpoint.stop()  # sends close_notify
+        assert await wait_for(lambda: shard_dtls.state == "closed")
+        assert endpoint.link.direct is None
+        with pytest.raises(ConnectionError):
+            endpoint.send_record(b"x" * 20)
+
+
+async def test_a_handler_that_waits_after_all_is_finished_by_a_task() -> None:
+    steps: list[str] = []
+
+    async def handler() -> None:
+        steps.append("start")
+        await asyncio.sleep(0.01)
+        steps.append("end")
+
+    drive(handler())
+    assert steps == ["start"]
+    assert await wait_for(lambda: steps == ["start", "end"])

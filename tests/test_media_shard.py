@@ -18,6 +18,7 @@ from hubbub.contracts.media import MediaCall, MediaCallReply, MediaLost, MediaPu
 from hubbub.errors import RemoteError
 from loadtest.media_peer import MediaPeer, opus_rtp_parameters, wait_for
 from registry import Registry
+from shards.media import sctp
 from shards.media.stack import PINNED, contract_problems, new_certificate
 
 
@@ -26,8 +27,10 @@ CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayload
 
 
 def test_aiortc_adapter_contract_holds() -> None:
-    """The adapter uses aiortc's and pylibsrtp's private members: fail loudly when they move."""
+    """The adapter uses aiortc's, pyOpenSSL's and pylibsrtp's private members: fail loudly when
+    they move."""
     assert contract_problems() == []
+    assert sctp.contract_problems() == []
     assert {name: version(name) for name in PINNED} == PINNED
 
 

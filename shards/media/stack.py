@@ -1,39 +1,35 @@
-"""Everything the media shard takes from aiortc and pylibsrtp, behind one small interface.
+"""Everything the media shard takes from aiortc, pyOpenSSL and pylibsrtp for DTLS and SRTP,
+behind one small interface (``shards.media.sctp`` does the same for SCTP).
 
-aiortc brings DTLS (``RTCDtlsTransport``) and SCTP (``RTCSctpTransport``); pylibsrtp brings the
-SRTP sessions DTLS keys. hubbub drives them without aiortc's ICE or RTP stacks, which means using
-members aiortc keeps private: the DTLS role, the SRTP sessions, SCTP's association state,
-outbound queue, transmit step and chunk send primitive, and libsrtp's functions from pylibsrtp's
+aiortc brings DTLS (``RTCDtlsTransport``); pylibsrtp brings the SRTP sessions DTLS keys. hubbub
+drives them without aiortc's ICE or RTP stacks, which means using members aiortc keeps private:
+the DTLS role, state, reader task and SRTP sessions, the OpenSSL objects of pyOpenSSL's
+connection (so records, once the handshake is done, are read and written without a task
+wake-up, an allocation or an exception per datagram), and libsrtp's functions from pylibsrtp's
 binding (so a forwarded packet is protected in a buffer kept per subscriber, without the
-per-call allocations of ``Session.protect``). No other module imports aiortc, aioice or
-pylibsrtp; ``contract_problems`` lists what the pinned versions no longer provide, and a test
-fails loudly on it.
+per-call allocations of ``Session.protect``). Only this module and ``shards.media.sctp`` import
+aiortc, pyOpenSSL or pylibsrtp; their ``contract_problems`` list what the pinned versions no
+longer provide, and a test fails loudly on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from importlib.metadata import version
-from typing import Any, cast
+from typing import Any
 
-import aiortc.rtcsctptransport as _sctp
 from aiortc.rtcdtlstransport import (
     RTCCertificate,
     RTCDtlsFingerprint,
     RTCDtlsParameters,
     RTCDtlsTransport,
+    State as _DtlsState,
 )
-from aiortc.rtcsctptransport import (
-    Chunk,
-    DataChunk,
-    ForwardTsnChunk,
-    RTCSctpCapabilities,
-    RTCSctpTransport,
-    SackChunk,
-)
+from OpenSSL._util import ffi as _ossl_ffi, lib as _ossl
+from OpenSSL.SSL import Connection as _SSLConnection
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
@@ -43,13 +39,16 @@ __all__ = [
     "Certificate",
     "DtlsEndpoint",
     "IceLink",
-    "SctpAssociation",
     "SrtpReceiver",
     "SrtpSender",
     "certificate_fingerprints",
     "contract_problems",
+    "drive",
     "new_certificate",
+    "run_now",
 ]
+
+log = logging.getLogger("hubbub.media.stack")
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 """The versions whose private members this module relies on (pyproject pins them exactly)."""
@@ -73,6 +72,9 @@ def certificate_fingerprints(certificate: RTCCertificate) -> list[tuple[str, str
 class IceLink:
     """What ``RTCDtlsTransport`` sees as its ICE transport: a bounded queue and a send hook.
 
+    Once DTLS is up, ``DtlsEndpoint`` takes each record straight from ``feed`` (``direct``):
+    no queue, future or task wake-up per datagram.
+
     Args:
         send: sends one packet to the peer.
         role: the ICE role (a shard is ICE-lite, so ``controlled``; its clients control).
@@ -84,14 +86,20 @@ class IceLink:
     def __init__(self, send: Callable[[bytes], None], role: str = "controlled",
                  limit: int = 64) -> None:
         self.role = role
-        self._send_packet = send
+        self.send = send
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.direct: Callable[[bytes], None] | None = None
+        """Handles each record as it arrives, instead of the queue (set after the handshake)."""
 
     def feed(self, data: bytes) -> None:
+        direct = self.direct
+        if direct is not None:
+            direct(data)
+            return
         if self._closed or len(self._queue) >= self._limit:
             return
         self._queue.append(data)
@@ -109,10 +117,11 @@ class IceLink:
         return self._queue.popleft()
 
     async def _send(self, data: bytes) -> None:
-        self._send_packet(data)
+        self.send(data)
 
     def close(self) -> None:
         self._closed = True
+        self.direct = None
         self._queue.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -164,8 +173,26 @@ class SrtpReceiver:
         self.unprotect_rtcp = _processor(session, lib.srtp_unprotect_rtcp)
 
 
+RECORD = 1500
+"""Bytes taken from OpenSSL's output at a time (one datagram's worth, as aiortc does) and the
+largest plaintext record read."""
+_APPLICATION_DATA = 23
+_RECORD_HEADER = 13
+"""A DTLS 1.2 record header: its length field is the last two bytes."""
+_WANT_READ = _ossl.SSL_ERROR_WANT_READ
+_ZERO_RETURN = _ossl.SSL_ERROR_ZERO_RETURN
+_CONNECTED = _DtlsState.CONNECTED
+
+
 class DtlsEndpoint:
-    """aiortc's DTLS over an ``IceLink``; after the handshake, the SRTP keys it exported.
+    """aiortc's DTLS over an ``IceLink``; after the handshake, the SRTP keys it exported and
+    records read and written straight through OpenSSL.
+
+    aiortc reads each datagram in a task woken through a future, and pyOpenSSL allocates a
+    buffer per call and raises for every empty read. Once connected (and no handshake timer
+    runs), the endpoint decrypts each record as ``feed`` hands it over, passes the plaintext
+    to the SCTP association at once, and encrypts in a buffer of its own. The handshake, its
+    retransmissions and the shutdown stay aiortc's.
 
     Args:
         link: the packet path to the peer.
@@ -174,10 +201,18 @@ class DtlsEndpoint:
     """
 
     def __init__(self, link: IceLink, certificate: RTCCertificate, role: str) -> None:
+        self.link = link
         self.dtls = RTCDtlsTransport(link, [certificate])  # type: ignore[arg-type]
         self.dtls._set_role(role)
         self.sender: SrtpSender | None = None
         self.receiver: SrtpReceiver | None = None
+        self._ssl: Any = None
+        """OpenSSL's SSL object while records go through it directly."""
+        self._bio_in: Any = None
+        self._bio_out: Any = None
+        self._buf = _ossl_ffi.new("char[]", RECORD)
+        self._receiver: Any = None
+        self._receive: Callable[[bytes], None] = _drop
 
     def set_role(self, role: str) -> None:
         self.dtls._set_role(role)
@@ -200,26 +235,142 @@ class DtlsEndpoint:
             return False
         self.sender = SrtpSender(self.dtls._tx_srtp)
         self.receiver = SrtpReceiver(self.dtls._rx_srtp)
+        conn = self.dtls._ssl
+        if conn is not None and conn.DTLSv1_get_timeout() is None:
+            # Otherwise aiortc's reader keeps serving the timer (and the records) for good.
+            self._ssl, self._bio_in, self._bio_out = conn._ssl, conn._into_ssl, conn._from_ssl
+            self.link.direct = self._on_record
         return True
+
+    def _on_record(self, data: bytes) -> None:
+        """One datagram from the peer: every record in it decrypted, whatever OpenSSL answers
+        sent, then the plaintext handed to the SCTP association."""
+        ssl, buf = self._ssl, self._buf
+        _ossl.BIO_write(self._bio_in, data, len(data))
+        if data[0] == _APPLICATION_DATA and _RECORD_HEADER + (data[11] << 8 | data[12]) \
+                == len(data) and (n := _ossl.SSL_read(ssl, buf, RECORD)) > 0:
+            # The usual datagram, one application data record: nothing else to read, and
+            # nothing OpenSSL could have to answer.
+            receiver = self.dtls._data_receiver
+            if receiver is not None:
+                self._handler(receiver)(_ossl_ffi.buffer(buf, n)[:])
+            return
+        plain = []
+        while (n := _ossl.SSL_read(ssl, buf, RECORD)) > 0:
+            plain.append(_ossl_ffi.buffer(buf, n)[:])
+        error = _ossl.SSL_get_error(ssl, n)
+        if error != _WANT_READ:
+            _ossl.ERR_clear_error()  # a bad record is dropped, as aiortc drops it
+        self._write_out()
+        if error == _ZERO_RETURN:
+            self._closed_by_peer()
+            return
+        receiver = self.dtls._data_receiver
+        if receiver is not None:
+            handler = self._handler(receiver)
+            for record in plain:
+                handler(record)
+
+    def _handler(self, receiver: Any) -> Callable[[bytes], None]:
+        """What takes SCTP packets for ``receiver``: an ``SctpAssociation``'s synchronous
+        entry, else aiortc's ``_handle_data`` run at once."""
+        if receiver is not self._receiver:
+            self._receiver = receiver
+            self._receive = getattr(receiver, "receive_packet", None) \
+                or (lambda data: drive(receiver._handle_data(data)))
+        return self._receive
+
+    def _closed_by_peer(self) -> None:
+        # What aiortc's reader does on close_notify: the transport is closed for good.
+        self.link.direct = None
+        self._ssl = None
+        self.dtls._set_state(_DtlsState.CLOSED)
+        task = self.dtls._task
+        if task is not None:
+            task.cancel()
+
+    def send_record(self, data: bytes) -> None:
+        """Encrypt ``data`` (one SCTP packet) in one record and send it.
+
+        Raises:
+            ConnectionError: DTLS is not (or no longer) connected.
+        """
+        ssl = self._ssl
+        if ssl is None:
+            run_now(self.dtls._send_data(data))
+            return
+        if self.dtls._state is not _CONNECTED:
+            raise ConnectionError("DTLS is not connected")
+        if _ossl.SSL_write(ssl, data, len(data)) <= 0:
+            _ossl.ERR_clear_error()
+            raise ConnectionError("DTLS refused a record")
+        self._write_out()
+
+    def _write_out(self) -> None:
+        buf, bio, send = self._buf, self._bio_out, self.link.send
+        while (n := _ossl.BIO_read(bio, buf, RECORD)) > 0:
+            send(_ossl_ffi.buffer(buf, n)[:])
+            if n < RECORD:
+                return  # what was there is all read
 
     async def stop(self) -> None:
         self.sender = self.receiver = None
+        self.link.direct = None
+        self._ssl = None
         await self.dtls.stop()
 
 
-OnMessage = Callable[[int, int, bytes], Awaitable[None]]
-
-SCTP_HEADER = 12
-SCTP_PACKET_LIMIT = SCTP_HEADER + 16 + _sctp.USERDATA_MAX_LENGTH
-"""Largest SCTP packet sent: what aiortc sends for one full DATA chunk, so a bundle never
-needs a bigger DTLS record or datagram than an unbundled packet does."""
-_COMMON = struct.Struct("!HHL")
-_CHECKSUM = struct.Struct("<L")
-_ZERO = bytes(4)
-_crc32c = cast(Callable[[bytes], int], getattr(_sctp, "crc32c", None))  # what aiortc checks
+def _drop(data: bytes) -> None:
+    pass
 
 
-def _run_now(coro: Coroutine[Any, Any, None]) -> None:
+def drive(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a packet handler of aiortc's (a coroutine that does not wait, here) right now; should
+    it wait after all, a task runs the rest. What it raises on hostile input drops the packet,
+    never the caller's loop."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        log.debug("SCTP packet dropped", exc_info=True)
+        return
+    asyncio.ensure_future(_finish(coro, waiting))
+
+
+class _Rest:
+    """Awaiting it runs the rest of a coroutine ``drive`` started: what the coroutine waits
+    on goes to the awaiting task, which resumes the coroutine when it is done."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        waiting = self.waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:  # noqa: BLE001 - passed on, as a task would
+                try:
+                    waiting = self.coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = self.coro.send(None)
+            except StopIteration:
+                return
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    try:
+        await _Rest(coro, waiting)
+    except Exception:
+        log.debug("SCTP packet dropped", exc_info=True)
+
+
+def run_now(coro: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine that never suspends (aiortc's transmit step once its chunk sends are
     buffered, DTLS's send over an ``IceLink``) to its end, right now."""
     try:
@@ -230,208 +381,32 @@ def _run_now(coro: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("an SCTP send step suspended")
 
 
-class SctpAssociation(RTCSctpTransport):
-    """aiortc's SCTP association over a ``DtlsEndpoint``, with chosen stream counts, that
-    sends at most once per event-loop iteration.
-
-    aiortc transmits after each queued message and puts every chunk in a packet of its own;
-    fanning one message out to many subscribers thus costs a DTLS record, a datagram and a SACK
-    back per subscriber and message. Here the transmit step runs once per loop iteration, and
-    the DATA, SACK and FORWARD TSN chunks it (and the receive path) produce go out bundled
-    (RFC 4960 section 6.10: control chunks first, then DATA in TSN order, packets no bigger
-    than ``SCTP_PACKET_LIMIT``). aiortc keeps its congestion window, flight size,
-    retransmission, T3 and PR-SCTP bookkeeping: only the moment and the packing of sends
-    change. Other chunks (handshake, RECONFIG, ABORT, SHUTDOWN, HEARTBEAT) go out alone, after
-    what was queued before them.
-
-    Args:
-        endpoint: the DTLS endpoint it runs over (connected).
-        port: the SCTP port (5000 for WebRTC).
-        streams: outbound streams offered and inbound streams accepted.
-        on_message: called with (stream id, payload protocol id, data) of each message.
-    """
-
-    def __init__(self, endpoint: DtlsEndpoint, port: int, streams: int,
-                 on_message: OnMessage) -> None:
-        super().__init__(endpoint.dtls, port=port)
-        self._on_message = on_message
-        self._outbound_streams_count = streams
-        self._inbound_streams_max = streams
-        self._pending_sack: bytes | None = None
-        self._pending_control: list[bytes] = []
-        self._pending_data: list[bytes] = []
-        self._transmit_due = False
-        self._flush_handle: asyncio.Handle | None = None
-        # Looked up once: asyncio's lookup makes a getpid() system call each time.
-        self._flush_loop = asyncio.get_running_loop()
-        self.packets_sent = 0
-        """Bundled packets sent (for tests and stats)."""
-        self.chunks_sent = 0
-        """Chunks sent in bundled packets."""
-
-    async def open(self, max_message_size: int, port: int) -> None:
-        await self.start(RTCSctpCapabilities(maxMessageSize=max_message_size), port)
-
-    async def _receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
-        await self._on_message(stream_id, pp_id, data)
-
-    @property
-    def established(self) -> bool:
-        return bool(self._association_state == self.State.ESTABLISHED)
-
-    @property
-    def queued(self) -> int:
-        """Chunks waiting to be sent (the association's own queue has no bound)."""
-        return len(self._outbound_queue)
-
-    async def send_message(self, stream_id: int, pp_id: int, data: bytes,
-                           expiry: float | None, max_retransmits: int | None,
-                           ordered: bool) -> None:
-        await self._send(stream_id, pp_id, data, expiry=expiry,
-                         max_retransmits=max_retransmits, ordered=ordered)
-
-    def reset_stream(self, stream_id: int) -> None:
-        """Reset our outgoing stream (RFC 6525), as closing a data channel does."""
-        if self.established and stream_id not in self._reconfig_queue:
-            self._reconfig_queue.append(stream_id)
-            asyncio.ensure_future(self._transmit_reconfig())
-
-    # ------------------------------------------------------------ bundling
-    async def _transmit(self) -> None:
-        # Every caller (a queued message, a SACK, T3) only needs a transmit step to follow.
-        self._transmit_due = True
-        self._schedule_flush()
-
-    async def _send_chunk(self, chunk: Chunk) -> None:
-        if isinstance(chunk, DataChunk):
-            self._pending_data.append(bytes(chunk))
-        elif isinstance(chunk, SackChunk):
-            self._pending_sack = bytes(chunk)  # a later SACK says all an earlier one did
-        elif isinstance(chunk, ForwardTsnChunk):
-            self._pending_control.append(bytes(chunk))
-        else:
-            # What was queued before goes first, as it would have without bundling (DATA
-            # ahead of a RECONFIG that names its last TSN, say).
-            self._drain()
-            await super()._send_chunk(chunk)
-            return
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            self._flush_handle = self._flush_loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if self._association_state == self.State.CLOSED:
-            self._transmit_due = False
-            self._pending_sack = None
-            self._pending_control.clear()
-            self._pending_data.clear()
-            return
-        self._drain()
-
-    def _drain(self) -> None:
-        """Run a due transmit step, then send everything buffered."""
-        if self._transmit_due:
-            self._transmit_due = False
-            _run_now(super()._transmit())
-        self._flush_pending()
-
-    def _flush_pending(self) -> None:
-        """Send the buffered chunks as few packets as the size limit allows."""
-        control = self._pending_control
-        if self._pending_sack is not None:
-            control.insert(0, self._pending_sack)
-            self._pending_sack = None
-        data = self._pending_data
-        if not control and not data:
-            return
-        self._pending_control, self._pending_data = [], []
-        header = _COMMON.pack(self._local_port, self._remote_port or 0,
-                              self._remote_verification_tag)
-        send = self.transport._send_data
-        batch: list[bytes] = []
-        size = SCTP_HEADER
-        try:
-            for chunk in (*control, *data):
-                if batch and size + len(chunk) > SCTP_PACKET_LIMIT:
-                    _run_now(send(self._packet(header, batch)))
-                    batch, size = [], SCTP_HEADER
-                batch.append(chunk)
-                size += len(chunk)
-            _run_now(send(self._packet(header, batch)))
-        except ConnectionError:
-            # DTLS is gone: the association ends with it, as aiortc's own sends would.
-            return
-
-    def _packet(self, header: bytes, chunks: list[bytes]) -> bytes:
-        body = b"".join(chunks)
-        self.packets_sent += 1
-        self.chunks_sent += len(chunks)
-        checksum = _crc32c(header + _ZERO + body)
-        return header + _CHECKSUM.pack(checksum) + body
-
-
 def contract_problems() -> list[str]:
-    """What this module relies on and the installed aiortc/pylibsrtp no longer provide."""
+    """What this module relies on and the installed aiortc/pyOpenSSL/pylibsrtp no longer
+    provide."""
     problems = [f"{name} {version(name)} installed, {want} pinned"
                 for name, want in PINNED.items() if version(name) != want]
     for name in ("_set_role", "_recv_next", "_write_ssl", "_send_data", "start", "stop"):
         if not callable(getattr(RTCDtlsTransport, name, None)):
             problems.append(f"RTCDtlsTransport.{name}")
     dtls_init = RTCDtlsTransport.__init__.__code__.co_names
-    problems += [f"RTCDtlsTransport.{a}" for a in ("_rx_srtp", "_tx_srtp", "_data_receiver")
-                 if a not in dtls_init]
-    for name in ("_receive", "_send", "_send_chunk", "_transmit", "_set_state",
-                 "_transmit_reconfig", "start", "stop"):
-        if not callable(getattr(RTCSctpTransport, name, None)):
-            problems.append(f"RTCSctpTransport.{name}")
-    sctp_init = RTCSctpTransport.__init__.__code__.co_names
-    problems += [f"RTCSctpTransport.{a}" for a in (
-        "_outbound_queue", "_association_state", "_outbound_streams_count",
-        "_inbound_streams_max", "_reconfig_queue", "_local_port", "_remote_port",
-        "_remote_verification_tag") if a not in sctp_init]
-    problems += _bundling_problems()
-    if not hasattr(RTCSctpTransport, "State") or not hasattr(RTCSctpTransport.State,
-                                                             "ESTABLISHED"):
-        problems.append("RTCSctpTransport.State.ESTABLISHED")
-    if RTCSctpTransport._send.__code__.co_varnames[:7] != (
-            "self", "stream_id", "pp_id", "user_data", "expiry", "max_retransmits", "ordered"):
-        problems.append("RTCSctpTransport._send signature")
+    problems += [f"RTCDtlsTransport.{a}" for a in (
+        "_rx_srtp", "_tx_srtp", "_data_receiver", "_ssl", "_task", "_state")
+        if a not in dtls_init]
+    if "_write_ssl" not in RTCDtlsTransport._send_data.__code__.co_names:
+        problems.append("RTCDtlsTransport._send_data")
+    if not {"CONNECTED", "CLOSED"} <= set(_DtlsState.__members__):
+        problems.append("aiortc DTLS State")
+    conn_init = _SSLConnection.__init__.__code__.co_names
+    problems += [f"pyOpenSSL Connection.{a}" for a in ("_ssl", "_into_ssl", "_from_ssl")
+                 if a not in conn_init]
+    problems += [f"OpenSSL {f}" for f in (
+        "BIO_read", "BIO_write", "SSL_read", "SSL_write", "SSL_get_error", "ERR_clear_error",
+        "SSL_ERROR_WANT_READ", "SSL_ERROR_ZERO_RETURN") if not hasattr(_ossl, f)]
     session_init = Session.__init__.__code__.co_names
     if "_srtp" not in session_init:
         problems.append("pylibsrtp.Session._srtp")
     for func in ("srtp_protect", "srtp_protect_rtcp", "srtp_unprotect", "srtp_unprotect_rtcp"):
         if not hasattr(lib, func):
             problems.append(f"libsrtp {func}")
-    return problems
-
-
-def _bundling_problems() -> list[str]:
-    """What ``SctpAssociation``'s bundling relies on: chunk types and layouts, and that every
-    send of aiortc's association goes through ``_send_chunk`` and its transmit step through
-    ``_transmit`` (bundling would be bypassed otherwise), and that neither suspends."""
-    problems = []
-    for cls, kind in ((DataChunk, 0), (SackChunk, 3), (ForwardTsnChunk, 192)):
-        if getattr(cls, "type", None) != kind:
-            problems.append(f"aiortc {cls.__name__}.type")
-    if not callable(getattr(_sctp, "crc32c", None)) or not isinstance(
-            getattr(_sctp, "USERDATA_MAX_LENGTH", None), int):
-        problems.append("aiortc rtcsctptransport.crc32c/USERDATA_MAX_LENGTH")
-    names = RTCSctpTransport._send_chunk.__code__.co_names
-    if "serialize_packet" not in names or "_send_data" not in names:
-        problems.append("RTCSctpTransport._send_chunk sends one packet via _send_data")
-    names = RTCSctpTransport._transmit.__code__.co_names
-    if "_send_chunk" not in names or "sleep" in names or "_send_data" in names:
-        problems.append("RTCSctpTransport._transmit sends only through _send_chunk")
-    for name in ("_send", "_receive_sack_chunk", "_t3_expired"):
-        if "_transmit" not in getattr(RTCSctpTransport, name).__code__.co_names:
-            problems.append(f"RTCSctpTransport.{name} transmits through _transmit")
-    for name in ("_send_sack", "_send_reconfig_param", "_abort", "_init"):
-        if "_send_chunk" not in getattr(RTCSctpTransport, name).__code__.co_names:
-            problems.append(f"RTCSctpTransport.{name} sends through _send_chunk")
-    dtls_send = RTCDtlsTransport._send_data.__code__.co_names
-    if "_write_ssl" not in dtls_send:
-        problems.append("RTCDtlsTransport._send_data")
     return problems

@@ -41,14 +41,8 @@ from shards.media import metrics
 from shards.media.forwarding import Output, fan_out
 from shards.media.metrics import Counts
 from shards.media.mux import UdpMux
-from shards.media.stack import (
-    Certificate,
-    DtlsEndpoint,
-    IceLink,
-    SctpAssociation,
-    SrtpReceiver,
-    SrtpSender,
-)
+from shards.media.sctp import SctpAssociation
+from shards.media.stack import Certificate, DtlsEndpoint, IceLink, SrtpReceiver, SrtpSender
 
 
 __all__ = ["Consumer", "DataConsumer", "DataProducer", "Producer", "Transport"]
@@ -397,7 +391,7 @@ class Transport:
             self.sctp.reset_stream(stream_id)
 
     # -------------------------------------------------------- data channels
-    async def on_sctp_message(self, stream_id: int, pp_id: int, data: bytes) -> None:
+    def on_sctp_message(self, stream_id: int, pp_id: int, data: bytes) -> None:
         dp = self.data_producers.get(stream_id)
         if dp is None or pp_id == 50:  # unknown stream or DCEP: negotiated channels only
             return
@@ -405,27 +399,32 @@ class Transport:
         if not dp.bucket.allow(time.monotonic()):
             self.counts.dc_dropped += 1
             return
-        for dc in list(dp.consumers):
-            await dc.transport.send_data(dc.stream_id, pp_id, data, dp.spec)
-
-    async def send_data(self, stream_id: int, pp_id: int, data: bytes,
-                        spec: DataProducerSpec) -> None:
-        sctp = self.sctp
-        if sctp is None or not sctp.established or sctp.queued >= SCTP_QUEUE:
-            self.counts.dc_dropped += 1
-            return
+        spec = dp.spec
         expiry = None
         if spec.max_packet_life_time is not None:
             expiry = time.time() + spec.max_packet_life_time / 1000
-        try:
-            await sctp.send_message(stream_id, pp_id, data, expiry,
-                                    spec.max_retransmits, spec.ordered)
-        except Exception:
-            # Whatever a subscriber's association does must not fail the publisher's receive
-            # path, which awaits this.
-            self.counts.dc_dropped += 1
-            return
-        self.counts.dc_out += 1
+        # Queueing never runs other code, so the consumer list cannot change meanwhile.
+        for dc in dp.consumers:
+            dc.transport.send_data(dc.stream_id, pp_id, data, spec, expiry)
+
+    def send_data(self, stream_id: int, pp_id: int, data: bytes, spec: DataProducerSpec,
+                  expiry: float | None) -> None:
+        """Queue one relayed message for this (subscriber) transport's association; it goes
+        out with the others of this loop iteration. Dropped when the association is not up or
+        its queue is full."""
+        sctp = self.sctp
+        if sctp is not None:
+            try:
+                queued = sctp.offer(stream_id, pp_id, data, expiry, spec.max_retransmits,
+                                    spec.ordered, SCTP_QUEUE)
+            except Exception:
+                # Whatever a subscriber's association does must not fail the publisher's
+                # receive path.
+                queued = False
+            if queued:
+                self.counts.dc_out += 1
+                return
+        self.counts.dc_dropped += 1
 
     # ----------------------------------------------------------------- RTCP
     def send_reports(self, now: float) -> int:
