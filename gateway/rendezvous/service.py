@@ -113,6 +113,7 @@ class RendezvousService:
         self._draining = False
         self._up = False
         self._wake = asyncio.Event()
+        self._heartbeat_fast = self.core.heartbeat_fast  # bound once: called per datagram
         ctx.registry.handle(AdminCommand, self._on_admin)
 
     # ------------------------------------------------------------ lifecycle
@@ -195,9 +196,10 @@ class RendezvousService:
     # ------------------------------------------------------------------ UDP
     def on_datagram(self, data: bytes, raw_addr: tuple[Any, ...]) -> None:
         now = time.time()
-        answer = self.core.heartbeat_fast(data, raw_addr, now)
+        answer = self._heartbeat_fast(data, raw_addr, now)
         if answer is not None:
-            self._send_udp(answer, raw_addr)
+            if self.udp is not None:
+                self.udp.send(answer, raw_addr)
             return
         ip, port = addrmangle.normalize(raw_addr)
         for effect in self.core.datagram(data, ip, port, now, raw_addr):
