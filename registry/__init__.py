@@ -1,9 +1,9 @@
 """The Redis control plane: presence, inboxes, request/reply, shard slot leases."""
 
-from registry.client import DurableScript, Handler, ProcessRecord, Registry, TypedHandler
+from registry.client import DurableScript, ProcessRecord, Registry, TypedHandler
 from registry.leases import SlotLease
 from registry.target import RedisTarget
 
 
-__all__ = ["DurableScript", "Handler", "ProcessRecord", "RedisTarget", "Registry", "SlotLease",
+__all__ = ["DurableScript", "ProcessRecord", "RedisTarget", "Registry", "SlotLease",
            "TypedHandler"]

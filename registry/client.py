@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -54,7 +54,7 @@ from registry.links import Build, Subscriber, open_links
 from registry.target import RedisTarget
 
 
-__all__ = ["Handler", "ProcessRecord", "Registry", "TypedHandler"]
+__all__ = ["ProcessRecord", "Registry", "TypedHandler"]
 
 log = logging.getLogger("hubbub.registry")
 
@@ -64,8 +64,6 @@ R = TypeVar("R", bound=Contract)
 TypedHandler = Callable[[M, str], Contract | None | Awaitable[Contract | None]]
 """An inbox handler: ``(message, sender_id) -> reply contract or None`` (sync or async)."""
 
-Handler = Callable[[Any, str], Any]
-"""Deprecated untyped inbox handler ``(payload, sender_id) -> reply`` (see ``Registry.on``)."""
 
 RawHandler = Callable[[bytes], Any]
 """A channel handler: receives the raw published bytes."""
@@ -228,7 +226,6 @@ class Registry:
         self._links = open_links(target)
         self.mode = self._links.mode
         self.redis: aioredis.Redis = self._links.redis
-        self._handlers: dict[str, Handler] = {}
         self._routes: dict[str, _Route] = {}
         self._lanes: dict[tuple[str, str], deque[_Laned]] = {}
         self._laned = 0
@@ -279,7 +276,7 @@ class Registry:
     async def start(self) -> None:
         """Start the heartbeat and subscriber tasks; returns at once (Redis may be down)."""
         if self._presence:
-            link = HostLink(self.prefix, self.id, self._on_link)
+            link = HostLink(self.prefix, self.id, self._on_inbox)
             if link.open():
                 self._link = link
         self._bg = [
@@ -482,15 +479,8 @@ class Registry:
         """
         if not cls.TYPE:
             raise TypeError(f"{cls.__name__} has no TYPE: it cannot be an inbox message")
-        self._handlers.pop(cls.TYPE, None)
         self._routes[cls.TYPE] = _Route(cls, handler, ordered,
                                         not inspect.iscoroutinefunction(handler))
-
-    def on(self, msg_type: str, handler: Handler) -> None:
-        """Deprecated: untyped handler of ``msg_type`` (kept until every message is a contract;
-        use ``handle``). A request's reply is the return value."""
-        self._routes.pop(msg_type, None)
-        self._handlers[msg_type] = handler
 
     async def subscribe(self, channel: str, handler: RawHandler, broadcast: bool = False) -> None:
         """Receive every message published on ``channel`` (kept across reconnects).
@@ -552,19 +542,13 @@ class Registry:
         async with self.guard("topology"):
             return await self._links.topology()
 
-    async def send(self, target: str, msg: Contract | str, payload: Any = None) -> bool:
+    async def send(self, target: str, msg: Contract) -> bool:
         """Fire-and-forget contract ``msg`` to ``target``'s inbox; False when nobody listens.
-
-        (Deprecated form: ``send(target, msg_type, payload)`` with an untyped payload.)
 
         Raises:
             RegistryUnavailable: Redis did not answer.
         """
-        if isinstance(msg, Contract):
-            env = Envelope(Kind.SEND, msg.TYPE, 0, "", self.id, msg.to_array())
-        else:
-            env = Envelope(Kind.SEND, msg, 0, "", self.id, payload)
-        data = encode(env)
+        data = encode(Envelope(Kind.SEND, msg.TYPE, 0, "", self.id, msg.to_array()))
         if self._link is not None and self._same_host(target) and self._link.send(target, data):
             metrics.INBOX_DIRECT.inc()
             return True
@@ -575,20 +559,9 @@ class Registry:
         parts = process_id.split(":")
         return len(parts) == 4 and parts[1] == self.host
 
-    @overload
     async def request(self, target: str, msg: Contract, *, reply: type[R],
-                      timeout: float = 2.0) -> R: ...
-
-    @overload
-    async def request(self, target: str, msg: str, payload: Any = None,
-                      timeout: float = 2.0) -> Any: ...
-
-    async def request(self, target: str, msg: Contract | str, payload: Any = None,
-                      timeout: float = 2.0, *, reply: type[Contract] | None = None) -> Any:
+                      timeout: float = 2.0) -> R:
         """Send request ``msg`` to ``target`` and wait for its reply, decoded as ``reply``.
-
-        (Deprecated form: ``request(target, msg_type, payload, timeout)`` returning the
-        untyped reply payload.)
 
         Raises:
             NoListener: the target's inbox has no subscriber.
@@ -598,12 +571,7 @@ class Registry:
             ContractError: the reply does not fit ``reply``.
             RegistryUnavailable: Redis did not answer.
         """
-        if isinstance(msg, Contract):
-            answer = await self._call(target, msg.TYPE, msg.to_array(), timeout)
-            if reply is None:
-                return answer
-            return reply.from_array(answer)
-        return await self._call(target, msg, payload, timeout)
+        return reply.from_array(await self._call(target, msg.TYPE, msg.to_array(), timeout))
 
     async def _call(self, target: str, msg_type: str, payload: Any, timeout: float) -> Any:
         try:
@@ -670,9 +638,9 @@ class Registry:
         if raw is not None:
             self._run(raw, data)
             return
-        self._on_link(data)
+        self._on_inbox(data)
 
-    def _on_link(self, data: bytes) -> None:
+    def _on_inbox(self, data: bytes) -> None:
         """An inbox message, from Redis or straight from a process on this host."""
         env = decode(data)
         if env is None:
@@ -692,20 +660,10 @@ class Registry:
         if route is not None:
             self._dispatch_typed(route, env)
             return
-        handler = self._handlers.get(env.type)
-        if handler is None:
-            metrics.INBOX_DROPPED.labels("unknown_type").inc()
-            if env.kind is Kind.REQUEST:
-                self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
-                                              {"code": "unknown_type", "message": env.type}))
-            return
-        if len(self._tasks) >= MAX_INFLIGHT:
-            metrics.INBOX_DROPPED.labels("busy").inc()
-            if env.kind is Kind.REQUEST:
-                self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
-                                              {"code": "busy", "message": "inbox overloaded"}))
-            return
-        self._tasks.spawn(self._handle(handler, env))
+        metrics.INBOX_DROPPED.labels("unknown_type").inc()
+        if env.kind is Kind.REQUEST:
+            self._tasks.spawn(self._reply(env, Kind.REPLY_ERROR,
+                                          {"code": "unknown_type", "message": env.type}))
 
     def _dispatch_typed(self, route: _Route, env: Envelope) -> None:
         try:
@@ -796,24 +754,6 @@ class Registry:
             return
         if inspect.isawaitable(result):
             self._tasks.spawn(result)
-
-    async def _handle(self, handler: Handler, env: Envelope) -> None:
-        try:
-            result = handler(env.payload, env.sender)
-            if inspect.isawaitable(result):
-                result = await result
-        except HubbubError as exc:
-            if env.kind is Kind.REQUEST:
-                await self._reply(env, Kind.REPLY_ERROR, exc.to_dict())
-            return
-        except Exception as exc:
-            log.exception("inbox handler for %s failed", env.type)
-            if env.kind is Kind.REQUEST:
-                await self._reply(env, Kind.REPLY_ERROR,
-                                  {"code": "internal", "message": type(exc).__name__})
-            return
-        if env.kind is Kind.REQUEST:
-            await self._reply(env, Kind.REPLY_OK, result)
 
     async def _reply(self, env: Envelope, kind: Kind, payload: Any) -> None:
         reply = Envelope(kind, env.type, env.request_id, "", self.id, payload)

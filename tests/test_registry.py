@@ -17,6 +17,66 @@ from registry import Registry, SlotLease, client
 from registry.codec import Envelope, Kind, decode, encode
 
 
+# ------------------------------------------------------------------ typed contracts
+@contract
+class Note(Contract):
+    TYPE: ClassVar[str] = "test.note"
+    VERSION: ClassVar[int] = 1
+    n: int
+    text: str = ""
+
+
+@contract
+class Echo(Contract):
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 2
+    n: int
+
+
+@contract
+class EchoOld(Contract):
+    """``Echo`` as a process of an older release would send it."""
+
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 1
+    n: int
+
+
+@contract
+class EchoText(Contract):
+    """``Echo``'s layout with a field of the wrong type."""
+
+    TYPE: ClassVar[str] = "test.echo"
+    VERSION: ClassVar[int] = 2
+    n: str
+
+
+@contract
+class EchoReply(Contract):
+    TYPE: ClassVar[str] = "test.echo.reply"
+    VERSION: ClassVar[int] = 1
+    n: int
+    sender: str
+
+
+@contract
+class Boom(Contract):
+    TYPE: ClassVar[str] = "test.boom"
+    VERSION: ClassVar[int] = 1
+
+
+@contract
+class Slow(Contract):
+    TYPE: ClassVar[str] = "test.slow"
+    VERSION: ClassVar[int] = 1
+
+
+@contract
+class Unhandled(Contract):
+    TYPE: ClassVar[str] = "test.nobody"
+    VERSION: ClassVar[int] = 1
+
+
 @pytest.fixture
 async def make(redis_url: str, prefix: str) -> AsyncIterator[Any]:
     made: list[Registry] = []
@@ -68,40 +128,40 @@ async def test_clean_close_removes_presence_at_once(make: Any) -> None:
 async def test_send_request_reply_and_errors(make: Any) -> None:
     a = await make()
     b = await make()
-    seen: list[tuple[Any, str]] = []
-    b.on("note", lambda payload, sender: seen.append((payload, sender)))
+    seen: list[tuple[Note, str]] = []
+    b.handle(Note, lambda msg, sender: seen.append((msg, sender)))
 
-    async def echo(payload: Any, sender: str) -> Any:
+    async def echo(msg: Echo, sender: str) -> EchoReply:
         await asyncio.sleep(0)
-        return {"echo": payload, "from": sender}
+        return EchoReply(msg.n, sender)
 
-    def boom(payload: Any, sender: str) -> Any:
+    def boom(msg: Boom, sender: str) -> None:
         raise ServiceError("no such room")
 
-    async def slow(payload: Any, sender: str) -> Any:
+    async def slow(msg: Slow, sender: str) -> None:
         await asyncio.sleep(5)
 
-    b.on("echo", echo)
-    b.on("boom", boom)
-    b.on("slow", slow)
-    assert await a.send(b.id, "note", [1, 2]) is True
-    assert await a.request(b.id, "echo", "hi") == {"echo": "hi", "from": a.id}
-    assert seen == [([1, 2], a.id)]
+    b.handle(Echo, echo)
+    b.handle(Boom, boom)
+    b.handle(Slow, slow)
+    assert await a.send(b.id, Note(1, "x")) is True
+    assert await a.request(b.id, Echo(7), reply=EchoReply) == EchoReply(7, a.id)
+    assert seen == [(Note(1, "x"), a.id)]
     with pytest.raises(RemoteError) as err:
-        await a.request(b.id, "boom", None)
+        await a.request(b.id, Boom(), reply=EchoReply)
     assert err.value.code == "service" and "no such room" in str(err.value)
     with pytest.raises(RemoteError) as err:
-        await a.request(b.id, "nope", None)
+        await a.request(b.id, Unhandled(), reply=EchoReply)
     assert err.value.code == "unknown_type"
     t0 = time.monotonic()
     with pytest.raises(RequestTimeout):
-        await a.request(b.id, "slow", None, timeout=0.3)
+        await a.request(b.id, Slow(), reply=EchoReply, timeout=0.3)
     assert time.monotonic() - t0 < 2
     # Nobody listens on a dead process's inbox: known at once, not after a timeout.
-    assert await a.send("gateway:gone:1:abc", "note", 1) is False
+    assert await a.send("gateway:gone:1:abc", Note(1)) is False
     t0 = time.monotonic()
     with pytest.raises(NoListener):
-        await a.request("gateway:gone:1:abc", "echo", 1, timeout=5)
+        await a.request("gateway:gone:1:abc", Echo(1), reply=EchoReply, timeout=5)
     assert time.monotonic() - t0 < 1
 
 
@@ -109,13 +169,13 @@ async def test_concurrent_requests_get_their_own_replies(make: Any) -> None:
     a = await make()
     b = await make()
 
-    async def double(payload: Any, sender: str) -> Any:
-        await asyncio.sleep(0.01 * (payload % 3))
-        return payload * 2
+    async def double(msg: Echo, sender: str) -> EchoReply:
+        await asyncio.sleep(0.01 * (msg.n % 3))
+        return EchoReply(msg.n * 2, sender)
 
-    b.on("double", double)
-    got = await asyncio.gather(*(a.request(b.id, "double", i) for i in range(50)))
-    assert got == [i * 2 for i in range(50)]
+    b.handle(Echo, double)
+    got = await asyncio.gather(*(a.request(b.id, Echo(i), reply=EchoReply) for i in range(50)))
+    assert [r.n for r in got] == [i * 2 for i in range(50)]
 
 
 async def test_channels_fan_out(make: Any, prefix: str) -> None:
@@ -171,7 +231,7 @@ async def test_reconnects_after_redis_restart() -> None:
         lease = SlotLease(a, 2)
         assert await lease.try_acquire() == 0
         a.add_tick(lease.refresh)
-        b.on("echo", lambda p, s: p)
+        b.handle(Echo, lambda msg, sender: EchoReply(msg.n, sender))
         try:
             srv.stop()
             # Wipe the AOF so the restarted Redis has lost presence and the lease.
@@ -196,7 +256,7 @@ async def test_reconnects_after_redis_restart() -> None:
             deadline = time.monotonic() + 5
             while not b.healthy and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert await a.request(b.id, "echo", "again", timeout=2) == "again"
+            assert await a.request(b.id, Echo(3), reply=EchoReply, timeout=2) == EchoReply(3, a.id)
         finally:
             await a.close()
             await b.close()
@@ -229,48 +289,6 @@ async def test_subscribe_right_after_start_and_later(redis_url: str, prefix: str
     finally:
         for reg in (pub, *subs):
             await reg.close()
-
-
-# ------------------------------------------------------------------ typed contracts
-@contract
-class Note(Contract):
-    TYPE: ClassVar[str] = "test.note"
-    VERSION: ClassVar[int] = 1
-    n: int
-    text: str = ""
-
-
-@contract
-class Echo(Contract):
-    TYPE: ClassVar[str] = "test.echo"
-    VERSION: ClassVar[int] = 2
-    n: int
-
-
-@contract
-class EchoOld(Contract):
-    """``Echo`` as a process of an older release would send it."""
-
-    TYPE: ClassVar[str] = "test.echo"
-    VERSION: ClassVar[int] = 1
-    n: int
-
-
-@contract
-class EchoText(Contract):
-    """``Echo``'s layout with a field of the wrong type."""
-
-    TYPE: ClassVar[str] = "test.echo"
-    VERSION: ClassVar[int] = 2
-    n: str
-
-
-@contract
-class EchoReply(Contract):
-    TYPE: ClassVar[str] = "test.echo.reply"
-    VERSION: ClassVar[int] = 1
-    n: int
-    sender: str
 
 
 def _dropped(reason: str) -> float:

@@ -19,6 +19,7 @@ from gateway.rendezvous.records import MODE_UDP, Live
 from gateway.rendezvous.store import REG_OK_CHANGED, REG_OK_SAME, Store
 from gateway.spaces.store import SpaceStore
 from hubbub.config import load_config, new_parser
+from hubbub.contracts.system import Ping, Pong
 from hubbub.embedded_redis import RedisCluster, SentinelSet, free_cluster_ports
 from hubbub.errors import ConfigError, RegistryUnavailable
 from hubbub.status import format_topology
@@ -92,8 +93,8 @@ def test_config_selects_the_mode_and_rejects_two() -> None:
 
 async def test_inbox_channels_broadcasts_and_presence(pair: tuple[Registry, Registry]) -> None:
     a, b = pair
-    b.on("echo", lambda payload, sender: {"echo": payload, "from": sender})
-    assert await a.request(b.id, "echo", 7) == {"echo": 7, "from": a.id}
+    b.handle(Ping, lambda msg, sender: Pong(sender, "echo", 7))  # answers with the sender
+    assert await a.request(b.id, Ping(), reply=Pong) == Pong(a.id, "echo", 7)
     got: list[bytes] = []
     broadcast: list[bytes] = []
     space = a.key("space", "x", "ch")
