@@ -8,7 +8,11 @@ microseconds and deterministically.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from support import ROOT, io_imports
 
 from gateway.rendezvous.core import (
     MAX_LOOKUPS,
@@ -301,3 +305,36 @@ def test_peer_table_bounds_and_generations() -> None:
     assert not table.drop("p", b"g1") and table.bindings.get("p", T0) == (b"g1", b"key")
     assert table.drop("p", b"g2")  # news of another generation: entry and key both go
     assert "p" not in table and table.bindings.get("p", T0) is None
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that the module at ``path`` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found & modules
+
+
+def test_rules_are_sans_io_and_the_gateway_has_no_import_cycle() -> None:
+    package = ROOT / "gateway" / "rendezvous"
+    for name in ("core", "peers", "records", "logic", "limits", "bindings"):
+        assert not io_imports(package / f"{name}.py"), name
+    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / "gateway").rglob("*.py")}
+    graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+
+    def in_a_cycle(start: str) -> bool:
+        todo, seen = [start], set()
+        while todo:
+            for dep in graph[todo.pop()]:
+                if dep == start:
+                    return True
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return False
+
+    assert [name for name in graph if in_a_cycle(name)] == []
