@@ -50,8 +50,9 @@ TARGET_DC = 60_000
 CASES = [(10, 20), (20, 40), (40, 40), (40, 80), (80, 80)]
 QUICK_CASES = [(10, 20), (20, 40)]
 RAMP_PUBLISHERS = 40
-RAMP_STEPS = (40, 60, 80, 100, 120, 140, 160)
-"""Subscribers of the ramp's steps (40 publishers each): from 80 k to 320 k packets/s."""
+RAMP_STEPS = (40, 60, 80, 100, 105, 110, 120, 140, 160)
+"""Subscribers of the ramp's steps (40 publishers each): from 80 k to 320 k packets/s, in
+10 k steps just past the 200 k target."""
 CAPS = {"codecs": [{"kind": "audio", "mimeType": "audio/opus", "preferredPayloadType": 100,
                     "clockRate": 48000, "channels": 2}],
         "headerExtensions": [{"kind": "audio", "preferredId": 10,

@@ -43,6 +43,9 @@ SCTP_PACKET_LIMIT = SCTP_HEADER + 16 + _sctp.USERDATA_MAX_LENGTH
 needs a bigger DTLS record or datagram than an unbundled packet does."""
 SACK_DELAY = 0.2
 """Seconds a SACK may wait for a second packet (RFC 4960 section 6.2: at most 500 ms)."""
+TICK = 0.1
+"""Seconds between the checks of delayed SACKs and T3 deadlines: one timer per event loop
+serves every association, so timers wake a shard at most ten times a second."""
 _COMMON = struct.Struct("!HHL")
 _CHECKSUM = struct.Struct("<L")
 _ZERO = bytes(4)
@@ -116,6 +119,39 @@ _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = \
     weakref.WeakKeyDictionary()
 
 
+class _Ticker:
+    """Every ``TICK``, the associations with a delayed SACK or a running T3 check them; the
+    timer stops while none has."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watched: set[SctpAssociation] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, association: SctpAssociation) -> None:
+        self._watched.add(association)
+        if self._handle is None:
+            self._handle = self._loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        for association in list(self._watched):
+            try:
+                keep = association._on_tick(now)
+            except Exception:
+                log.warning("SCTP timer check failed", exc_info=True)
+                keep = False
+            if not keep:
+                self._watched.discard(association)
+        if self._watched:
+            self._handle = self._loop.call_later(TICK, self._tick)
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = \
+    weakref.WeakKeyDictionary()
+
+
 class SctpAssociation(RTCSctpTransport):
     """aiortc's SCTP association over a ``DtlsEndpoint``, with chosen stream counts, that
     sends at most once per event-loop iteration.
@@ -134,8 +170,8 @@ class SctpAssociation(RTCSctpTransport):
     without a coroutine each (``queue_message``); SACKs for received DATA are delayed as RFC
     4960 section 6.2 allows (one for every second packet, within ``SACK_DELAY``, at once on a
     gap or a duplicate, and riding along with DATA whenever some goes out); the T3 timer is
-    re-armed lazily (a restart moves a deadline, the one timer handle fires at most once per
-    RTO); and a transmit step that has nothing to send is skipped.
+    checked every ``TICK`` by one timer shared by all associations (a restart only moves a
+    deadline), as are delayed SACKs; and a transmit step that has nothing to send is skipped.
 
     Args:
         endpoint: the DTLS endpoint it runs over (connected).
@@ -162,13 +198,13 @@ class SctpAssociation(RTCSctpTransport):
         # Looked up once: asyncio's lookup makes a getpid() system call each time.
         self._flush_loop = loop = asyncio.get_running_loop()
         self._flusher = _flushers.get(loop) or _flushers.setdefault(loop, _Flusher(loop))
+        self._ticker = _tickers.get(loop) or _tickers.setdefault(loop, _Ticker(loop))
         self._t3_deadline = 0.0
-        self._t3_timer: asyncio.TimerHandle | None = None
-        self._t3_timer_at = 0.0
         self._sack_packets = 0
         """Packets with DATA received since the last SACK."""
+        self._sack_since: float | None = None
+        """When the first packet the next SACK acknowledges arrived."""
         self._sack_now = False
-        self._sack_timer: asyncio.TimerHandle | None = None
         self.packets_sent = 0
         """Bundled packets sent (for tests and stats)."""
         self.chunks_sent = 0
@@ -249,42 +285,30 @@ class SctpAssociation(RTCSctpTransport):
             self._reconfig_queue.append(stream_id)
             asyncio.ensure_future(self._transmit_reconfig())
 
-    def _set_state(self, state: RTCSctpTransport.State) -> None:
-        super()._set_state(state)
-        if state == self.State.CLOSED:
-            # The timers must not keep a closed association alive for up to an RTO.
-            for timer in (self._t3_timer, self._sack_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._t3_timer = self._sack_timer = None
-
     # ------------------------------------------------------------ timers
     def _t3_start(self) -> None:
         self._t3_handle = _T3_RUNNING
-        self._t3_deadline = deadline = self._flush_loop.time() + self._rto
-        timer = self._t3_timer
-        if timer is not None:
-            if self._t3_timer_at <= deadline:
-                return  # it fires first and moves on to the deadline
-            timer.cancel()  # a shorter RTO: the deadline came closer
-        self._t3_timer_at = deadline
-        self._t3_timer = self._flush_loop.call_at(deadline, self._t3_fire)
+        self._t3_deadline = self._flush_loop.time() + self._rto
+        self._ticker.watch(self)
 
     _t3_restart = _t3_start
 
     def _t3_cancel(self) -> None:
-        self._t3_handle = None  # the timer handle, when it fires, finds T3 stopped
+        self._t3_handle = None
 
-    def _t3_fire(self) -> None:
-        self._t3_timer = None
-        if self._t3_handle is None:
-            return
-        if self._flush_loop.time() < self._t3_deadline:
-            self._t3_timer_at = self._t3_deadline
-            self._t3_timer = self._flush_loop.call_at(self._t3_deadline, self._t3_fire)
-            return
-        self._may_retransmit = True
-        self._t3_expired()
+    def _on_tick(self, now: float) -> bool:
+        """Send a SACK delayed long enough, expire T3 past its deadline; True while either
+        still runs."""
+        if self._association_state == self.State.CLOSED:
+            return False
+        if self._sack_needed and self._sack_since is not None \
+                and now - self._sack_since >= SACK_DELAY - TICK:
+            self._sack_now = True
+            drive(self._send_sack())
+        if self._t3_handle is not None and now >= self._t3_deadline:
+            self._may_retransmit = True
+            self._t3_expired()
+        return self._t3_handle is not None or self._sack_needed
 
     # ---------------------------------------------------------- receiving
     def receive_packet(self, data: bytes) -> None:
@@ -401,11 +425,13 @@ class SctpAssociation(RTCSctpTransport):
         self._sack_packets += 1
         if self._sack_packets < 2 and not self._sack_now and not self._sack_misordered \
                 and not self._sack_duplicates:
-            if self._sack_timer is None:
-                self._sack_timer = self._flush_loop.call_later(SACK_DELAY, self._sack_fire)
+            if self._sack_since is None:
+                self._sack_since = self._flush_loop.time()
+                self._ticker.watch(self)
             return True
         self._sack_packets = 0
         self._sack_now = False
+        self._sack_since = None
         if self._sack_misordered or self._sack_duplicates:
             return False
         # No gaps, no duplicates: the SACK is its fixed fields (RFC 4960 section 3.3.4).
@@ -414,12 +440,6 @@ class SctpAssociation(RTCSctpTransport):
         self._sack_needed = False
         self._schedule_flush()
         return True
-
-    def _sack_fire(self) -> None:
-        self._sack_timer = None
-        if self._sack_needed:
-            self._sack_now = True
-            drive(self._send_sack())
 
     async def _receive_forward_tsn_chunk(self, chunk: ForwardTsnChunk) -> None:
         self._sack_now = True  # the sender waits for this to move its ack point
