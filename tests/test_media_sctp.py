@@ -313,3 +313,23 @@ async def test_a_handler_that_waits_after_all_is_finished_by_a_task() -> None:
     drive(handler())
     assert steps == ["start"]
     assert await wait_for(lambda: steps == ["start", "end"])
+
+
+async def test_a_lost_last_bundle_comes_again_when_t3_expires() -> None:
+    async with association_pair() as pair:
+        _, got = pair.channel(10)
+        sent: list[bytes] = []
+        for burst in range(3):  # round trips measured: the RTO drops to its 1 s minimum
+            batch = [bytes([burst, i]) * 10 for i in range(4)]
+            sent += batch
+            await send_burst(pair.shard, 10, batch)
+            await asyncio.sleep(0.02)
+        assert await wait_for(lambda: len(got) == len(sent))
+        pair.drop = 1
+        last = [bytes([9, i]) * 10 for i in range(4)]
+        await send_burst(pair.shard, 10, last)
+        # Nothing follows, so no SACK can report the loss: only T3 brings it back.
+        assert await wait_for(lambda: len(got) == len(sent) + 4, timeout=6.0)
+        assert got == sent + last
+        assert pair.dropped == 1
+        assert await wait_for(settled(pair))

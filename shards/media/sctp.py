@@ -313,9 +313,15 @@ class SctpAssociation(RTCSctpTransport):
     # ---------------------------------------------------------- receiving
     def receive_packet(self, data: bytes) -> None:
         """One SCTP packet from DTLS (``DtlsEndpoint`` calls this instead of aiortc's
-        ``_handle_data`` coroutine)."""
-        if not self._fast(data):
-            drive(super()._handle_data(data))
+        ``_handle_data`` coroutine). Never raises: a packet that breaks something is
+        dropped."""
+        try:
+            if self._fast(data):
+                return
+        except Exception:
+            log.debug("SCTP packet dropped", exc_info=True)
+            return
+        drive(super()._handle_data(data))
 
     async def _handle_data(self, data: bytes) -> None:
         if not self._fast(data):
