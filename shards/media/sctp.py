@@ -83,6 +83,8 @@ class _Chunk(DataChunk):
 
     def __bytes__(self) -> bytes:
         return self.wire
+
+
 _T3_RUNNING = cast(asyncio.TimerHandle, True)
 """What aiortc finds in ``_t3_handle`` while T3 runs (it only tests it for truth)."""
 _new_chunk = object.__new__
