@@ -188,6 +188,14 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+# A punch's look-up in one command (one slot: not in Cluster mode): record A's sink (when given),
+# then B's binding fields and liveness record.
+_LOOKUP_LUA = """
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+local cur = redis.call('HMGET', KEYS[1], 'u', 'k', 'ip', 'from')
+return {cur[1], cur[2], cur[3], cur[4], redis.call('GET', KEYS[2])}
+"""
+
 # Delete a liveness record only if the given gateway still owns it, in one step: a peer that
 # has just moved to another gateway keeps the record that gateway wrote.
 _DROP_LIVE_LUA = """
@@ -230,6 +238,7 @@ class Store:
         self._flush_bound = self.redis.register_script(_FLUSH_LUA)
         self._flush_loaded = False
         self._drop_live = self.redis.register_script(_DROP_LIVE_LUA)
+        self._lookup = self.redis.register_script(_LOOKUP_LUA)
         self._mark = registry.durable_script(_MARK_LUA)
         self._claim = registry.durable_script(_CLAIM_LUA)
         self._decide = registry.durable_script(_DECIDE_LUA)
@@ -459,12 +468,21 @@ class Store:
         ``sink`` = ``(A's address, holder process id)`` is recorded in the same round trip.
         """
         async with self.gate, self.registry.guard("rd_lookup"):
-            async with self.redis.pipeline(transaction=False) as p:
+            if not self.sharded:
+                keys = [self.peer_key(peer_id), self.live_key(peer_id)]
+                args: list[Any] = []
                 if sink is not None:
-                    p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
-                p.hmget(self.peer_key(peer_id), ["u", "k", "ip", "from"])
-                p.get(self.live_key(peer_id))
-                res = await p.execute()
+                    keys.append(self.sink_key(sink[0]))
+                    args = [sink[1], SINK_TTL]
+                row = await self._lookup(keys=keys, args=args)
+                res = [row[:4], row[4]]
+            else:
+                async with self.redis.pipeline(transaction=False) as p:
+                    if sink is not None:
+                        p.set(self.sink_key(sink[0]), sink[1], ex=SINK_TTL)
+                    p.hmget(self.peer_key(peer_id), ["u", "k", "ip", "from"])
+                    p.get(self.live_key(peer_id))
+                    res = await p.execute()
         if res[-2][3] is not None:
             # An unfinished change of ID to this one (Cluster mode): resolve, read again.
             if not resolve or await self._resolve_claim(peer_id) == _PENDING:
