@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Cluster, RedisServer, new_prefix, redis_server
+
+from registry import Registry
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,24 @@ def cluster(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+MakeRegistry = Callable[..., Coroutine[Any, Any, Registry]]
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[MakeRegistry]:
+    """Started registries (``await make(role, host, ttl=, url=)``), closed after the test."""
+    made: list[Registry] = []
+
+    async def factory(role: str = "gateway", host: str = "h1", ttl: float = 1.5,
+                      url: str = redis_url) -> Registry:
+        reg = Registry(url, prefix, role, host, ttl=ttl)
+        made.append(reg)
+        await reg.start()
+        assert await reg.wait_ready(5)
+        return reg
+
+    yield factory
+    for reg in made:
+        await reg.close()

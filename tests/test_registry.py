@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
@@ -75,23 +74,6 @@ class Slow(Contract):
 class Unhandled(Contract):
     TYPE: ClassVar[str] = "test.nobody"
     VERSION: ClassVar[int] = 1
-
-
-@pytest.fixture
-async def make(redis_url: str, prefix: str) -> AsyncIterator[Any]:
-    made: list[Registry] = []
-
-    async def factory(role: str = "gateway", host: str = "h1", ttl: float = 1.5,
-                      url: str = redis_url) -> Registry:
-        reg = Registry(url, prefix, role, host, ttl=ttl)
-        made.append(reg)
-        await reg.start()
-        assert await reg.wait_ready(5)
-        return reg
-
-    yield factory
-    for reg in made:
-        await reg.close()
 
 
 def test_envelope_roundtrip_and_garbage() -> None:

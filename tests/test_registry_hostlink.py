@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
-
-import pytest
 
 from hubbub import metrics
 from hubbub.contracts import Contract, contract
-from registry import Registry
 from registry.hostlink import link_dir
 
 
@@ -23,29 +19,13 @@ class Note(Contract):
     n: int
 
 
-@pytest.fixture
-async def make(redis_url: str, prefix: str) -> AsyncIterator[Any]:
-    made: list[Registry] = []
-
-    async def factory(host: str) -> Registry:
-        reg = Registry(redis_url, prefix, "gateway", host, ttl=1.5)
-        made.append(reg)
-        await reg.start()
-        assert await reg.wait_ready(5)
-        return reg
-
-    yield factory
-    for reg in made:
-        await reg.close()
-
-
 def _direct() -> float:
     value: float = metrics.INBOX_DIRECT._value.get()
     return value
 
 
 async def test_same_host_direct_other_hosts_and_gone_through_redis(make: Any) -> None:
-    a, b, c = await make("h1"), await make("h1"), await make("h2")
+    a, b, c = await make(host="h1"), await make(host="h1"), await make(host="h2")
     got: list[tuple[int, str]] = []
 
     async def note(msg: Note, sender: str) -> None:

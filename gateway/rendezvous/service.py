@@ -34,6 +34,7 @@ from gateway.rendezvous.core import (
     RESP_REQUEST_PK,
     HoleSent,
     LookupHeartbeat,
+    Push,
     Register,
     RendezvousCore,
     Rules,
@@ -516,13 +517,7 @@ class RendezvousService:
                 return
             found = (True, local)
         out = self.core.punch_target(req, conn.addr, conn.websocket, found[0], found[1], now)
-        if isinstance(out, bytes):
-            await conn.send_message(out)
-        elif await self.router.push(out.peer_id, out.live, out.data, conn.addr_key):
-            metrics.PUNCH_REQUESTS.labels(out.outcome).inc()
-        else:
-            metrics.PUNCH_REQUESTS.labels("unreachable").inc()
-            await conn.send_message(punch_failure(pb.PunchHoleResponse.OFFLINE))
+        await self._refuse_or_push(conn, out, punch_failure(pb.PunchHoleResponse.OFFLINE))
 
     async def _request_relay(self, conn: Conn, msg: pb.RendezvousMessage) -> None:
         first = self.router.hold(conn)
@@ -531,13 +526,20 @@ class RendezvousService:
         if self.core.relay_request_valid(rr):
             found = await self._find(rr.id, conn.addr_key if first else None)
             live = None if found is None else found[1]
-        out = self.core.relay_target(msg, conn.addr, live, time.time())
+        await self._refuse_or_push(conn, self.core.relay_target(msg, conn.addr, live, time.time()))
+
+    async def _refuse_or_push(self, conn: Conn, out: bytes | Push,
+                              unreachable: bytes | None = None) -> None:
+        """A refusal goes to A; a push goes to B, counted by outcome, and when B cannot be
+        reached A gets ``unreachable`` (if any)."""
         if isinstance(out, bytes):
             await conn.send_message(out)
         elif await self.router.push(out.peer_id, out.live, out.data, conn.addr_key):
             metrics.PUNCH_REQUESTS.labels(out.outcome).inc()
         else:
             metrics.PUNCH_REQUESTS.labels("unreachable").inc()
+            if unreachable is not None:
+                await conn.send_message(unreachable)
 
     async def signed_pk(self, peer_id: str) -> bytes:
         """Server-signed IdPk of ``peer_id`` (empty when unsigned or unknown)."""
